@@ -1,0 +1,90 @@
+"""Prompt sources and the group sampler.
+
+Prompt files are ``.txt`` (one prompt per line, blank lines and ``#`` comments skipped) or ``.jsonl``
+(one object per line with a ``prompt`` key; every other key is a metadata column handed to rewards).
+
+``group_batch`` reproduces the idea of flow_grpo's ``DistributedKRepeatSampler``: each iteration,
+``m = world * per_rank / k`` distinct prompts are drawn with a seed shared by every rank, each is
+repeated ``k`` times (a group), the ``world * per_rank`` slots are shuffled with the same seed and
+rank ``r`` takes its contiguous slice, so members of a group are spread over ranks and every rank
+computes the same global assignment without communication. Departure: the draw is a pure function
+of (seed, iteration), so a resumed run continues exactly where it stopped.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+
+@dataclass
+class PromptSet:
+    prompts: list[str]  # [P]
+    metadata: list[dict] = field(default_factory=list)  # [P] extra columns per prompt (may be empty dicts)
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    def columns(self, index: list[int]) -> dict[str, list]:
+        """Metadata columns for the rows ``index`` (keys present in every row)."""
+        rows = [self.metadata[i] for i in index] if self.metadata else [{} for _ in index]
+        keys = set.intersection(*(set(r) for r in rows)) if rows else set()
+        return {k: [r[k] for r in rows] for k in sorted(keys)}
+
+
+def load_prompts(path: str | Path) -> PromptSet:
+    """Read a .txt or .jsonl prompt file; one clear error if it is missing, unreadable or empty."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"prompt file {str(path)!r} does not exist; pass a .txt (one prompt per line) "
+                         f"or .jsonl (objects with a 'prompt' key) file.")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise ValueError(f"prompt file {str(path)!r} is not readable as UTF-8 text ({err}).") from None
+    prompts, meta = [], []
+    if path.suffix == ".jsonl":
+        for n, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                prompts.append(str(row.pop("prompt")))
+            except (json.JSONDecodeError, KeyError, AttributeError):
+                raise ValueError(f"{path}:{n} is not a JSON object with a 'prompt' key: {line[:80]!r}") from None
+            meta.append(row)
+    else:
+        prompts = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+        meta = [{} for _ in prompts]
+    if not prompts:
+        raise ValueError(f"prompt file {str(path)!r} holds no prompts; add at least one line.")
+    return PromptSet(prompts, meta)
+
+
+def check_group_arithmetic(per_rank: int, k: int, world: int) -> int:
+    """Number of distinct prompts per iteration; one clear error if the batch does not divide."""
+    total = per_rank * world
+    if k < 1 or per_rank < 1:
+        raise ValueError(f"group size k={k} and per-rank batch {per_rank} must be >= 1.")
+    if total % k:
+        raise ValueError(f"{world} rank(s) x {per_rank} images per rank = {total} images is not divisible "
+                         f"by the group size k={k}; choose a per-rank batch such that world * batch is a "
+                         f"multiple of k (e.g. per_rank={k // math.gcd(k, world)}).")
+    return total // k
+
+
+def group_batch(num_prompts: int, k: int, per_rank: int, world: int, rank: int, seed: int,
+                iteration: int) -> tuple[list[int], list[int]]:
+    """(prompt indices, global group ids) of this rank's ``per_rank`` slots at ``iteration``.
+    The group id of a slot is its position in the global list of m distinct prompts of the step."""
+    m = check_group_arithmetic(per_rank, k, world)
+    g = torch.Generator().manual_seed(seed * 1_000_003 + iteration)
+    chosen = torch.randperm(num_prompts, generator=g)[:m] if m <= num_prompts else \
+        torch.randint(num_prompts, (m,), generator=g)
+    slots = torch.arange(m).repeat_interleave(k)
+    slots = slots[torch.randperm(m * k, generator=g)]
+    mine = slots[rank * per_rank:(rank + 1) * per_rank]
+    return chosen[mine].tolist(), (mine + iteration * m).tolist()

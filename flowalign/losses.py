@@ -1,0 +1,92 @@
+"""Policy-gradient losses on per-(sample, step) log-probs.
+
+* ``clipped_policy_loss``: the PPO clipped surrogate as used by DDPO (Black et al. 2023) and
+  Flow-GRPO (Liu et al. 2025, arXiv 2505.05470): ``mean(max(-A r, -A clip(r, 1 - eps_lo, 1 + eps_hi)))``
+  with ``r = exp(log_prob - old_log_prob)`` and advantages clipped to ``+-adv_clip``. Asymmetric
+  ranges follow the flow_grpo Bagel configs. Optional GRPO-Guard RatioNorm (arXiv 2510.22319) removes
+  the always-negative mean bias of the log-ratio before clipping.
+* ``gaussian_kl``: closed-form KL between the policy's and the reference's step kernels, which share
+  their std: ``mean_elements (mean - ref_mean)^2 / (2 std^2)`` per sample. ``mode="flow_grpo"``
+  multiplies by ``|dt|``, which is what the flow_grpo code computes (its KL divides by the diffusion
+  coefficient, not the step std; issue #78) so that its published beta values keep their meaning.
+* ``weighted_mean``: masked mean used to reduce everything, so padding/filtered pairs never count.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .types import LossOut
+
+
+def weighted_mean(x: Tensor, mask: Tensor | None) -> Tensor:
+    if mask is None:
+        return x.mean()
+    mask = mask.to(x.dtype)
+    return (x * mask).sum() / mask.sum().clamp_min(1.0)
+
+
+def clipped_policy_loss(log_prob: Tensor, old_log_prob: Tensor, advantages: Tensor,
+                        clip_range: float | tuple[float, float] = 1e-4, adv_clip: float | None = 5.0,
+                        mask: Tensor | None = None, ratio_norm: tuple[Tensor, Tensor] | None = None) -> LossOut:
+    """All tensors [N] (one entry per trained (sample, step) pair).
+
+    ``ratio_norm=(mean_sq_diff, std)`` enables GRPO-Guard's RatioNorm: the log-ratio gets
+    ``mean_sq_diff / (2 std^2)`` added back (the bias of a shifted Gaussian's log-ratio) and is
+    scaled by ``std / mean(std)``."""
+    lo, hi = clip_range if isinstance(clip_range, (tuple, list)) else (clip_range, clip_range)
+    adv = advantages if adv_clip is None else advantages.clamp(-adv_clip, adv_clip)
+    log_ratio = log_prob - old_log_prob
+    if ratio_norm is not None:
+        mean_sq_diff, std = ratio_norm
+        log_ratio = (log_ratio + mean_sq_diff / (2 * std**2)) * (std / std.mean())
+    ratio = torch.exp(log_ratio)
+    unclipped = -adv * ratio
+    clipped = -adv * ratio.clamp(1 - lo, 1 + hi)
+    loss = weighted_mean(torch.maximum(unclipped, clipped), mask)
+    with torch.no_grad():
+        r = ratio.detach()
+        stats = {
+            "policy_loss": loss.detach(),
+            "approx_kl": weighted_mean(0.5 * log_ratio.detach() ** 2, mask),
+            "clipfrac": weighted_mean(((r - 1).abs() > torch.where(r > 1, hi, lo)).float(), mask),
+            "clipfrac_gt_one": weighted_mean((r > 1 + hi).float(), mask),
+            "clipfrac_lt_one": weighted_mean((r < 1 - lo).float(), mask),
+            "ratio_mean": weighted_mean(r, mask),
+            "ratio_max": r.max(),
+            "ratio_min": r.min(),
+        }
+    return LossOut(loss=loss, stats=stats)
+
+
+def gaussian_kl(mean: Tensor, ref_mean: Tensor, std: Tensor, dt: Tensor | float | None = None,
+                mode: str = "exact") -> Tensor:
+    """KL(N(mean, std^2) || N(ref_mean, std^2)) averaged over elements -> [B].
+    mean/ref_mean [B, *S]; std [B]; ``mode="flow_grpo"`` multiplies by |dt|."""
+    if mode not in ("exact", "flow_grpo"):
+        raise ValueError(f"kl mode {mode!r} must be 'exact' or 'flow_grpo'.")
+    sq = ((mean - ref_mean) ** 2).flatten(1).mean(1)
+    safe = torch.where(std > 0, std, torch.ones_like(std))
+    kl = torch.where(std > 0, sq / (2 * safe**2), torch.zeros_like(sq))
+    if mode == "flow_grpo":
+        if dt is None:
+            raise ValueError("kl mode 'flow_grpo' needs the step size dt.")
+        kl = kl * torch.as_tensor(dt, dtype=kl.dtype).abs()
+    return kl
+
+
+def total_loss(policy: LossOut, kl: Tensor | None = None, beta: float = 0.0, mask: Tensor | None = None,
+               extra: dict[str, Tensor] | None = None) -> LossOut:
+    """policy + beta * KL (+ named extra terms, already weighted)."""
+    loss = policy.loss
+    stats = dict(policy.stats)
+    if kl is not None:
+        kl_mean = weighted_mean(kl, mask)
+        stats["kl"] = kl_mean.detach()
+        if beta:
+            loss = loss + beta * kl_mean
+    for name, term in (extra or {}).items():
+        loss = loss + term
+        stats[name] = term.detach()
+    stats["loss"] = loss.detach()
+    return LossOut(loss=loss, stats=stats)
