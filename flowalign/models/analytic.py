@@ -57,7 +57,7 @@ class GaussianMixtureFlow(FlowModel):
         e_eps = s / c * diff
         return (resp[..., None] * (e_eps - e_x0)).sum(1).float()
 
-    def decode(self, x: Tensor) -> Tensor:
+    def decode(self, x: Tensor, height: int | None = None, width: int | None = None) -> Tensor:
         return x
 
     def initial_noise(self, batch_size: int, height: int = 0, width: int = 0, generator=None) -> Tensor:

@@ -42,8 +42,9 @@ class FlowModel:
     def velocity(self, x: Tensor, sigma: Tensor | float, cond: Cond) -> Tensor:
         raise NotImplementedError
 
-    def decode(self, x: Tensor) -> Tensor:
-        """Latents [B, *S] -> images [B, 3, H, W] float in [0, 1] (differentiable)."""
+    def decode(self, x: Tensor, height: int | None = None, width: int | None = None) -> Tensor:
+        """Latents [B, *S] -> images [B, 3, H, W] float in [0, 1] (differentiable). Packed-latent
+        families (Flux) need the image size for non-square images."""
         raise NotImplementedError
 
     def initial_noise(self, batch_size: int, height: int, width: int,

@@ -1,0 +1,87 @@
+"""Model adapters behind the one ``FlowModel`` contract, and ``load_model`` to build one by name.
+
+* ``FAMILIES``: family name -> adapter class with ``from_pretrained(id_or_dir, **kw)``.
+* ``MODELS``: ready-made names -> factory ``(**kw) -> FlowModel`` that need no weights on disk
+  (the tiny offline pipelines; other modules may register more, e.g. analytic mixtures).
+
+Nothing heavy is imported here: diffusers is imported by the adapters when they need it.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Callable
+
+from .base import FlowModel
+from .common import family_of_class, pipeline_family
+from .flux import FluxModel
+from .sd3 import SD3Model
+
+
+def _tiny_sd3(seed: int = 0, text_encoder_3: bool = False, **kw: Any) -> SD3Model:
+    from .tiny import tiny_sd3_pipeline
+
+    return SD3Model(tiny_sd3_pipeline(seed=seed, text_encoder_3=text_encoder_3), **kw)
+
+
+def _tiny_flux(seed: int = 0, **kw: Any) -> FluxModel:
+    from .tiny import tiny_flux_pipeline
+
+    kw.setdefault("max_sequence_length", 32)
+    return FluxModel(tiny_flux_pipeline(seed=seed), **kw)
+
+
+def _analytic_2d(**kw: Any) -> FlowModel:
+    """A 2-D three-component Gaussian mixture with a closed-form velocity (exactness tests)."""
+    from .analytic import GaussianMixtureFlow
+
+    return GaussianMixtureFlow(means=[[-2.0, 0.5], [1.5, -1.0], [0.5, 2.0]],
+                               stds=[[0.5, 0.3], [0.4, 0.6], [0.3, 0.3]], weights=[0.3, 0.5, 0.2], **kw)
+
+
+FAMILIES: dict[str, type] = {"sd3": SD3Model, "flux": FluxModel}
+MODELS: dict[str, Callable[..., FlowModel]] = {"tiny-sd3": _tiny_sd3, "tiny-flux": _tiny_flux,
+                                               "analytic-2d": _analytic_2d}
+
+def detect_family(name_or_path: Any) -> str:
+    """'sd3' or 'flux' from a pipeline object, a saved pipeline's model_index.json, or a hub id."""
+    if not isinstance(name_or_path, (str, os.PathLike)):
+        fam = pipeline_family(name_or_path)
+        if fam:
+            return fam
+        raise ValueError(f"cannot tell the model family of a {type(name_or_path).__name__}; pass a "
+                         f"StableDiffusion3Pipeline or FluxPipeline, or family= one of {sorted(FAMILIES)}.")
+    path = os.path.expanduser(os.fspath(name_or_path))
+    index = os.path.join(path, "model_index.json")
+    if os.path.isfile(index):
+        with open(index, encoding="utf-8") as f:
+            fam = family_of_class(json.load(f).get("_class_name", ""))
+        if fam:
+            return fam
+    low = os.path.basename(path.rstrip("/")).lower()
+    if "flux" in low:
+        return "flux"
+    if "stable-diffusion-3" in low or "sd3" in low:
+        return "sd3"
+    raise ValueError(f"cannot tell the model family of {name_or_path!r} (no model_index.json naming a "
+                     f"StableDiffusion3Pipeline or FluxPipeline); pass family= one of {sorted(FAMILIES)}.")
+
+
+def load_model(name_or_path: Any, family: str | None = None, **kw: Any) -> FlowModel:
+    """A ``FlowModel`` from a registered name (``MODELS``), a diffusers pipeline object, a saved
+    pipeline directory or a hub id. ``kw`` go to the factory / ``from_pretrained`` (e.g.
+    ``torch_dtype``, ``guidance_scale``, ``max_sequence_length``)."""
+    if isinstance(name_or_path, FlowModel):
+        return name_or_path
+    if isinstance(name_or_path, str) and name_or_path in MODELS and family is None:
+        return MODELS[name_or_path](**kw)
+    if family is not None and family not in FAMILIES:
+        raise ValueError(f"unknown model family {family!r}; choose one of {sorted(FAMILIES)} "
+                         f"(or a name in {sorted(MODELS)}).")
+    fam = family or detect_family(name_or_path)
+    if isinstance(name_or_path, (str, os.PathLike)):
+        return FAMILIES[fam].from_pretrained(os.fspath(name_or_path), **kw)
+    return FAMILIES[fam](name_or_path, **kw)
+
+
+__all__ = ["FlowModel", "SD3Model", "FluxModel", "FAMILIES", "MODELS", "detect_family", "load_model"]
