@@ -71,10 +71,12 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="fewer repeats (<= 60 s on 2 cores)")
     ap.add_argument("--repeats", type=int, default=None)
     ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1 keeps shared 2-core machines stable)")
     args = ap.parse_args()
+    torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    repeats = args.repeats or (5 if args.quick else 15)
-    steps, size, guidance = args.steps, 32, 4.0
+    repeats = args.repeats or (3 if args.quick else 15)
+    steps, size, guidance = (min(args.steps, 10) if args.quick else args.steps), 32, 4.0
 
     # exactness on the tiny pipelines
     sd3_pipe = tiny_sd3_pipeline(seed=0)
