@@ -88,3 +88,44 @@ def group_batch(num_prompts: int, k: int, per_rank: int, world: int, rank: int, 
     slots = slots[torch.randperm(m * k, generator=g)]
     mine = slots[rank * per_rank:(rank + 1) * per_rank]
     return chosen[mine].tolist(), (mine + iteration * m).tolist()
+
+
+def _testbed_split(split: str) -> PromptSet:
+    """The testbed's prompt splits. ``test``: the held-out prompts, interleaved across kinds (a prefix
+    of the eval set is balanced). ``train``: every training prompt, each repeated so that the four
+    kinds are drawn with TRAIN_KIND_WEIGHTS (uniform over prompts would be 77% position prompts)."""
+    from .testbed import world
+
+    if split == "test":
+        return PromptSet(world.eval_prompts(), [{} for _ in world.eval_prompts()])
+    table = world.prompt_splits()[split]
+    total = 20 * max(len(v) for v in table.values())  # list length; each kind gets weight x total rows
+    prompts = [p for k in world.KINDS for p in table[k] * max(1, round(TRAIN_KIND_WEIGHTS[k] * total / max(1, len(table[k]))))]
+    return PromptSet(prompts, [{} for _ in prompts])
+
+
+TRAIN_KIND_WEIGHTS = {"single": 0.1, "count": 0.3, "pair": 0.3, "position": 0.3}  # close to the eval mix
+
+
+PROMPT_SOURCES = {  # named prompt sets usable wherever a prompt file is expected
+    "testbed:train": lambda: _testbed_split("train"),
+    "testbed:test": lambda: _testbed_split("test"),
+}
+
+
+def load_prompt_source(spec: str | Path) -> PromptSet:
+    """A named set from ``PROMPT_SOURCES`` (e.g. 'testbed:train') or a .txt / .jsonl prompt file."""
+    if isinstance(spec, str) and spec in PROMPT_SOURCES:
+        return PROMPT_SOURCES[spec]()
+    if isinstance(spec, str) and ":" in spec and spec.split(":")[0] == "testbed":
+        raise ValueError(f"unknown prompt set {spec!r}; named sets are {sorted(PROMPT_SOURCES)}.")
+    return load_prompts(spec)
+
+
+def sample_seed(seed: int, iteration: int, index: int) -> int:
+    """Seed of the generator of global sample ``index`` at ``iteration``: the noise of a sample does
+    not depend on how samples are split over ranks or batches (a splitmix64-style hash)."""
+    z = (seed * 0x9E3779B97F4A7C15 + iteration * 0xBF58476D1CE4E5B9 + index * 0x94D049BB133111EB + 1) % (1 << 64)
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) % (1 << 64)
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) % (1 << 64)
+    return (z ^ (z >> 31)) % (1 << 63)

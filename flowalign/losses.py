@@ -90,3 +90,15 @@ def total_loss(policy: LossOut, kl: Tensor | None = None, beta: float = 0.0, mas
         stats[name] = term.detach()
     stats["loss"] = loss.detach()
     return LossOut(loss=loss, stats=stats)
+
+
+def flow_grpo_loss(out, ref, old_log_prob: Tensor, advantages: Tensor, mask: Tensor | None, dt: float, *,
+                   clip_range: float = 1e-4, clip_range_high: float | None = None, adv_clip: float | None = 5.0,
+                   beta: float = 0.0, kl_mode: str = "flow_grpo") -> LossOut:
+    """Flow-GRPO's loss of one (micro-batch, step): clipped surrogate on the recomputed step ``out``
+    (a ``StepOut`` with grad) + ``beta`` x KL to the reference step ``ref`` (``StepOut`` under the
+    adapter-off weights, no grad; None when beta == 0). old_log_prob / advantages / mask are [B]."""
+    clip = clip_range if clip_range_high is None else (clip_range, clip_range_high)
+    policy = clipped_policy_loss(out.log_prob, old_log_prob, advantages, clip, adv_clip, mask)
+    kl = None if ref is None else gaussian_kl(out.mean, ref.mean, out.std, dt, kl_mode)
+    return total_loss(policy, kl, beta, mask)

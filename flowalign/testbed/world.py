@@ -8,7 +8,9 @@ Grammar (every prompt is exactly one of four kinds; ``parse_prompt`` inverts it)
     position  "a green triangle left of a yellow circle"   (left of | right of | above | below)
 
 Colours: red, green, blue, yellow, purple. Shapes: circle, square, triangle. Objects are rendered
-as anti-aliased signed-distance shapes on a plain dark background. The structured labels of a
+as anti-aliased signed-distance shapes on a plain dark background, never overlapping; a position
+scene puts its two objects >= 10 px apart along the relation's axis and at most 0.6 times that
+across it, so every caption is unambiguous. The structured labels of a
 prompt are a ``PromptLabels``; its *clauses* (what the GenEval-like checker verifies) are, per
 object group, "colour present", "shape present", "exact count of that colour+shape", and for a
 position prompt one "relation holds" clause. ``judge`` evaluates clauses from a count table and
@@ -71,12 +73,15 @@ class Obj:
     y: float  # centre, px from the top edge
     size: float  # px: circle radius, square half side / 0.88, triangle circumradius / 1.15
     rgb: tuple[float, float, float]
+    angle: float = 0.0  # rad; distortions only (``distort``): captions' scenes are upright
+    aspect: float = 1.0  # x stretch (y shrinks by the same factor); distortions only
 
 
 @dataclass
 class Scene:
     objects: list[Obj]
     prompt: str | None = None  # the caption the scene was rendered for, if any
+    wobble: np.ndarray | None = None  # [6, 6] px: low-frequency boundary noise (``distort`` only)
 
 
 def _plural(shape: str) -> str:
@@ -197,7 +202,7 @@ def _place(specs: list[tuple[str, str]], rng: np.random.Generator, relation: str
             d_par = {"left of": c.x - a.x, "right of": a.x - c.x, "above": c.y - a.y,
                      "below": a.y - c.y}[relation]
             d_perp = abs(a.y - c.y) if relation in ("left of", "right of") else abs(a.x - c.x)
-            if d_par < 8.0 or d_perp > d_par:
+            if d_par < 10.0 or d_perp > 0.6 * d_par:
                 continue
         return objs
     raise RuntimeError(f"could not place {specs} with relation {relation!r}")
@@ -241,14 +246,16 @@ def render(scenes: list[Scene]) -> Tensor:
     img = torch.tensor(BACKGROUND, dtype=torch.float32).view(1, 3, 1, 1).repeat(b, 1, IMAGE_SIZE, IMAGE_SIZE)
     if k == 0:
         return img
-    tab_np = np.zeros((b, k, 8), dtype=np.float32)  # x, y, size, shape id, r, g, b, valid
+    tab_np = np.zeros((b, k, 10), dtype=np.float32)  # x, y, size, shape, r, g, b, valid, angle, aspect
     for i, s in enumerate(scenes):
         for j, o in enumerate(s.objects):
-            tab_np[i, j] = (o.x, o.y, o.size, SHAPES.index(o.shape), *o.rgb, 1.0)
+            tab_np[i, j] = (o.x, o.y, o.size, SHAPES.index(o.shape), *o.rgb, 1.0, o.angle, o.aspect)
     tab = torch.from_numpy(tab_np)
     coords = torch.arange(IMAGE_SIZE, dtype=torch.float32) + 0.5
     py, px = coords.view(1, 1, -1, 1), coords.view(1, 1, 1, -1)
-    dx, dy = px - tab[..., 0, None, None], py - tab[..., 1, None, None]  # [B, K, H, W]
+    ux, uy = px - tab[..., 0, None, None], py - tab[..., 1, None, None]  # [B, K, H, W]
+    cos, sin, asp = tab[..., 8, None, None].cos(), tab[..., 8, None, None].sin(), tab[..., 9, None, None]
+    dx, dy = (cos * ux + sin * uy) / asp, (cos * uy - sin * ux) * asp
     size = tab[..., 2, None, None]
     circle = torch.sqrt(dx ** 2 + dy ** 2) - size
     square = torch.maximum(dx.abs(), dy.abs()) - 0.88 * size
@@ -257,11 +264,25 @@ def render(scenes: list[Scene]) -> Tensor:
     tri = torch.maximum(dy, torch.maximum(-s3 * dx - 0.5 * dy, s3 * dx - 0.5 * dy)) - r / 2
     shape = tab[..., 3, None, None]
     sdf = torch.where(shape == 0, circle, torch.where(shape == 1, square, tri))
+    if any(s.wobble is not None for s in scenes):
+        field = torch.from_numpy(np.stack([np.zeros((6, 6)) if s.wobble is None else s.wobble
+                                           for s in scenes]).astype(np.float32))
+        sdf = sdf + torch.nn.functional.interpolate(field[:, None], size=(IMAGE_SIZE, IMAGE_SIZE),
+                                                    mode="bicubic", align_corners=False)
     alpha = (0.5 - sdf).clamp(0, 1) * tab[..., 7, None, None]
     for j in range(k):
         a = alpha[:, j, None]
         img = img * (1 - a) + tab[:, j, 4:7, None, None] * a
     return img
+
+
+def distort(scene: Scene, rng: np.random.Generator) -> Scene:
+    """The same objects, imperfectly drawn (rotation, stretch, wobbly edges, colour drift), as a
+    generator draws them; labels are unchanged. Used to make the checker fair to generated images."""
+    objs = [Obj(o.color, o.shape, o.x, o.y, o.size * float(rng.uniform(0.85, 1.15)),
+                tuple(float(v) for v in np.clip(np.asarray(o.rgb) + rng.uniform(-0.08, 0.08, 3), 0, 1)),
+                float(rng.uniform(-0.4, 0.4)), float(np.exp(rng.uniform(-0.2, 0.2)))) for o in scene.objects]
+    return Scene(objs, scene.prompt, rng.normal(0, 1, (6, 6)) * rng.uniform(0, 1.0))
 
 
 # ---------------------------------------------------------------- clauses
@@ -278,11 +299,17 @@ def scene_table(scenes: list[Scene]) -> tuple[Tensor, Tensor]:
 
 
 def judge(counts: Tensor, centroids: Tensor, labels: list[PromptLabels]) -> tuple[Tensor, Tensor]:
-    """Clause verdicts from a count table [B, C, S] and centroids [B, C, S, 2] (px).
+    """Clause verdicts from a (possibly fractional) count table [B, C, S] and centroids [B, C, S, 2].
 
+    colour: the colour's objects total >= 0.5 (any shape); shape: the shape's objects total >= 0.5
+    (any colour); count: round(count of colour+shape) == n; position: both objects present
+    (count >= 0.5) and their centroids (px) in the stated order by more than ``MARGIN``. Integer
+    ground-truth counts give the obvious verdicts; the checker's soft counts are judged the same
+    way, so an object whose shape is ambiguous still counts towards its colour.
     Returns ``correct`` [B, MAX_CLAUSES] bool and ``mask`` [B, MAX_CLAUSES] bool (clause exists),
     in the order of ``PromptLabels.clauses()``.
     """
+    counts = counts.float()
     correct = torch.zeros(len(labels), MAX_CLAUSES, dtype=torch.bool)
     mask = torch.zeros_like(correct)
     for i, lab in enumerate(labels):
@@ -291,7 +318,7 @@ def judge(counts: Tensor, centroids: Tensor, labels: list[PromptLabels]) -> tupl
             if kind == "position":
                 (ca, sa), (cb, sb) = [(COLOR_NAMES.index(g.color), SHAPES.index(g.shape))
                                       for g in lab.groups]
-                if counts[i, ca, sa] < 1 or counts[i, cb, sb] < 1:
+                if counts[i, ca, sa] < 0.5 or counts[i, cb, sb] < 0.5:
                     continue
                 (xa, ya), (xb, yb) = centroids[i, ca, sa].tolist(), centroids[i, cb, sb].tolist()
                 correct[i, j] = {"left of": xa < xb - MARGIN, "right of": xa > xb + MARGIN,
@@ -299,6 +326,6 @@ def judge(counts: Tensor, centroids: Tensor, labels: list[PromptLabels]) -> tupl
                 continue
             g = lab.groups[gi]
             c, s = COLOR_NAMES.index(g.color), SHAPES.index(g.shape)
-            correct[i, j] = bool({"color": counts[i, c].sum() >= 1, "shape": counts[i, :, s].sum() >= 1,
-                                  "count": counts[i, c, s] == g.count}[kind])
+            correct[i, j] = bool({"color": counts[i, c].sum() >= 0.5, "shape": counts[i, :, s].sum() >= 0.5,
+                                  "count": torch.round(counts[i, c, s]) == g.count}[kind])
     return correct, mask

@@ -1,0 +1,41 @@
+"""Inference-time steering and search, on the same samplers and rewards as training.
+
+* ``fk_steer`` (``fk.py``): Feynman-Kac particles as an ``on_step`` hook of the one rollout loop;
+  ``POTENTIALS`` diff / max / sum / rt; ``RESAMPLERS`` multinomial / stratified / systematic.
+* ``best_of_n``, ``beam_search`` (``search.py``): the search baselines (beam_width=1 with every step
+  selected is SVDD).
+* ``tree_search`` (``dts.py``): DTS (``star=False``) and DTS* (``star=True``).
+* ``steer(method, model, prompts, reward, **kw)``: one entry point over ``SEARCH``.
+Every method returns a ``SteerResult`` (chosen latents and rewards per prompt, NFE spent, the
+candidates) and accepts ``nfe_budget`` (model evaluations per prompt).
+"""
+from __future__ import annotations
+
+from functools import partial
+from typing import Any, Callable
+
+from .common import LatentReward, SteerResult, VelocityCache, default_schedule
+from .dts import tree_search
+from .fk import POTENTIALS, FKSteering, fk_steer
+from .resample import RESAMPLERS, ess
+from .search import beam_search, best_of_n
+
+SEARCH: dict[str, Callable[..., SteerResult]] = {
+    "bon": best_of_n,
+    "fk": fk_steer,
+    "beam": beam_search,
+    "svdd": partial(beam_search, beam_width=1, select_steps="all"),
+    "dts": partial(tree_search, star=False),
+    "dts_star": partial(tree_search, star=True),
+}
+
+
+def steer(method: str, model: Any, prompts: Any, reward: Any, **kwargs: Any) -> SteerResult:
+    """Run ``SEARCH[method]``; ``kwargs`` go to that method (see each function)."""
+    if method not in SEARCH:
+        raise ValueError(f"unknown steering method {method!r}; choose one of {sorted(SEARCH)}.")
+    return SEARCH[method](model, prompts, reward, **kwargs)
+
+
+__all__ = ["POTENTIALS", "RESAMPLERS", "SEARCH", "FKSteering", "LatentReward", "SteerResult", "VelocityCache",
+           "beam_search", "best_of_n", "default_schedule", "ess", "fk_steer", "steer", "tree_search"]

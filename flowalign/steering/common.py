@@ -1,0 +1,268 @@
+"""Pieces shared by every steering / search method: the reward seen as a function of latents, a
+velocity cache so look-aheads cost no extra model call, the result record and the boundary checks.
+
+* ``LatentReward`` wraps a reward name (``rewards.load_reward``), a ``Reward`` module or any callable
+  ``(images, prompts) -> [B]`` (a one-argument callable ``(images) -> [B]`` is accepted too, e.g. a
+  plain function of analytic latents, whose decode is the identity) and scores *latents*:
+  decode -> reward, in chunks, counting the images scored.
+* ``VelocityCache`` wraps a ``FlowModel``: velocities that a hook computed for look-ahead (x0_pred
+  of the post-step state, first step of an ODE completion) are ``remember``-ed, and the rollout's
+  next call at the same (sigma, state, prompt) is served from memory instead of re-evaluating the
+  model. Entries are keyed by the exact bytes of the state, so resampled copies hit; served
+  entries are kept until a call at another sigma arrives. NFE counts only real evaluations.
+"""
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from ..sampling.rollout import as_noise_levels
+from ..sampling.sde import step_name
+from ..types import Cond
+
+
+# --- rewards of latents --------------------------------------------------------------------------
+def _positional_arity(fn: Callable) -> int:
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return 2
+    if any(p.kind == p.VAR_POSITIONAL for p in params):
+        return 2
+    return sum(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params)
+
+
+class LatentReward:
+    """r(decode(x), prompts) for latents x [B, *S] -> fp32 [B]; ``calls`` counts images scored."""
+
+    def __init__(self, reward: Any, model: Any, max_batch: int = 64):
+        if isinstance(reward, str):
+            from ..rewards import load_reward
+
+            reward = load_reward(reward)
+        if not callable(reward):
+            raise ValueError(f"reward must be a reward name, a flowalign Reward or a callable "
+                             f"(images, prompts) -> [B], got {type(reward).__name__}.")
+        self.reward, self.model, self.max_batch = reward, model, max_batch
+        self.name = getattr(reward, "name", getattr(reward, "__name__", type(reward).__name__))
+        self.differentiable = getattr(reward, "differentiable", None)  # None = unknown (plain callable)
+        fn = reward.forward if isinstance(reward, torch.nn.Module) else reward
+        self._one_arg = _positional_arity(fn) == 1
+        self.calls = 0
+
+    def images(self, x: Tensor) -> Tensor:
+        return self.model.decode(x)
+
+    def score_images(self, images: Tensor, prompts: Sequence[str]) -> Tensor:
+        out = self.reward(images) if self._one_arg else self.reward(images, list(prompts))
+        return torch.as_tensor(out).float().reshape(-1)
+
+    def __call__(self, x: Tensor, prompts: Sequence[str], grad: bool = False) -> Tensor:
+        prompts = list(prompts)
+        if len(prompts) != x.shape[0]:
+            raise ValueError(f"{len(prompts)} prompts for {x.shape[0]} latents.")
+        self.calls += x.shape[0]
+        if grad:  # one piece, graph kept
+            return self.score_images(self.images(x), prompts)
+        outs = []
+        with torch.no_grad():
+            for i in range(0, x.shape[0], self.max_batch):
+                sl = slice(i, i + self.max_batch)
+                outs.append(self.score_images(self.images(x[sl]), prompts[sl]).cpu())
+        return torch.cat(outs)
+
+
+# --- velocity cache --------------------------------------------------------------------------------
+def row_hashes(x: Tensor) -> list[int]:
+    """A 64-bit hash of each row's exact bits (vectorised; hits are verified by equality)."""
+    bits = x.detach().float().contiguous().reshape(x.shape[0], -1).view(torch.int32).long()
+    n = bits.shape[1]
+    mult = torch.arange(1, n + 1, dtype=torch.int64, device=bits.device) * 0x5851F42D4C957F2D | 1
+    return (bits * mult).sum(1).tolist()  # int64 arithmetic wraps around: fine for a hash
+
+
+class VelocityCache:
+    """A ``FlowModel`` proxy whose ``velocity`` first looks up remembered rows (see module doc)."""
+
+    def __init__(self, model: Any):
+        self.inner = model
+        self._store: dict[tuple, tuple[Tensor, Tensor]] = {}  # key -> (state row, velocity row)
+        self._sigma: float | None = None
+        self.hits = 0
+
+    def __getattr__(self, name: str) -> Any:  # decode, encode, initial_noise, sigmas, device...
+        return getattr(self.inner, name)
+
+    @property
+    def nfe(self) -> int:
+        return self.inner.nfe
+
+    @nfe.setter
+    def nfe(self, value: int) -> None:
+        self.inner.nfe = value
+
+    @staticmethod
+    def _cond_keys(cond: Cond, rows: int) -> list:
+        if cond.prompts is not None and len(cond.prompts) == rows:
+            return [(p, float(cond.guidance_scale)) for p in cond.prompts]
+        return [tuple(row_hashes(v.reshape(rows, -1)[i:i + 1])[0] for _, v in sorted(cond.embeds.items()))
+                for i in range(rows)]
+
+    def _keys(self, x: Tensor, cond: Cond) -> list[tuple]:
+        return list(zip(row_hashes(x), self._cond_keys(cond, x.shape[0])))
+
+    def remember(self, x: Tensor, sigma: Tensor | float, cond: Cond, v: Tensor) -> None:
+        s = float(sigma)
+        if self._sigma != s:
+            self._store.clear()
+            self._sigma = s
+        for key, row, vrow in zip(self._keys(x, cond), x.detach(), v.detach()):
+            self._store[key] = (row, vrow)
+
+    def clear(self) -> None:
+        self._store.clear()
+        self._sigma = None
+
+    def velocity(self, x: Tensor, sigma: Tensor | float, cond: Cond) -> Tensor:
+        st = torch.as_tensor(sigma)
+        if not self._store or st.numel() != 1 or float(st) != self._sigma:
+            if self._store and st.numel() == 1:
+                self.clear()
+            return self.inner.velocity(x, sigma, cond)
+        found = [self._store.get(k) for k in self._keys(x, cond)]
+        rows = [f[1] if f is not None and torch.equal(f[0], xi) else None for f, xi in zip(found, x)]
+        miss = [i for i, r in enumerate(rows) if r is None]
+        if len(miss) == len(rows):
+            return self.inner.velocity(x, sigma, cond)
+        if miss:
+            fresh = self.inner.velocity(x[miss], sigma, cond.select(miss))
+            for i, row in zip(miss, fresh):
+                rows[i] = row
+        self.hits += len(rows) - len(miss)
+        return torch.stack(rows)  # type: ignore[arg-type]
+
+
+# --- result record and checks --------------------------------------------------------------------
+@dataclass
+class SteerResult:
+    """What every steering / search method returns, one chosen sample per prompt (group)."""
+
+    latents: Tensor  # [P, *S] fp32 chosen final latents
+    rewards: Tensor  # [P] fp32 terminal reward of the chosen samples
+    nfe: int  # velocity evaluations spent, all prompts together (CFG counted once)
+    method: str
+    reward_calls: int = 0  # images decoded and scored (intermediate look-aheads included)
+    candidates: Tensor | None = None  # [P, K, *S] fp32 final particles / beams / leaves
+    candidate_rewards: Tensor | None = None  # [P, K] fp32 terminal rewards of the candidates
+    log_weights: Tensor | None = None  # [P, K] float64 final importance log-weights (FK, DTS)
+    info: dict[str, Any] = field(default_factory=dict)  # method-specific diagnostics
+
+
+def check_particles(n: Any, what: str = "num_particles") -> int:
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"{what}={n!r} must be an int >= 1; use e.g. {what}=4.")
+    return n
+
+
+def check_lam(lam: Any) -> float:
+    if not isinstance(lam, (int, float)) or isinstance(lam, bool) or not lam >= 0 or lam == float("inf"):
+        raise ValueError(f"lam={lam!r} must be a finite float >= 0 (the inverse temperature of the "
+                         f"tilt p(x) exp(lam r(x))); use lam=0 for the base model or e.g. lam=10.")
+    return float(lam)
+
+
+def stochastic_levels(step: Any, noise_level: Any, num_steps: int, method: str) -> Tensor:
+    """The [T] noise table, with one clear error when the sampler is deterministic (a resampled or
+    branched copy of a particle would then stay identical to its source forever)."""
+    levels = as_noise_levels(noise_level, num_steps)
+    if step_name(step) == "ode" or not bool((levels > 0).any()):
+        raise ValueError(f"{method} needs a stochastic sampler, but step={step_name(step)!r} with "
+                         f"noise_level={noise_level!r} is deterministic (copies of a particle would "
+                         f"stay identical); pass e.g. step='flow_sde', noise_level=0.7.")
+    return levels
+
+
+def check_budget(nfe_budget: Any, one_rollout: int, method: str) -> int | None:
+    if nfe_budget is None:
+        return None
+    if isinstance(nfe_budget, bool) or not isinstance(nfe_budget, int) or nfe_budget < one_rollout:
+        raise ValueError(f"nfe_budget={nfe_budget!r} is smaller than one rollout ({one_rollout} model "
+                         f"evaluations per prompt for this grid) so {method} cannot return a sample; "
+                         f"pass nfe_budget >= {one_rollout}.")
+    return nfe_budget
+
+
+def check_steps_in_grid(steps: Sequence[int], num_steps: int, what: str = "resample_steps") -> list[int]:
+    steps = list(steps)
+    bad = [j for j in steps if isinstance(j, bool) or not isinstance(j, int) or not 0 <= j < num_steps]
+    if bad:
+        raise ValueError(f"{what}={steps} has {bad} outside the schedule: steps are 0-based indices "
+                         f"in [0, {num_steps - 1}] for a {num_steps}-step grid.")
+    return sorted(set(steps))
+
+
+def default_schedule(num_steps: int, start: float = 0.2, every: float = 0.2, end: float = 0.8) -> list[int]:
+    """FK steering's schedule scaled to the grid: steps start, start+every, ..., end (fractions of
+    T; 20, 40, 60, 80 of 100) plus the last step (the final correction)."""
+    first = max(1, round(start * num_steps))
+    stride = max(1, round(every * num_steps))
+    last = min(num_steps - 2, round(end * num_steps))
+    return sorted(set(range(first, last + 1, stride)) | {num_steps - 1}) if num_steps > 1 else [0]
+
+
+def group_argmax(values: Tensor, k: int) -> Tensor:
+    """Flat rows [P * K] -> within-group argmax [P]."""
+    return values.reshape(-1, k).argmax(-1)
+
+
+@dataclass
+class Setup:
+    """Everything a method needs before its first step, for P prompts x K rows each."""
+
+    cond: Cond  # [P * K] rows, groups contiguous
+    x: Tensor  # [P * K, *S] initial noise at sigmas[0] (empty when draw_noise=False)
+    sigmas: Tensor  # [T+1]
+    prompts: list[str]  # [P]
+    height: int
+    width: int
+
+
+def prepare(model: Any, prompts: Any, k: int, *, num_steps: int | None = None, sigmas: Any = None,
+            guidance: float | None = None, negative_prompts: Any = None, height: int | None = None,
+            width: int | None = None, generator: Any = None, cond: Cond | None = None,
+            x: Tensor | None = None, draw_noise: bool = True) -> Setup:
+    """Encode P prompts once (or take ``cond`` with P rows), repeat each K times, draw the P * K
+    initial latents as the matching diffusers pipeline would (or take ``x``), build the grid."""
+    from ..models.base import check_prompts
+
+    if cond is None:
+        prompts = check_prompts(prompts)
+        cond = model.encode(prompts, guidance, negative_prompts) if negative_prompts is not None \
+            else model.encode(prompts, guidance)
+    else:
+        prompts = list(cond.prompts) if cond.prompts is not None else check_prompts(prompts)
+    p = cond.batch_size
+    height = height or int(getattr(model, "default_size", 0) or 0)
+    width = width or height
+    if x is None:
+        x = model.initial_noise(p * k, height, width, generator) if draw_noise else torch.zeros(0)
+    elif x.shape[0] != p * k:
+        raise ValueError(f"x has {x.shape[0]} rows; expected prompts x particles = {p} x {k} = {p * k}.")
+    if sigmas is None:
+        steps = num_steps if num_steps is not None else model.default_steps
+        sigmas = model.sigmas(steps, height, width)
+    sigmas = torch.as_tensor(sigmas, dtype=torch.float32).cpu()
+    return Setup(cond=cond.repeat(k), x=x.float(), sigmas=sigmas, prompts=list(prompts), height=height,
+                 width=width)
+
+
+def side_generator(generator: Any, salt: int) -> torch.Generator:
+    """A generator for a method's own choices (resampling, selection) that never consumes draws
+    from the sampling ``generator``: seeded from its initial seed + ``salt``."""
+    g = generator[0] if isinstance(generator, (list, tuple)) else generator
+    seed = g.initial_seed() if isinstance(g, torch.Generator) else int(torch.randint(2**62, (1,)))
+    return torch.Generator().manual_seed((seed + salt) % (2**63))

@@ -1,0 +1,254 @@
+"""Diffusion Tree Sampling (DTS) and Diffusion Tree Search (DTS*).
+
+Paper: Jain, Sareen, Pedramfar, Ravanbakhsh, "Diffusion Tree Sampling: Scalable inference-time
+alignment of diffusion models", arXiv 2506.20701 (NeurIPS 2025), Algorithms 1-2. One tree per
+prompt over the denoising chain; each iteration selects a node, adds one child (progressive
+widening |C(x)| < C N(x)^alpha), rolls it out to x0 with the base stochastic kernel, scores
+r(x0) and backs up the soft value v(x) = (1/lam) log mean_{c in C(x)} exp(lam v(c)) to the root.
+DTS selects children with probability prop. to exp(lam v(c)) (a sampler of p exp(lam r) as the
+budget grows); DTS* takes argmax v(c) + c_uct sqrt(log N(x) / N(c)).
+
+Departures and implementation choices:
+* Branching only at ``branch_steps`` (the paper's App. F: root + 4 depths); the rollout states
+  between two branch depths form single-child chains and are not stored (a log-mean-exp over one
+  child is that child's value, so the backups are unchanged).
+* Iterations run in rounds of ``batch`` per tree: selections within a round see virtual visits and
+  pending children (as batched MCTS), then every new rollout of the forest runs through the one
+  rollout loop, grouped by start depth, and all leaves are scored in one reward call.
+* A selection that ends on a leaf (t = 0) costs no NFE; it only counts a visit (raising the
+  widening limits on its path), as in Algorithm 1 where expansion needs t > 0.
+* ``final``: ``sample`` (DTS read-out: descend by exp(lam v)), ``greedy`` (DTS* read-out: argmax
+  v) or ``max_reward`` (best leaf found; the paper's T2I tables report the max reward found).
+* The NFE budget is per prompt; a rollout is started only if it fits in what is left.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..sampling.rollout import rollout
+from .common import (LatentReward, SteerResult, check_budget, check_lam, check_steps_in_grid,
+                     default_schedule, prepare, side_generator, stochastic_levels)
+
+FINALS = ("sample", "greedy", "max_reward")
+
+
+class Forest:
+    """Flat node store of P trees. Node 0..P-1 are the dummy roots (no state, above the noise)."""
+
+    def __init__(self, p: int):
+        self.parent, self.depth, self.tree = [-1] * p, [0] * p, list(range(p))
+        self.gidx = [-1] * p  # sigma-grid index of the node's state (-1: dummy root)
+        self.children: list[list[int]] = [[] for _ in range(p)]
+        self.value, self.visits = [0.0] * p, [0] * p
+        self.state: list[Tensor | None] = [None] * p
+        self.reward: list[float] = [math.nan] * p
+        self.leaf_ids: list[list[int]] = [[] for _ in range(p)]  # leaves (x0 states) of each tree
+
+    def add(self, parent: int, gidx: int, state: Tensor) -> int:
+        n = len(self.parent)
+        self.parent.append(parent)
+        self.depth.append(self.depth[parent] + 1)
+        self.tree.append(self.tree[parent])
+        self.gidx.append(gidx)
+        self.children.append([])
+        self.children[parent].append(n)
+        self.value.append(0.0)
+        self.visits.append(0)
+        self.state.append(state)
+        self.reward.append(math.nan)
+        return n
+
+    def backup(self, leaf: int, r: float | None, lam: float) -> None:
+        """v(leaf) = r (None: a revisit), then soft-value log-mean-exp to the root; N += 1."""
+        if r is not None:
+            self.value[leaf] = self.reward[leaf] = r
+        node = leaf
+        while node >= 0:
+            self.visits[node] += 1
+            kids = self.children[node]
+            if kids:
+                vals = torch.tensor([self.value[c] for c in kids], dtype=torch.float64)
+                self.value[node] = float(vals.mean()) if lam == 0 else \
+                    float((torch.logsumexp(lam * vals, 0) - math.log(len(kids))) / lam)
+            node = self.parent[node]
+
+    def leaves(self, tree: int) -> list[int]:
+        return self.leaf_ids[tree]
+
+    def readout_probs(self, tree: int, lam: float) -> dict[int, float]:
+        """Exact probability of each leaf under the DTS read-out (descend by softmax(lam v))."""
+        out, stack = {}, [(tree, 1.0)]
+        while stack:
+            node, pr = stack.pop()
+            kids = [c for c in self.children[node] if not math.isnan(self.value[c]) and self.visits[c] > 0]
+            if not kids:
+                out[node] = pr
+                continue
+            w = torch.softmax(lam * torch.tensor([self.value[c] for c in kids], dtype=torch.float64), 0)
+            stack.extend((c, pr * float(wi)) for c, wi in zip(kids, w))
+        return out
+
+
+def _select(forest: Forest, root: int, *, star: bool, lam: float, c_pw: float, alpha: float, c_uct: float,
+            last: int, virtual: dict[int, int], pending: dict[int, int], gen: torch.Generator) -> tuple[int, list[int]]:
+    """Walk down from ``root``; returns (node to expand or leaf reached, path)."""
+    node, path = root, [root]
+    while True:
+        if forest.gidx[node] == last:
+            return node, path
+        kids = [c for c in forest.children[node] if forest.visits[c] > 0]
+        n_vis = forest.visits[node] + virtual.get(node, 0)
+        width = len(forest.children[node]) + pending.get(node, 0)
+        if width == 0 or (width < c_pw * max(n_vis, 1) ** alpha) or not kids:
+            return node, path
+        vals = torch.tensor([forest.value[c] for c in kids], dtype=torch.float64)
+        if star:
+            n_kid = torch.tensor([forest.visits[c] + virtual.get(c, 0) for c in kids], dtype=torch.float64)
+            score = vals + c_uct * torch.sqrt(math.log(max(n_vis, 1)) / n_kid)
+            node = kids[int(score.argmax())]
+        else:
+            node = kids[int(torch.multinomial(torch.softmax(lam * vals, 0), 1, generator=gen))]
+        path.append(node)
+
+
+def tree_search(model: Any, prompts: Any, reward: Any, *, nfe_budget: int, star: bool = True, lam: float = 1.0,
+                branch_steps: Any = None, widen_c: float = 2.0, widen_alpha: float = 0.8, c_uct: float = 1.0,
+                batch: int = 8, final: str | None = None, num_steps: int | None = None, sigmas: Any = None,
+                step: str = "flow_sde", noise_level: Any = 0.7, cfg: float | None = None,
+                negative_prompts: Any = None, height: int | None = None, width: int | None = None,
+                generator: Any = None, cond: Any = None) -> SteerResult:
+    """DTS (``star=False``) or DTS* (``star=True``) with ``nfe_budget`` model evaluations per prompt.
+
+    ``branch_steps``: 0-based steps after which a node may get several children (default the FK
+    schedule without the last step); the initial noise (root) always branches."""
+    method = "dts_star" if star else "dts"
+    lam = check_lam(lam)
+    final = final or ("max_reward" if star else "sample")
+    if final not in FINALS:
+        raise ValueError(f"unknown final {final!r}; choose one of {list(FINALS)}.")
+    if not isinstance(batch, int) or batch < 1:
+        raise ValueError(f"batch={batch!r} must be an int >= 1 (rollouts per tree and round).")
+    if widen_c <= 0 or not 0 < widen_alpha <= 1:
+        raise ValueError(f"progressive widening needs widen_c > 0 and 0 < widen_alpha <= 1 (the number of "
+                         f"children C N^alpha must grow with the visits N), got {widen_c}, {widen_alpha}.")
+    rew = LatentReward(reward, model)
+    setup = prepare(model, prompts, 1, num_steps=num_steps, sigmas=sigmas, guidance=cfg,
+                    negative_prompts=negative_prompts, height=height, width=width, generator=generator,
+                    cond=cond, draw_noise=False)
+    t = setup.sigmas.numel() - 1
+    levels = stochastic_levels(step, noise_level, t, method)
+    check_budget(nfe_budget, t, method)
+    steps = default_schedule(t)[:-1] if branch_steps is None else check_steps_in_grid(branch_steps, t - 1, "branch_steps")
+    depths = sorted({j + 1 for j in steps})  # grid indices of branching nodes
+
+    def dead_segments(ds: list[int]) -> list[int]:
+        return [g for g, nxt in zip([0, *ds], [*ds, t]) if g > 0 and not bool((levels[g:nxt] > 0).any())]
+
+    if branch_steps is None:  # drop default depths whose children would all be equal (ODE-only tail)
+        while dead_segments(depths):
+            depths.remove(dead_segments(depths)[0])
+    dead = dead_segments(depths)
+    if dead:
+        raise ValueError(f"{method}: the steps after grid indices {dead} up to the next branch depth are all "
+                         f"deterministic (noise level 0), so sibling nodes would be identical; raise the "
+                         f"noise there or move branch_steps.")
+    p, gen = len(setup.prompts), side_generator(generator, 104729)
+    stops = set(depths) | {t}
+    forest, spent, nfe0 = Forest(p), [0] * p, model.nfe
+    shape = model.initial_noise(1, setup.height, setup.width, side_generator(generator, 1)).shape[1:]
+    done, stalled = [False] * p, [0] * p
+    while not all(done):
+        jobs: list[tuple[int, int]] = []  # (node to expand, tree)
+        virtual: dict[int, int] = {}
+        pending: dict[int, int] = {}
+        for tr in range(p):
+            n_jobs = 0
+            for _ in range(4 * batch if not done[tr] else 0):
+                if n_jobs >= batch:
+                    break
+                node, path = _select(forest, tr, star=star, lam=lam, c_pw=widen_c, alpha=widen_alpha, c_uct=c_uct,
+                                     last=t, virtual=virtual, pending=pending, gen=gen)
+                if forest.gidx[node] == t:  # reached a leaf: a free revisit
+                    forest.backup(node, None, lam)
+                    continue
+                cost = t - max(forest.gidx[node], 0)
+                if spent[tr] + cost > nfe_budget:
+                    done[tr] = True
+                    break
+                spent[tr] += cost
+                for n in path:
+                    virtual[n] = virtual.get(n, 0) + 1
+                pending[node] = pending.get(node, 0) + 1
+                jobs.append((node, tr))
+                n_jobs += 1
+            stalled[tr] = 0 if n_jobs else stalled[tr] + 1
+            if stalled[tr] > 64:  # only free revisits for many rounds: the tree cannot grow any more
+                done[tr] = True
+        if jobs:
+            _expand(model, forest, jobs, setup, levels, step, stops, shape, generator, rew, lam)
+    return _finish(forest, p, lam, final, gen, method, model.nfe - nfe0, rew.calls, spent, t)
+
+
+def _expand(model, forest: Forest, jobs, setup, levels, step, stops, shape, generator, rew, lam) -> None:
+    t = setup.sigmas.numel() - 1
+    by_start: dict[int, list[tuple[int, int]]] = {}
+    for node, tr in jobs:
+        by_start.setdefault(max(forest.gidx[node], 0), []).append((node, tr))
+    new_leaves, leaf_x, leaf_prompts = [], [], []
+    for g0, group in sorted(by_start.items()):
+        trees = [tr for _, tr in group]
+        roots = [node for node, _ in group if forest.gidx[node] < 0]
+        x = torch.stack([forest.state[n] if forest.gidx[n] >= 0 else torch.zeros(shape, device=model.device)
+                         for n, _ in group])
+        if roots:  # fresh initial noise for new root children, drawn as the pipeline draws it
+            fresh = model.initial_noise(len(roots), setup.height, setup.width, generator).to(x)
+            x[[i for i, (n, _) in enumerate(group) if forest.gidx[n] < 0]] = fresh.float()
+        with torch.no_grad():
+            ro = rollout(model, setup.cond.select(trees), x, setup.sigmas[g0:], step, levels[g0:],
+                         generator=generator)
+        for i, (node, tr) in enumerate(group):
+            cur = node
+            if forest.gidx[node] < 0:
+                cur = forest.add(node, 0, ro.latents[i, 0])
+            for g in range(g0 + 1, t + 1):
+                if g in stops:
+                    cur = forest.add(cur, g, ro.latents[i, g - g0])
+            new_leaves.append(cur)
+            forest.leaf_ids[tr].append(cur)
+            leaf_x.append(ro.latents[i, -1])
+            leaf_prompts.append(setup.prompts[tr])
+    r = rew(torch.stack(leaf_x), leaf_prompts)
+    for leaf, val in zip(new_leaves, r.tolist()):
+        forest.backup(leaf, val, lam)
+
+
+def _finish(forest: Forest, p: int, lam: float, final: str, gen, method: str, nfe: int, calls: int,
+            spent: list[int], t: int) -> SteerResult:
+    chosen, rewards, leaf_x, leaf_r, probs = [], [], [], [], []
+    for tr in range(p):
+        leaves = forest.leaves(tr)
+        pr = forest.readout_probs(tr, lam)
+        if final == "max_reward":
+            pick = max(leaves, key=lambda n: forest.reward[n])
+        elif final == "greedy":
+            pick = tr
+            while forest.children[pick]:
+                pick = max(forest.children[pick], key=lambda c: forest.value[c])
+        else:
+            keys = list(pr)
+            idx = int(torch.multinomial(torch.tensor([pr[k] for k in keys], dtype=torch.float64), 1, generator=gen))
+            pick = keys[idx]
+        chosen.append(forest.state[pick])
+        rewards.append(forest.reward[pick])
+        leaf_x.append(torch.stack([forest.state[n] for n in leaves]))
+        leaf_r.append(torch.tensor([forest.reward[n] for n in leaves]))
+        probs.append(torch.tensor([pr.get(n, 0.0) for n in leaves], dtype=torch.float64))
+    info = dict(leaf_latents=leaf_x, leaf_rewards=leaf_r, readout_probs=probs, nfe_per_prompt=spent,
+                rollouts=[len(lx) for lx in leaf_x], root_children=[len(forest.children[tr]) for tr in range(p)],
+                nodes=len(forest.parent))
+    return SteerResult(latents=torch.stack(chosen), rewards=torch.tensor(rewards, dtype=torch.float32), nfe=nfe,
+                       method=method, reward_calls=calls, info=info)

@@ -1,0 +1,94 @@
+"""Flow-matching training of the testbed's SD3 transformer and CLIP text encoders.
+
+Follows SD3 (Esser et al. 2024, "Scaling Rectified Flow Transformers"): rectified-flow target
+``v = eps - x0`` on VAE latents scaled as the pipeline unscales them
+(``z = (latent - shift_factor) * scaling_factor``), logit-normal timestep density (m=0, s=1)
+shifted by the scheduler's ``shift``, classifier-free-guidance dropout to the empty prompt.
+Departures: the two CLIP encoders are trained from scratch jointly with the transformer (no
+pretrained text model exists here), and so is the zero-layer T5 (its embedding table); the T5 pad
+positions are folded into one key with a log(#pads) logit bias (``pipeline.RepeatedTokenProcessor``,
+exact); an EMA of the weights is what is saved.
+"""
+from __future__ import annotations
+
+import copy
+import time
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import pipeline as P
+from . import world as W
+from .train import Log, _schedule
+
+
+def logit_normal_sigmas(b: int, g: torch.Generator, shift: float) -> torch.Tensor:
+    s = torch.sigmoid(torch.randn(b, generator=g))
+    return shift * s / (1 + (shift - 1) * s)
+
+
+def train_flow(cfg: dict[str, Any], components: dict[str, Any], seed: int, log: Log,
+               checkpoint: Callable[[int, dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Train ``transformer`` + ``text_encoder(_2)`` in ``components`` in place; returns EMA copies."""
+    rng, g = np.random.default_rng(seed), torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    tok, tok3, vae = components["tokenizer"], components["tokenizer_3"], components["vae"].eval()
+    modules = {k: components[k].train() for k in ("transformer", *P.ENCODERS)}
+    ema = {k: copy.deepcopy(m).eval().requires_grad_(False) for k, m in modules.items()}
+    params = [p for m in modules.values() for p in m.parameters()]
+    opt = torch.optim.AdamW(params, lr=cfg["lr"], weight_decay=cfg.get("weight_decay", 0.0),
+                            betas=(0.9, 0.99))
+    sched = _schedule(opt, cfg["steps"], warmup=cfg.get("warmup", 200))
+    proc = P.use_repeated_token(modules["transformer"])
+    shift, sf, sh = float(cfg["shift"]), vae.config.scaling_factor, vae.config.shift_factor
+    cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def ids_of(prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        for p in prompts:
+            if p not in cache:
+                cache[p] = (P.tokenize(tok, [p])[0], P.tokenize(tok3, [p], P.T5_TRAIN_LEN + 1)[0])
+        return torch.stack([cache[p][0] for p in prompts]), torch.stack([cache[p][1] for p in prompts])
+
+    t0, running = time.time(), 0.0
+    for step in range(cfg["steps"]):
+        b = cfg["batch"]
+        prompts = [W.sample_prompt(rng, "train", tuple(cfg["kind_weights"])) for _ in range(b)]
+        x = W.render([W.scene_for(W.parse_prompt(p), rng) for p in prompts])
+        with torch.no_grad():
+            z = (vae.encode(x * 2 - 1).latent_dist.sample(generator=g) - sh) * sf
+        drop = torch.rand(b, generator=g) < cfg["cfg_dropout"]
+        prompts = ["" if d else p for p, d in zip(prompts, drop.tolist())]
+        context, pooled = P.encode_train(modules, *ids_of(prompts))
+        proc.log_n = torch.log(P.sample_n_pad(b, g))
+        sigma = logit_normal_sigmas(b, g, shift)
+        eps = torch.randn(z.shape, generator=g)
+        s = sigma.view(-1, 1, 1, 1)
+        xt = (1 - s) * z + s * eps
+        v = modules["transformer"](hidden_states=xt, encoder_hidden_states=context,
+                                   pooled_projections=pooled, timestep=sigma * 1000).sample
+        loss = F.mse_loss(v, eps - z)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        decay = min(cfg["ema"], (1 + step) / (10 + step))
+        with torch.no_grad():
+            for k, m in modules.items():
+                for pe, pm in zip(ema[k].parameters(), m.parameters()):
+                    pe.lerp_(pm, 1 - decay)
+        if checkpoint is not None and step > 0:
+            checkpoint(step, ema)
+        running = loss.item() if step == 0 else 0.98 * running + 0.02 * loss.item()
+        if step % 100 == 0 or step == cfg["steps"] - 1:
+            el = time.time() - t0
+            log(f"flow {step:5d} loss {running:.4f} lr {sched.get_last_lr()[0]:.2e} "
+                f"{el / (step + 1):.2f} s/step, eta {el / (step + 1) * (cfg['steps'] - step - 1) / 60:.1f} min")
+    from diffusers.models.attention_processor import JointAttnProcessor2_0
+    for m in (modules["transformer"], ema["transformer"]):
+        m.set_attn_processor(JointAttnProcessor2_0())
+    for m in modules.values():
+        m.eval()
+    return ema

@@ -1,0 +1,8 @@
+#!/usr/bin/env python
+"""Thin wrapper: ``python scripts/steer.py ARGS`` == ``flowalign steer ARGS`` (see flowalign/steer_cli.py)."""
+import sys
+
+from flowalign.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["steer", *sys.argv[1:]]))

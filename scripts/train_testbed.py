@@ -1,0 +1,149 @@
+#!/usr/bin/env python
+"""Train the shapes-world testbed and write ``assets/testbed/`` (one command, fixed seeds).
+
+    nice -n 10 python scripts/train_testbed.py --out assets/testbed 2>&1 | tee train_testbed.log
+
+Stages (in order; each seeded): VAE -> checker, artifact detector, aesthetic proxy (on fresh
+procedural images, with VAE round trips as augmentation) -> SD3 transformer + CLIP encoders
+(flow matching) -> save pipeline, scorers, prompt splits, config.json, sample grid -> evaluation.
+``--reuse vae,checker,...`` loads those stages from ``--out`` instead of training them (for
+iterating on later stages); ``--smoke`` runs every stage for a few steps (a wiring check).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from flowalign.testbed import pipeline as P  # noqa: E402
+from flowalign.testbed import scorers as S  # noqa: E402
+from flowalign.testbed import world as W  # noqa: E402
+
+CONFIG = {
+    "seed": 0,
+    "arch": P.DEFAULT_ARCH,
+    "vae": {"steps": 800, "batch": 32, "lr": 2e-3, "kl": 1e-4},
+    "checker": {"steps": 1200, "batch": 32, "lr": 2e-3, "p_distort": 0.5, "latent_noise": 0.5},
+    "artifact": {"steps": 800, "batch": 32, "lr": 2e-3, "p_distort": 0.3},
+    "aesthetic": {"steps": 400, "batch": 32, "lr": 2e-3},
+    "flow": {"steps": 3000, "batch": 32, "lr": 5e-4, "warmup": 200, "ema": 0.998, "cfg_dropout": 0.1,
+             "shift": P.DEFAULT_ARCH["shift"], "kind_weights": [0.15, 0.2, 0.25, 0.4]},
+    "sampling": P.DEFAULT_SAMPLING,
+    "eval_prompts": 216,
+}
+STAGES = ("vae", "checker", "artifact", "aesthetic", "flow")
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "assets" / "testbed"))
+    ap.add_argument("--reuse", default="", help="comma list of stages to load from --out")
+    ap.add_argument("--smoke", action="store_true", help="a few steps per stage (wiring check)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared 2-core machine)")
+    ap.add_argument("--set", nargs="*", default=[], help="overrides like flow.steps=3000")
+    ap.add_argument("--ckpt-every", type=int, default=0, help="save EMA flow checkpoints (development)")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    cfg = json.loads(json.dumps(CONFIG))
+    for item in args.set:
+        key, val = item.split("=", 1)
+        *path, last = key.split(".")
+        node = cfg
+        for k in path:
+            node = node[k]
+        node[last] = json.loads(val)
+    if args.smoke:
+        for st in STAGES:
+            cfg[st]["steps"] = 3
+        cfg["eval_prompts"] = 8
+    reuse = {s for s in args.reuse.split(",") if s}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    log_path = out.parent / "train_testbed.log" if args.smoke else out / "train_log.txt"
+    log_file = open(log_path, "a")
+    t_start = time.time()
+
+    def log(msg: str) -> None:
+        line = f"[{time.time() - t_start:7.1f}s] {msg}"
+        print(line, flush=True)
+        log_file.write(line + "\n")
+        log_file.flush()
+
+    log(f"config {json.dumps(cfg)}")
+    timings: dict[str, float] = {}
+    seed = cfg["seed"]
+    from flowalign.testbed import train as T
+    from flowalign.testbed.train_flow import train_flow
+
+    components = P.build_components(cfg["arch"], seed)
+    t = time.time()
+    if "vae" in reuse:
+        from diffusers import AutoencoderKL
+        components["vae"] = AutoencoderKL.from_pretrained(str(out / "pipeline" / "vae")).eval()
+    else:
+        components["vae"] = T.train_vae(cfg["vae"], components["vae"], seed + 10, log)
+        components["vae"].save_pretrained(str(out / "pipeline" / "vae"), safe_serialization=True)
+    vae = components["vae"].requires_grad_(False)
+    timings["vae"] = time.time() - t
+    trainers = {"checker": T.train_checker, "artifact": T.train_detector, "aesthetic": T.train_aesthetic}
+    scorer_models = {}
+    for i, name in enumerate(trainers):
+        t = time.time()
+        if name in reuse:
+            scorer_models[name] = S.load_scorer(name, out)
+        else:
+            scorer_models[name] = trainers[name](cfg[name], seed + 20 + i, log, vae=vae)
+            S.save_scorer(scorer_models[name], out / "scorers")
+        timings[name] = time.time() - t
+    t = time.time()
+    if "flow" in reuse:
+        pipe = P.load_pipeline(out / "pipeline")
+    else:
+        def checkpoint(step: int, ema: dict) -> None:
+            if args.ckpt_every and step % args.ckpt_every == 0:
+                P.assemble({**components, **ema}).save_pretrained(str(out / "checkpoints" / f"step{step}"))
+        ema = train_flow(cfg["flow"], components, seed + 30, log, checkpoint)
+        components.update(ema)
+        pipe = P.assemble(components)
+        pipe.save_pretrained(str(out / "pipeline"), safe_serialization=True)
+        pipe = P.load_pipeline(out / "pipeline")
+    timings["flow"] = time.time() - t
+    timings["train_total"] = sum(timings.values())
+    log(f"training wall time {timings['train_total'] / 60:.1f} min: "
+        + ", ".join(f"{k} {v / 60:.1f}" for k, v in timings.items()))
+
+    (out / "prompts").mkdir(exist_ok=True)
+    for split, table in W.prompt_splits().items():
+        lines = [f"{kind}\t{p}" for kind in W.KINDS for p in table[kind]]
+        (out / "prompts" / f"{split}.tsv").write_text("\n".join(lines) + "\n")
+    (out / "prompts" / "eval.txt").write_text("\n".join(W.eval_prompts()) + "\n")
+
+    from flowalign.testbed import evaluate as E
+    t = time.time()
+    metrics = E.evaluate_pipeline(pipe, scorer_models["checker"], W.eval_prompts(cfg["eval_prompts"]),
+                                  **cfg["sampling"], seed=0, detector=scorer_models["artifact"],
+                                  aesthetic=scorer_models["aesthetic"])
+    metrics["checker_heldout_acc"] = E.checker_agreement(scorer_models["checker"], 1000 if not args.smoke else 32, seed=1)["acc"]
+    metrics["artifact_detector_acc"] = E.detector_accuracy(scorer_models["artifact"], 1000 if not args.smoke else 32, seed=2)["acc"]
+    timings["eval"] = time.time() - t
+    log("eval " + json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}))
+    E.sample_grid(pipe, W.eval_prompts(8) if not args.smoke else W.eval_prompts(2), seeds=4,
+                  path=out / "sample_grid.png", **cfg["sampling"])
+    record = {"sampling": cfg["sampling"], "train_config": cfg, "timings_s": {k: round(v, 1) for k, v in timings.items()},
+              "metrics": metrics, "torch": torch.__version__, "threads": args.threads}
+    (out / "config.json").write_text(json.dumps(record, indent=1) + "\n")
+    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file()) / 2 ** 20
+    log(f"wrote {out} ({size:.1f} MB); total wall time {(time.time() - t_start) / 60:.1f} min")
+
+
+if __name__ == "__main__":
+    main()
