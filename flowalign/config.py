@@ -60,11 +60,12 @@ class SampleConfig:
     window_size: int = 2  # 'random' / 'progressive': consecutive SDE (trained) steps; the rest are ODE
     window_range: list[int] = field(default_factory=lambda: [0, 10])  # 'random': window start drawn in [lo, hi - size]
     window_every: int = 25  # 'progressive': iterations before the window moves by one step
+    same_noise: bool = False  # one initial noise per group (flow_grpo same_latent): rewards differ by the SDE noise only
 
 
 @dataclass
 class RewardConfig:
-    weights: dict[str, float] = field(default_factory=lambda: {"compositional": 1.0})  # reward name -> weight (rewards.REWARDS)
+    weights: dict[str, float] = field(default_factory=lambda: {"compositional": 1.0})  # name in rewards.REWARDS or 'module:factory' -> weight
     options: dict[str, dict] = field(default_factory=dict)  # reward name -> kwargs for its factory (e.g. weights path)
 
 
@@ -152,13 +153,19 @@ class Config:
 # --- presets -------------------------------------------------------------------------------------
 def testbed() -> Config:
     """The default: the compositional reward on the embedded shapes-world pipeline, sized for a CPU.
-    LoRA on the 4-layer testbed transformer; 16 prompts x 8 images per iteration; fast eval."""
+    32 images (4 prompts x 8) per iteration, 8 SDE steps with a random 2-step window in the first
+    half (Flow-GRPO-Fast), one initial noise per group so that rewards differ by the SDE noise only,
+    LoRA r16 on the attention of the 4-layer transformer. The testbed's T5 is a bag of words, so 16
+    T5 positions hold every prompt (the pipeline's default 256 only adds identical pad tokens)."""
     cfg = Config(preset="testbed")
+    cfg.model.max_sequence_length = 16
     cfg.model.lora_rank, cfg.model.lora_alpha = 16, 32
     cfg.sample.num_steps, cfg.sample.guidance_scale, cfg.sample.noise_level = 8, 4.5, 0.7
-    cfg.sample.group_size, cfg.sample.groups_per_iteration, cfg.sample.batch_size = 8, 8, 16
+    cfg.sample.group_size, cfg.sample.groups_per_iteration, cfg.sample.batch_size = 8, 4, 16
+    cfg.sample.window, cfg.sample.window_size, cfg.sample.window_range = "random", 2, [0, 4]
+    cfg.sample.same_noise = True
     cfg.credit.scale = "group"
-    cfg.loss.clip_range, cfg.loss.beta = 2e-3, 0.0
+    cfg.loss.clip_range, cfg.loss.beta = 5e-3, 0.0
     cfg.optim.lr, cfg.optim.steps_per_iteration = 1e-3, 2
     cfg.train.iterations, cfg.train.save_every, cfg.train.ema = 60, 10, False
     cfg.eval.every, cfg.eval.num_prompts, cfg.eval.num_steps, cfg.eval.batch_size = 10, 64, 20, 32
@@ -195,10 +202,11 @@ def sd35_pickscore() -> Config:
 
 
 def sd35_compositional() -> Config:
-    """Flow-GRPO GenEval recipe (beta 0.04): the user supplies the GenEval-style scorer (reward
-    'geneval', its options under reward.options.geneval) and prompts with metadata columns."""
+    """Flow-GRPO GenEval recipe (beta 0.04) with a user-supplied GenEval-style scorer: replace the
+    placeholder with your factory, e.g. ``reward.weights={"my_pkg.geneval:load": 1}`` (options under
+    ``reward.options``), and give prompts as .jsonl whose metadata columns (tag, include, ...) reach it."""
     cfg = _sd35(Config(preset="sd35_compositional"))
-    cfg.reward.weights = {"geneval": 1.0}
+    cfg.reward.weights = {"geneval_scorer:load": 1.0}
     cfg.loss.beta = 0.04
     cfg.data.train, cfg.data.eval = "data/geneval/train.jsonl", "data/geneval/test.jsonl"
     return cfg

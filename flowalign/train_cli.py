@@ -57,10 +57,13 @@ def validate(cfg: Config, world_size: int = 1) -> None:
     from .sampling.sde import STEPS
 
     derived(cfg, world_size)
-    unknown = [n for n in cfg.reward.weights if n not in REWARDS]
+    unknown = [n for n in cfg.reward.weights if n not in REWARDS and ":" not in n]
     if unknown:
-        raise ValueError(f"unknown reward(s) {unknown}; choose from {sorted(REWARDS)} "
-                         f"(set them with reward.weights.<name>=<weight>).")
+        raise ValueError(f"unknown reward(s) {unknown}; choose from {sorted(REWARDS)} or give your own as "
+                         f"'package.module:factory' (set them with reward.weights.<name>=<weight>).")
+    for name in cfg.reward.weights:
+        if ":" in name:
+            import_factory(name)
     if not cfg.reward.weights:
         raise ValueError("reward.weights is empty; set e.g. reward.weights.compositional=1.")
     for name, spec in cfg.eval.metrics.items():
@@ -161,10 +164,31 @@ def build_model(cfg: Config, device: Any = "cpu") -> tuple[Any, Callable[[Path],
     return model, export_fn, ref_model
 
 
+def import_factory(spec: str) -> Callable:
+    """'package.module:factory' -> the factory (a user-supplied reward); one clear error otherwise."""
+    import importlib
+
+    module, _, attr = spec.partition(":")
+    try:
+        factory = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as err:
+        raise ValueError(f"reward {spec!r} cannot be imported ({err}); a user-supplied reward is "
+                         f"'package.module:factory' where factory(**reward.options[name]) returns a module "
+                         f"mapping (images [B,3,H,W] in [0,1], prompts, **metadata) -> Tensor[B].") from None
+    if not callable(factory):
+        raise ValueError(f"reward {spec!r} is not callable.")
+    return factory
+
+
 def build_reward(cfg: Config, device: Any = "cpu"):
+    """MultiReward over the named rewards; 'module:factory' names are built by their own factory."""
     from .rewards import MultiReward
 
-    return MultiReward(dict(cfg.reward.weights), **{k: dict(v) for k, v in cfg.reward.options.items()}).to(device)
+    options = {k: dict(v) for k, v in cfg.reward.options.items()}
+    key = lambda n: n.replace(".", "_")  # noqa: E731  (module names cannot hold '.')
+    custom = {key(n): import_factory(n)(**options.pop(n, {})) for n in cfg.reward.weights if ":" in n}
+    weights = {key(n): w for n, w in cfg.reward.weights.items()}
+    return MultiReward(weights, rewards=custom, **options).to(device)
 
 
 def build_eval_metrics(cfg: Config, device: Any = "cpu") -> dict[str, Any]:

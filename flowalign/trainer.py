@@ -112,12 +112,13 @@ def _generators(seed: int, iteration: int, indices: list[int], device: torch.dev
 @torch.no_grad()
 def generate(model, prompts: list[str], cfg: Config, gens: list[torch.Generator], *, num_steps: int,
              guidance_scale: float, noise_levels: Tensor | None, rollout_fn: Callable = rollout,
-             step: str = "ode") -> tuple[Cond, Rollout, Tensor]:
-    """encode -> initial noise -> rollout -> decode: (cond, rollout, images [B, 3, H, W] in [0, 1])."""
+             step: str = "ode", init_gens: list[torch.Generator] | None = None) -> tuple[Cond, Rollout, Tensor]:
+    """encode -> initial noise (from ``init_gens``, default ``gens``) -> rollout (SDE noise from
+    ``gens``) -> decode: (cond, rollout, images [B, 3, H, W] in [0, 1])."""
     res = cfg.model.resolution
     neg = cfg.model.negative_prompt or None  # None: the model's default ("" for SD3; Flux has none)
     cond = model.encode(prompts, guidance_scale=guidance_scale, negative_prompts=neg)
-    x = model.initial_noise(len(prompts), res, res, generator=gens)
+    x = model.initial_noise(len(prompts), res, res, generator=init_gens or gens)
     ro = rollout_fn(model, cond, x, model.sigmas(num_steps, res, res), step, noise_levels, generator=gens)
     return cond, ro, model.decode(ro.final)
 
@@ -286,8 +287,11 @@ def train(cfg: Config, model, reward_fn: Callable, prompts: PromptSet, *, eval_p
                 sl = slice(b * bs, (b + 1) * bs)
                 texts = [prompts.prompts[i] for i in pidx[sl]]
                 gens = _generators(cfg.train.seed, it, gidx[sl], model.device)
+                init = _generators(cfg.train.seed, it, [-1 - g for g in gids[sl]], model.device) \
+                    if cfg.sample.same_noise else None  # one initial noise per group
                 cond, ro, images = generate(model, texts, cfg, gens, num_steps=T, guidance_scale=cfg.sample.guidance_scale,
-                                            noise_levels=levels, rollout_fn=rollout_fn, step=cfg.sample.step)
+                                            noise_levels=levels, rollout_fn=rollout_fn, step=cfg.sample.step,
+                                            init_gens=init)
                 tr = time.time()
                 with torch.no_grad():
                     scores.append(as_scores(reward_fn(images, texts, **prompts.columns(pidx[sl])), len(texts)))

@@ -30,14 +30,14 @@ from flowalign.testbed import world as W  # noqa: E402
 CONFIG = {
     "seed": 0,
     "arch": P.DEFAULT_ARCH,
-    "vae": {"steps": 800, "batch": 32, "lr": 2e-3, "kl": 1e-4},
-    "checker": {"steps": 1200, "batch": 32, "lr": 2e-3, "p_distort": 0.5, "latent_noise": 0.5},
+    "vae": {"steps": 700, "batch": 32, "lr": 2e-3, "kl": 1e-4},
+    "checker": {"steps": 1000, "batch": 32, "lr": 2e-3, "p_distort": 0.5, "latent_noise": 0.5},
     "artifact": {"steps": 800, "batch": 32, "lr": 2e-3, "p_distort": 0.3},
     "aesthetic": {"steps": 400, "batch": 32, "lr": 2e-3},
-    "flow": {"steps": 3000, "batch": 32, "lr": 5e-4, "warmup": 200, "ema": 0.998, "cfg_dropout": 0.1,
-             "shift": P.DEFAULT_ARCH["shift"], "kind_weights": [0.15, 0.2, 0.25, 0.4]},
+    "flow": {"steps": 4000, "batch": 32, "lr": 1.5e-3, "warmup": 200, "ema": 0.998, "cfg_dropout": 0.1,
+             "shift": P.DEFAULT_ARCH["shift"], "kind_weights": [0.1, 0.2, 0.25, 0.45]},
     "sampling": P.DEFAULT_SAMPLING,
-    "eval_prompts": 216,
+    "eval_prompts": 219,
 }
 STAGES = ("vae", "checker", "artifact", "aesthetic", "flow")
 

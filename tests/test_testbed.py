@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,7 +11,9 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from flowalign.testbed import world as W  # noqa: E402
-from flowalign.testbed.paths import TESTBED_DIR, assets_dir  # noqa: E402
+from flowalign.testbed.paths import ENV_VAR, TESTBED_DIR, assets_dir  # noqa: E402
+
+ASSETS = Path(os.environ.get(ENV_VAR, TESTBED_DIR))
 
 
 # ---------------------------------------------------------------- world (no assets needed)
@@ -40,8 +43,8 @@ def test_grammar_round_trip_splits_and_errors():
     splits = W.prompt_splits()
     test = {p for ps in splits["test"].values() for p in ps}
     train = {p for ps in splits["train"].values() for p in ps}
-    assert len(test) == 0 + 6 + 42 + 168 and not test & train  # 20% of 30, 210, 840
-    assert len(set(W.eval_prompts())) == 216 and set(W.eval_prompts()) == test
+    assert len(test) == 3 + 6 + 84 + 126 and not test & train  # 20% of 15 and 30, 40% of 210, 15% of 840
+    assert len(set(W.eval_prompts())) == 219 and set(W.eval_prompts()) == test
     assert W.parse_prompt(" Two Blue squares. ").groups == (W.Group("blue", "square", 2),)
     for bad in ("a pink circle", "two red circle", "a red circle and a red circle", "two red circles left of a blue square"):
         with pytest.raises(ValueError, match="grammar"):
@@ -69,7 +72,7 @@ def test_assets_dir_error_is_clear(tmp_path):
 
 
 # ---------------------------------------------------------------- shipped assets
-needs_assets = pytest.mark.skipif(not (TESTBED_DIR / "pipeline" / "model_index.json").exists(),
+needs_assets = pytest.mark.skipif(not (ASSETS / "pipeline" / "model_index.json").exists(),
                                   reason="assets/testbed not built (python scripts/train_testbed.py)")
 
 
@@ -82,14 +85,14 @@ def scorers():
 @pytest.fixture(scope="module")
 def pipe():
     from diffusers import StableDiffusion3Pipeline
-    p = StableDiffusion3Pipeline.from_pretrained(str(TESTBED_DIR / "pipeline"), local_files_only=True)
+    p = StableDiffusion3Pipeline.from_pretrained(str(ASSETS / "pipeline"), local_files_only=True)
     p.set_progress_bar_config(disable=True)
     return p
 
 
 @needs_assets
 def test_shipped_prompt_files_match_the_code():
-    lines = (TESTBED_DIR / "prompts" / "test.tsv").read_text().split("\n")
+    lines = (ASSETS / "prompts" / "test.tsv").read_text().split("\n")
     assert [ln.split("\t")[1] for ln in lines if ln] == [p for k in W.KINDS for p in W.prompt_splits()["test"][k]]
 
 

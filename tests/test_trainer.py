@@ -15,7 +15,8 @@ from flowalign.data import PromptSet
 TINY_TARGETS = "attn.to_q,attn.to_k,attn.to_v,attn.to_out.0,attn.add_k_proj,attn.add_v_proj"  # add_q_proj: dead in a 1-layer SD3
 # 16 px images (8x8 latents), 4 steps (3 trained), 2 prompts x 4 images in batches of 4, no eval
 TINY = ["model.path=tiny-sd3", "model.resolution=16", f"model.lora_targets={TINY_TARGETS}", "model.lora_rank=4",
-        "model.lora_alpha=8", "sample.num_steps=4", "sample.group_size=4", "sample.groups_per_iteration=2",
+        "model.lora_alpha=8", "sample.num_steps=4", "sample.window=all", "sample.timestep_fraction=0.99",
+        "sample.same_noise=false", "sample.group_size=4", "sample.groups_per_iteration=2",
         "sample.batch_size=4", "eval.every=0", "train.ema=false", "train.iterations=1", "log.progress=false",
         "optim.lr=1e-2", "loss.clip_range=0.2"]
 PROMPTS = PromptSet(["a red circle", "two blue squares", "a green triangle", "a yellow star"], [{}] * 4)
@@ -98,6 +99,8 @@ def test_startup_errors(tmp_path):
     cfg = tiny_cfg(tmp_path)
     with pytest.raises(ValueError, match=r"unknown reward\(s\) \['pickscor'\]; choose from .*'pickscore'"):
         validate(apply_overrides(tiny_cfg(tmp_path), ["reward.weights={\"pickscor\": 1}"]))
+    with pytest.raises(ValueError, match=r"reward 'my_geneval:load' cannot be imported \(No module named 'my_geneval'\)"):
+        validate(apply_overrides(tiny_cfg(tmp_path), ["reward.weights={\"my_geneval:load\": 1}"]))
     with pytest.raises(ValueError, match="model.path='/nope/sd3' does not exist; pass model.path=<a directory"):
         validate(apply_overrides(tiny_cfg(tmp_path), ["model.path=/nope/sd3"]))
     with pytest.raises(ValueError, match="16 images per iteration do not split over 3 processes"):

@@ -15,9 +15,11 @@ from safetensors.torch import load_file
 from flowalign import train_cli
 from test_trainer import PROMPTS, RUNNER, TINY, brightness
 
-# 4 prompts x 4 images = 16 per iteration: 2 ranks x 8 (2 batches of 4) vs 1 rank x 16 (4 batches)
+# 4 prompts x 4 images = 16 per iteration: 2 ranks x 8 (2 batches of 4) vs 1 rank x 16 (4 batches);
+# a random SDE window and one initial noise per group, both derived from (seed, iteration, group)
 OVERRIDES = TINY + ["sample.groups_per_iteration=4", "train.iterations=2", "optim.steps_per_iteration=2",
-                    "log.credit_jsonl=true", "train.save_every=0"]
+                    "log.credit_jsonl=true", "train.save_every=0", "sample.window=random", "sample.window_size=2",
+                    "sample.same_noise=true"]
 
 
 def _free_port() -> int:

@@ -2,8 +2,8 @@
 
 Components (sizes in ``DEFAULT_ARCH``; all fp32):
   * two ``CLIPTokenizer``s built offline from the caption vocabulary (``flowalign.models.tiny``;
-    every grammar word is one token), ``model_max_length`` 12 (the longest caption is 10 tokens);
-  * two ``CLIPTextModelWithProjection`` (hidden 64, 2 layers, projection 32). SD3 reads the
+    every grammar word is one token), ``model_max_length`` 10 (the longest caption is 8 words);
+  * two ``CLIPTextModelWithProjection`` (hidden 64, 3 layers, projection 32). SD3 reads the
     penultimate hidden states of both (64 + 64 = 128 = ``joint_attention_dim``) and the pooled
     projections (32 + 32 = 64 = ``pooled_projection_dim``). They are trained jointly with the
     transformer: frozen random encoders blur word identity (e.g. colour vs. position words) and the
@@ -22,7 +22,7 @@ The pipeline pads the T5 stream to ``max_sequence_length`` (default 256) with ``
 layers every pad position has the same embedding, so in every attention the pads act as ONE key
 whose logit is raised by log(#pads). Training encodes T5_TRAIN_LEN explicit positions plus one pad
 token carrying that bias (``RepeatedTokenProcessor``): exact, ~4x cheaper than 256 real tokens,
-and the number of pads is randomised so that any ``max_sequence_length`` > 12 works.
+and the number of pads is randomised so that any ``max_sequence_length`` >= 16 works.
 """
 from __future__ import annotations
 
@@ -38,16 +38,16 @@ from torch import Tensor
 from . import world as W
 from .paths import assets_dir, pipeline_dir
 
-TOKENIZER_MAX_LENGTH = 12  # CLIP tokens per prompt (pipeline pads to this)
-T5_TRAIN_LEN = 12  # explicit T5 positions at training time (then one pad token standing for the rest)
+TOKENIZER_MAX_LENGTH = 10  # CLIP tokens per prompt (pipeline pads to this): <bos> + 8 words + <eos>
+T5_TRAIN_LEN = 9  # explicit T5 positions at training time (8 words + </s>), then one pad token standing for the rest
 DEFAULT_ARCH: dict[str, Any] = {
-    "clip": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+    "clip": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 3,
              "num_attention_heads": 2, "projection_dim": 32},
     "transformer": {"num_layers": 4, "attention_head_dim": 32, "num_attention_heads": 4},
     "vae": {"block_out_channels": [16, 32], "layers_per_block": 1, "norm_num_groups": 8},
     "shift": 2.0,
 }
-DEFAULT_SAMPLING = {"num_inference_steps": 20, "guidance_scale": 4.5}
+DEFAULT_SAMPLING = {"num_inference_steps": 20, "guidance_scale": 6.0}
 
 
 def vocabulary() -> list[str]:
@@ -148,7 +148,7 @@ def tokenize(tok, prompts: list[str], length: int | None = None) -> Tensor:
 
 
 def encode_train(encoders: dict[str, Any], clip_ids: Tensor, t5_ids: Tensor) -> tuple[Tensor, Tensor]:
-    """(prompt_embeds [B, 12 + T5_TRAIN_LEN + 1, D], pooled [B, P]) as ``encode_prompt`` builds them,
+    """(prompt_embeds [B, 10 + T5_TRAIN_LEN + 1, D], pooled [B, P]) as ``encode_prompt`` builds them,
     except that the T5 stream stops after one pad token (see ``RepeatedTokenProcessor``)."""
     embeds, pooled = [], []
     for name in ENCODERS[:2]:

@@ -16,8 +16,10 @@ object group, "colour present", "shape present", "exact count of that colour+sha
 position prompt one "relation holds" clause. ``judge`` evaluates clauses from a count table and
 centroids, so ground truth (from a ``Scene``) and the checker's verdicts use the same rules.
 
-Prompt splits: every prompt of the grammar is enumerated; 20% of each kind except ``single`` is
-held out (seeded) as the ``test`` split, used by evaluation only.
+Prompt splits: every prompt of the grammar is enumerated and a seeded part of each kind is held
+out as the ``test`` split (evaluation only): 20% of single and count prompts, 40% of pair and 15%
+of position prompts = 3 + 6 + 84 + 126 = 219 prompts, so that no kind dominates the eval set as
+the 840 position prompts would at a uniform rate.
 """
 from __future__ import annotations
 
@@ -42,7 +44,7 @@ KINDS = ("single", "count", "pair", "position")
 MAX_CLAUSES = 7  # position prompt: 2 groups x (colour, shape, count) + relation
 MARGIN = 2.0  # px: "A left of B" holds when x_A < x_B - MARGIN (centroids)
 BOUND = {"circle": 1.0, "square": 1.25, "triangle": 1.15}  # bounding radius / size
-HELDOUT_FRACTION = 0.2
+HELDOUT_FRACTION = {"single": 0.2, "count": 0.2, "pair": 0.4, "position": 0.15}
 SPLIT_SEED = 0
 
 
@@ -147,11 +149,11 @@ def all_prompts() -> dict[str, list[str]]:
 
 
 def prompt_splits() -> dict[str, dict[str, list[str]]]:
-    """{"train" | "test": {kind: prompts}}; ``test`` holds 20% of count/pair/position prompts."""
+    """{"train" | "test": {kind: prompts}}; ``test`` holds ``HELDOUT_FRACTION`` of each kind."""
     rng = np.random.default_rng(SPLIT_SEED)
     splits: dict[str, dict[str, list[str]]] = {"train": {}, "test": {}}
     for kind, prompts in all_prompts().items():
-        n_test = 0 if kind == "single" else int(round(HELDOUT_FRACTION * len(prompts)))
+        n_test = int(round(HELDOUT_FRACTION[kind] * len(prompts)))
         order = rng.permutation(len(prompts))
         test = set(order[:n_test].tolist())
         splits["test"][kind] = [p for i, p in enumerate(prompts) if i in test]
@@ -160,7 +162,7 @@ def prompt_splits() -> dict[str, dict[str, list[str]]]:
 
 
 def eval_prompts(n: int | None = None) -> list[str]:
-    """Held-out prompts interleaved across kinds (so a prefix is balanced); all 216 if n is None."""
+    """Held-out prompts interleaved across kinds (so a prefix is balanced); all 219 if n is None."""
     test = prompt_splits()["test"]
     rng = np.random.default_rng(SPLIT_SEED + 1)
     queues = [[test[k][i] for i in rng.permutation(len(test[k]))] for k in KINDS if test[k]]
@@ -178,33 +180,37 @@ def _jitter_rgb(color: str, rng: np.random.Generator) -> tuple[float, float, flo
     return tuple(float(v) for v in np.clip(base, 0.0, 1.0))
 
 
+_DIRECTION = {"left of": (1.0, 0.0), "right of": (-1.0, 0.0), "above": (0.0, 1.0), "below": (0.0, -1.0)}
+
+
 def _place(specs: list[tuple[str, str]], rng: np.random.Generator, relation: str | None = None,
-           tries: int = 60) -> list[Obj]:
-    """Sequential non-overlapping placement (bounding circles >= 1 px apart); shrinks if crowded."""
-    lo, hi = 3.4, 5.4
+           tries: int = 200) -> list[Obj]:
+    """Sequential non-overlapping placement (bounding circles >= 1 px apart), shrinking sizes if
+    crowded. With a relation, the second object is proposed at an offset from the first: >= 10 px
+    along the relation's axis (towards "B" in "A left of B") and at most 0.6 times that across it."""
+    lo, hi = 4.0, 6.0
     for attempt in range(tries):
-        shrink = 1.0 - 0.35 * attempt / tries if len(specs) > 2 else 1.0
+        shrink = 1.0 - 0.35 * attempt / tries
         objs: list[Obj] = []
         for color, shape in specs:
             size = float(rng.uniform(lo, hi) * shrink)
             b = BOUND[shape] * size
             for _ in range(30):
-                x, y = (float(v) for v in rng.uniform(b + 0.5, IMAGE_SIZE - b - 0.5, 2))
+                if relation is not None and objs:
+                    (ux, uy), par = _DIRECTION[relation], rng.uniform(10.0, 24.0)
+                    perp = rng.uniform(-0.6, 0.6) * par
+                    x, y = objs[0].x + ux * par - uy * perp, objs[0].y + uy * par + ux * perp
+                    if not (b + 0.5 <= x <= IMAGE_SIZE - b - 0.5 and b + 0.5 <= y <= IMAGE_SIZE - b - 0.5):
+                        continue
+                else:
+                    x, y = (float(v) for v in rng.uniform(b + 0.5, IMAGE_SIZE - b - 0.5, 2))
                 if all(np.hypot(x - o.x, y - o.y) >= b + BOUND[o.shape] * o.size + 1 for o in objs):
-                    objs.append(Obj(color, shape, x, y, size, _jitter_rgb(color, rng)))
+                    objs.append(Obj(color, shape, float(x), float(y), size, _jitter_rgb(color, rng)))
                     break
             else:
                 break
-        if len(objs) < len(specs):
-            continue
-        if relation is not None:
-            a, c = objs
-            d_par = {"left of": c.x - a.x, "right of": a.x - c.x, "above": c.y - a.y,
-                     "below": a.y - c.y}[relation]
-            d_perp = abs(a.y - c.y) if relation in ("left of", "right of") else abs(a.x - c.x)
-            if d_par < 10.0 or d_perp > 0.6 * d_par:
-                continue
-        return objs
+        if len(objs) == len(specs):
+            return objs
     raise RuntimeError(f"could not place {specs} with relation {relation!r}")
 
 
