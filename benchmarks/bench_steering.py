@@ -1,26 +1,43 @@
 """Reward vs NFE for inference-time steering on the shapes-world testbed: best-of-N, FK (each
 potential), beam and DTS*, plus exactness on an analytic mixture.
 
-    python benchmarks/bench_steering.py --seeds 3        # full curves
-    python benchmarks/bench_steering.py --quick          # <= 60 s smoke version
+    python benchmarks/bench_steering.py --seeds 3 --plot assets/figures/steering.png   # full curves
+    python benchmarks/bench_steering.py --quick                                          # <= 60 s smoke
 
-Model: the testbed pipeline (``assets/testbed/pipeline``); reward: ``compositional`` (fraction of the
-prompt's clauses the checker finds satisfied), on the held-out prompts (``testbed.world.eval_prompts``).
-Each method's point is the mean reward of the sample it returns per prompt, averaged over prompts
-and seeds, at its NFE per prompt (model evaluations, CFG counted once). Best-of-N uses the
-pipeline's ODE sampler and one run of N_max candidates per prompt: the curve at N is the best of
-the first N (nested). FK / beam / DTS* use the flow_sde sampler (noise level ``--noise``).
+Model: the testbed pipeline (``assets/testbed/pipeline`` or $FLOWALIGN_TESTBED_DIR/pipeline); reward:
+``compositional`` (fraction of the prompt's clauses the checker finds satisfied) on the held-out
+prompts (``testbed.world.eval_prompts``). A method's point is the mean reward of the one sample it
+returns per prompt, averaged over prompts and seeds, at its NFE per prompt (model evaluations, CFG
+counted once, look-ahead evaluations included).
+
+Best-of-N uses the pipeline's ODE sampler. Its curve is the unbiased estimate of E[max of N] from a
+pool of M = ``--bon-max`` x seeds candidates per prompt (sorted rewards r_(1) <= ... <= r_(M):
+E[best of N] = sum_i r_(i) C(i-1, N-1) / C(M, N), the "pass@k" estimator), which has the same mean
+as drawing N fresh samples and a lower variance than one nested run. FK / beam / DTS* use the
+flow_sde sampler (noise level ``--noise``); the FK resampling steps, beam selection steps and DTS*
+branching steps are ``--fk-steps`` / ``--dts-steps`` (0-based step indices). The headline potential
+and DTS* run ``--seeds`` seeds at each K of ``--ks``; the side curves (other potentials, beam, more
+K) run ``--side-seeds`` seeds, which keeps the full run near 25 min on 2 shared cores.
+
+Defaults (tuned on the shipped testbed, see the README): FK resamples after steps 7..14 of 20
+(sigma 0.78 -> 0.38), the window where the state starts to fix the compositional outcome and the
+x0_pred reward tracks it (earlier resampling only copies noise, later only copies decided images);
+potential max, lam = 10, x0_pred look-ahead (free: its velocity is reused); DTS* branches after
+steps 4, 8, 12, 16 with C = 1, alpha = 0.5, c_uct = 0.1, one rollout per tree and round.
 
 Summary numbers (last line, JSON):
-* ``fk_bon_equivalent_n_over_k``: the N (interpolated between integers) at which best-of-N's mean
-  reward reaches FK's with K particles, divided by K; headline for the FK default (potential max,
-  K = ``--headline-k``), every (potential, K) in ``fk_equivalent``. ``null`` + ``censored`` when
-  best-of-N never reaches it within N_max.
+* ``fk_bon_equivalent_n_over_k``: the N (interpolated linearly between integers) at which
+  best-of-N's mean reward reaches FK's with K particles, divided by K; headline for potential
+  ``--headline-potential`` at K = ``--headline-k``, every (potential, K) in ``fk_equivalent``;
+  ``fk_bon_equivalent_nfe_ratio`` is the same N x T divided by FK's NFE (differs from N / K when the
+  look-ahead costs evaluations). ``null`` + ``*_censored`` when best-of-N never reaches it within M.
 * ``dts_star_nfe_ratio_vs_bon``: NFE best-of-N needs to match DTS*'s reward, divided by DTS*'s NFE
-  (headline at the budget headline_k x T).
+  (headline at the budget headline_k x T; every budget in ``dts_star_ratios``).
+* ``*_ci90``: 5th / 95th percentiles of the headline ratios over 2000 bootstrap resamples of the
+  prompts (an upper end of null = censored in more than 5% of resamples).
 * ``analytic_tilted_mean_abs_err``: max |mean error| of FK (diff potential, 2 x 1500 particles, 100
-  steps) against the exact tilted 2-D Gaussian mixture, in units of the data (its 5-sigma bound is
-  printed beside it); ``dts_analytic_mean_abs_err`` the same for the DTS read-out (1-D, 200 trees).
+  steps) against the exact tilted 2-D Gaussian mixture (its 5-sigma bound beside it);
+  ``dts_analytic_mean_abs_err`` the same for the DTS read-out (1-D, 200 trees).
 """
 from __future__ import annotations
 
@@ -36,6 +53,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from flowalign.steering import POTENTIALS, beam_search, best_of_n, fk_steer, tree_search  # noqa: E402
+from flowalign.steering.common import expected_best_of_n  # noqa: E402
 
 
 def redness(images, prompts):  # smoke-mode proxy reward for models without the testbed checker
@@ -46,6 +64,10 @@ def load(args):
     from flowalign.models import load_model
     from flowalign.rewards import load_reward
 
+    if args.model is None:
+        from flowalign.testbed.paths import pipeline_dir
+
+        args.model = str(pipeline_dir())
     model = load_model(args.model, max_sequence_length=args.max_seq)
     if args.device:
         model.to(args.device)
@@ -56,6 +78,18 @@ def load(args):
     return model, load_reward(args.reward, device=args.device or None), eval_prompts(args.prompts)
 
 
+def steps_arg(text: str) -> list[int] | None:
+    """'4-14' -> [4, ..., 14]; '4,8,12' -> [4, 8, 12]; 'default' -> None (the FK schedule)."""
+    if text == "default":
+        return None
+    out: list[int] = []
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        out += list(range(int(lo), int(hi) + 1)) if hi else [int(lo)]
+    return out
+
+
+# --- best-of-N curve and equivalences -------------------------------------------------------------
 def equivalent_n(curve: list[float], target: float) -> float | None:
     """Smallest real N with best-of-N mean >= target (linear between integers); None if never."""
     if target <= curve[0]:
@@ -67,6 +101,21 @@ def equivalent_n(curve: list[float], target: float) -> float | None:
     return None
 
 
+def bootstrap_ci(per_prompt_curve: torch.Tensor, per_prompt: torch.Tensor, scale: float, draws: int = 2000):
+    """90% interval of equivalent_n(...) * scale over resamples of the prompts; None = censored."""
+    g = torch.Generator().manual_seed(0)
+    p = per_prompt.shape[0]
+    vals = []
+    for _ in range(draws):
+        idx = torch.randint(p, (p,), generator=g)
+        n = equivalent_n(per_prompt_curve[idx].mean(0).tolist(), float(per_prompt[idx].mean()))
+        vals.append(math.inf if n is None else n * scale)
+    vals.sort()
+    lo, hi = vals[int(0.05 * draws)], vals[int(0.95 * draws) - 1]
+    return [None if math.isinf(lo) else round(lo, 3), None if math.isinf(hi) else round(hi, 3)]
+
+
+# --- analytic exactness ---------------------------------------------------------------------------
 def analytic_errors() -> dict[str, float]:
     from flowalign.models.analytic import GaussianMixtureFlow
     from flowalign.steering.resample import ess, normalize
@@ -83,113 +132,194 @@ def analytic_errors() -> dict[str, float]:
     bound = float((5 * (target.cov().diagonal() / n_eff).sqrt()).max())
     one = GaussianMixtureFlow(means=[[-1.0], [1.0]], stds=[[0.5], [0.5]])
     dts = tree_search(one, ["p"] * 200, lambda x: x[:, 0], star=False, lam=0.5, nfe_budget=32 * 50, num_steps=50,
-                      generator=torch.Generator().manual_seed(0))
+                      batch=8, generator=torch.Generator().manual_seed(0))
     m1 = torch.stack([(p * x.double()[:, 0]).sum() for p, x in zip(dts.info["readout_probs"], dts.info["leaf_latents"])])
     return {"analytic_tilted_mean_abs_err": float((mean - target.mean()).abs().max()), "analytic_5sigma_bound": bound,
             "dts_analytic_mean_abs_err": abs(float(m1.mean()) - float(one.tilt_linear(torch.tensor([1.0]), 0.5).mean())),
             "dts_analytic_5sigma_bound": 5 * float(m1.std()) / math.sqrt(200)}
 
 
-def run_method(name, fn, seeds, **kw) -> dict:
-    rewards, nfe, secs = [], [], 0.0
+# --- one method over seeds ------------------------------------------------------------------------
+def run_method(name: str, family: str, fn, seeds: int, log=print, **kw) -> dict:
+    per_prompt, nfe, secs = [], [], 0.0
     for seed in range(seeds):
         t0 = time.perf_counter()
         res = fn(generator=torch.Generator().manual_seed(1000 + seed), **kw)
         secs += time.perf_counter() - t0
-        rewards.append(float(res.rewards.mean()))
+        per_prompt.append(res.rewards.float())
         nfe.append(res.nfe / res.rewards.numel())
-    return {"method": name, "reward": sum(rewards) / seeds, "reward_sd": float(torch.tensor(rewards).std()) if seeds > 1 else 0.0,
-            "nfe": sum(nfe) / seeds, "seconds": secs / seeds}
+    pp = torch.stack(per_prompt)  # [seeds, P]
+    seed_means = pp.mean(1)
+    out = {"method": name, "family": family, "reward": float(pp.mean()),
+           "reward_sd": float(seed_means.std()) if seeds > 1 else 0.0, "nfe": sum(nfe) / seeds,
+           "seconds": secs / seeds, "per_prompt": pp.mean(0)}
+    log(f"  {name:<20} reward {out['reward']:.4f} nfe {out['nfe']:.0f} ({secs:.0f} s)")
+    return out
+
+
+def plot(path: str, bon_nfe: list[float], bon: list[float], rows: list[dict], title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.plot(bon_nfe, bon, "k-", lw=2, label="best-of-N (ODE)")
+    styles = {"fk_max": "C0o-", "fk_diff": "C1s-", "fk_sum": "C2^-", "fk_rt": "C3v-", "beam": "C4D--",
+              "dts_star": "C5*-"}
+    for fam, style in styles.items():
+        pts = sorted((r["nfe"], r["reward"]) for r in rows if r["family"] == fam)
+        if pts:
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], style, label=fam.replace("_", " "), ms=6)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("NFE per prompt (model evaluations)")
+    ax.set_ylabel("compositional reward (mean over prompts, seeds)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="small smoke version (<= 60 s)")
-    ap.add_argument("--model", default="assets/testbed/pipeline")
+    ap.add_argument("--model", default=None, help="pipeline dir (default: the testbed assets' pipeline)")
     ap.add_argument("--reward", default="compositional")
     ap.add_argument("--device", default="")
     ap.add_argument("--prompts", type=int, default=32)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--cfg", type=float, default=4.5)
-    ap.add_argument("--noise", type=float, default=0.7)
+    ap.add_argument("--noise", type=float, default=0.7, help="flow_sde noise level of FK / beam / DTS*")
     ap.add_argument("--lam", type=float, default=10.0)
-    ap.add_argument("--bon-max", type=int, default=64)
-    ap.add_argument("--ks", default="2,4,8,16", help="FK particles / beam particles / DTS* budgets in rollouts")
+    ap.add_argument("--bon-max", type=int, default=10, help="best-of-N candidates per prompt and seed (pool M = this x seeds)")
+    ap.add_argument("--ks", default="2,4", help="K values (FK particles, DTS* budgets in rollouts x T) run with --seeds")
+    ap.add_argument("--side-seeds", type=int, default=1,
+                    help="seeds of the side curves: other potentials, beam, --extra-fk-ks (keeps the run short)")
+    ap.add_argument("--extra-fk-ks", default="8", help="more K values for the headline potential, run with --side-seeds")
+    ap.add_argument("--fk-potentials", default="all", help="comma-separated FK potentials or 'all'")
+    ap.add_argument("--other-potential-ks", default="2,4", help="K values of the non-headline potentials ('' = none)")
+    ap.add_argument("--beam-ks", default="2,4", help="beam particles (2 beams x K/2 children; '' = none)")
+    ap.add_argument("--fk-steps", default="7-14", help="FK resampling / beam selection steps ('default' = FK's 20/40/60/80%%)")
+    ap.add_argument("--fk-lookahead", default="x0", choices=["x0", "x0_prev", "ode"])
+    ap.add_argument("--fk-lookahead-steps", type=int, default=None)
     ap.add_argument("--headline-k", type=int, default=4)
+    ap.add_argument("--headline-potential", default="max")
+    ap.add_argument("--dts-steps", default="default", help="DTS* branching steps")
     ap.add_argument("--dts-widen", default="1.0,0.5", help="DTS* progressive widening C,alpha")
     ap.add_argument("--dts-cuct", type=float, default=0.1)
-    ap.add_argument("--dts-batch", type=int, default=8, help="DTS* rollouts per tree and round")
+    ap.add_argument("--dts-batch", type=int, default=1, help="DTS* rollouts per tree and round")
     ap.add_argument("--max-seq", type=int, default=16,
                     help="T5 max_sequence_length: the testbed's T5 stream is padding only beyond 12 tokens and was "
                          "trained with 16..512 pads, so 16 gives the same images ~5x faster than the default 256")
+    ap.add_argument("--plot", default=None, help="save reward-vs-NFE curves (PNG) here")
+    ap.add_argument("--no-analytic", action="store_true")
     args = ap.parse_args()
     if args.quick:
-        args.seeds, args.prompts, args.steps, args.bon_max, args.ks = 1, min(args.prompts, 4), 10, 16, "4"
+        args.seeds, args.side_seeds, args.prompts, args.steps, args.bon_max = 1, 1, min(args.prompts, 4), 10, 16
+        args.ks, args.extra_fk_ks, args.other_potential_ks, args.beam_ks = "4", "", "4", "4"
+        args.fk_steps, args.dts_steps = "3-7", "default"
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     t_start = time.perf_counter()
     model, reward, prompts = load(args)
-    ks = [int(k) for k in args.ks.split(",")]
+    ints = lambda text: [int(k) for k in text.split(",") if k.strip()]  # noqa: E731
+    ks, extra_ks, other_ks, beam_ks = ints(args.ks), ints(args.extra_fk_ks), ints(args.other_potential_ks), ints(args.beam_ks)
+    pots = sorted(POTENTIALS) if args.fk_potentials == "all" else args.fk_potentials.split(",")
     base = dict(model=model, prompts=prompts, reward=reward, num_steps=args.steps, cfg=args.cfg)
     sde = dict(step="flow_sde", noise_level=args.noise)
     t = args.steps
+    fk_steps, dts_steps = steps_arg(args.fk_steps), steps_arg(args.dts_steps)
+    log = lambda *a: print(*a, file=sys.stderr, flush=True)  # noqa: E731  progress on stderr
 
-    # best-of-N: nested prefixes of one run of N_max candidates per prompt
-    curves, bon_secs = [], 0.0
+    # best-of-N: one pool of bon_max x seeds ODE candidates per prompt
+    pools, bon_secs = [], 0.0
     for seed in range(args.seeds):
         t0 = time.perf_counter()
         res = best_of_n(n=args.bon_max, generator=torch.Generator().manual_seed(1000 + seed), **base)
         bon_secs += time.perf_counter() - t0
-        cum = res.candidate_rewards.cummax(-1).values  # [P, N]: best of the first n
-        curves.append(cum.mean(0))
-    bon = torch.stack(curves).mean(0).tolist()  # [N_max]
-    rows = [{"method": f"bon N={n}", "reward": bon[n - 1], "nfe": n * t,
-             "seconds": bon_secs / args.seeds * n / args.bon_max} for n in (1, 2, 4, 8, 16, 32, 64) if n <= args.bon_max]
+        pools.append(res.candidate_rewards.float())
+    pool = torch.cat(pools, 1)  # [P, M]
+    per_prompt_curve = expected_best_of_n(pool)  # [P, M]
+    bon = per_prompt_curve.mean(0).tolist()
+    m = len(bon)
+    log(f"  best-of-N pool M={m} ({bon_secs:.0f} s): " + " ".join(f"N={n}:{bon[n - 1]:.4f}" for n in (1, 2, 4, 8, 16, 32, 64, 128) if n <= m))
+    sec_per_sample = bon_secs / (args.bon_max * args.seeds)
+    rows = [{"method": f"bon N={n}", "family": "bon", "reward": bon[n - 1], "nfe": n * t, "seconds": n * sec_per_sample}
+            for n in (1, 2, 4, 8, 16, 32, 64, 128) if n <= m]
 
-    fk_eq, results = {}, {}
+    results: dict = {}
+    fk_eq, fk_eq_nfe = {}, {}
     c_pw, alpha = (float(v) for v in args.dts_widen.split(","))
+    hp = args.headline_potential
+    plan = [(hp, k, args.seeds) for k in ks] + [(hp, k, args.side_seeds) for k in extra_ks if k not in ks]
+    plan += [(pot, k, args.side_seeds) for pot in pots if pot != hp for k in other_ks]
+    for pot, k, seeds in sorted(plan, key=lambda x: (x[1], x[0])):
+        r = run_method(f"fk_{pot} K={k}", f"fk_{pot}", fk_steer, seeds, log, num_particles=k, lam=args.lam,
+                       potential=pot, resample_steps=fk_steps, lookahead=args.fk_lookahead,
+                       lookahead_steps=args.fk_lookahead_steps, **sde, **base)
+        n_eq = equivalent_n(bon, r["reward"])
+        r["bon_equivalent_n_over_k"] = None if n_eq is None else n_eq / k
+        r["bon_equivalent_nfe_ratio"] = None if n_eq is None else n_eq * t / r["nfe"]
+        fk_eq[f"{pot}_K{k}"] = r["bon_equivalent_n_over_k"]
+        fk_eq_nfe[f"{pot}_K{k}"] = r["bon_equivalent_nfe_ratio"]
+        rows.append(r)
+        results[(pot, k)] = r
+    for k in beam_ks:
+        rows.append(run_method(f"beam K={k}", "beam", beam_search, args.side_seeds, log, beam_width=min(2, k),
+                               num_children=max(1, k // 2), select_steps=fk_steps, **sde, **base))
     for k in ks:
-        for pot in sorted(POTENTIALS):
-            r = run_method(f"fk_{pot} K={k}", fk_steer, args.seeds, num_particles=k, lam=args.lam, potential=pot,
-                           **sde, **base)
-            n_eq = equivalent_n(bon, r["reward"])
-            r["bon_equivalent_n_over_k"] = None if n_eq is None else n_eq / k
-            fk_eq[f"{pot}_K{k}"] = r["bon_equivalent_n_over_k"]
-            rows.append(r)
-            results[(pot, k)] = r
-        rows.append(run_method(f"beam K={k}", beam_search, args.seeds, beam_width=min(2, k), num_children=max(1, k // 2),
-                               **sde, **base))
-        r = run_method(f"dts_star {k}T", tree_search, args.seeds, star=True, nfe_budget=k * t, lam=args.lam,
-                       widen_c=c_pw, widen_alpha=alpha, c_uct=args.dts_cuct, batch=args.dts_batch, **sde, **base)
+        r = run_method(f"dts_star {k}T", "dts_star", tree_search, args.seeds, log, star=True, nfe_budget=k * t,
+                       lam=args.lam, branch_steps=dts_steps, widen_c=c_pw, widen_alpha=alpha, c_uct=args.dts_cuct,
+                       batch=args.dts_batch, **sde, **base)
         n_eq = equivalent_n(bon, r["reward"])
         r["bon_nfe_ratio"] = None if n_eq is None else n_eq * t / r["nfe"]
         results[("dts_star", k)] = r
         rows.append(r)
 
-    print(f"{'method':<22}{'NFE/prompt':>11}{'reward':>9}{'sd(seeds)':>11}{'s/run':>8}  BoN-equivalent")
+    print(f"{'method':<22}{'NFE/prompt':>11}{'reward':>9}{'sd(seeds)':>11}{'s/run':>8}  BoN-equivalent (N/K | NFE ratio)")
     for r in rows:
-        extra = r.get("bon_equivalent_n_over_k", r.get("bon_nfe_ratio", ""))
-        extra = "" if extra == "" else ("> N_max" if extra is None else f"{extra:.2f}")
+        if "bon_equivalent_n_over_k" in r:
+            a, b = r["bon_equivalent_n_over_k"], r["bon_equivalent_nfe_ratio"]
+            extra = f"> M/K={m / int(r['method'].split('=')[1]):.2f}" if a is None else f"{a:.2f} | {b:.2f}"
+        elif "bon_nfe_ratio" in r:
+            extra = f"> {m * t / r['nfe']:.2f}" if r["bon_nfe_ratio"] is None else f"     | {r['bon_nfe_ratio']:.2f}"
+        else:
+            extra = ""
         print(f"{r['method']:<22}{r['nfe']:>11.0f}{r['reward']:>9.4f}{r.get('reward_sd', 0.0):>11.4f}"
               f"{r['seconds']:>8.2f}  {extra}")
     hk = args.headline_k if args.headline_k in ks else ks[0]
-    fk_head = results[("max", hk)]["bon_equivalent_n_over_k"]
-    dts_head = results[("dts_star", hk)]["bon_nfe_ratio"]
-    analytic = analytic_errors()
+    fk_r, dts_r = results[(args.headline_potential, hk)], results[("dts_star", hk)]
+    fk_head, dts_head = fk_r["bon_equivalent_n_over_k"], dts_r["bon_nfe_ratio"]
+    analytic = {} if args.no_analytic else analytic_errors()
     summary = {
-        "fk_bon_equivalent_n_over_k": fk_head, "fk_headline": f"max K={hk}", "fk_censored": fk_head is None,
-        "fk_equivalent": fk_eq,
+        "fk_bon_equivalent_n_over_k": fk_head, "fk_headline": f"{args.headline_potential} K={hk}",
+        "fk_censored": fk_head is None, "fk_bon_equivalent_nfe_ratio": fk_r["bon_equivalent_nfe_ratio"],
+        "fk_bon_equivalent_n_over_k_ci90": bootstrap_ci(per_prompt_curve, fk_r["per_prompt"], 1.0 / hk),
+        "fk_equivalent": fk_eq, "fk_equivalent_nfe_ratio": fk_eq_nfe,
         "dts_star_nfe_ratio_vs_bon": dts_head, "dts_star_headline": f"{hk}T", "dts_star_censored": dts_head is None,
+        "dts_star_nfe_ratio_ci90": bootstrap_ci(per_prompt_curve, dts_r["per_prompt"], t / dts_r["nfe"]),
         "dts_star_ratios": {f"{k}T": results[("dts_star", k)]["bon_nfe_ratio"] for k in ks},
         **analytic,
-        "bon_curve": {str(n): round(bon[n - 1], 4) for n in range(1, args.bon_max + 1)},
-        "model": args.model, "reward": args.reward, "prompts": len(prompts), "seeds": args.seeds, "steps": t,
-        "lam": args.lam, "noise_level": args.noise, "dts_widen": [c_pw, alpha], "dts_c_uct": args.dts_cuct,
-        "dts_batch": args.dts_batch, "max_sequence_length": args.max_seq,
-        "seconds": round(time.perf_counter() - t_start, 1), "quick": args.quick,
+        "rewards": {r["method"]: round(r["reward"], 4) for r in rows},
+        "bon_curve": {str(n): round(bon[n - 1], 4) for n in range(1, m + 1)},
+        "model": args.model, "reward": args.reward, "prompts": len(prompts), "seeds": args.seeds,
+        "side_seeds": args.side_seeds, "steps": t,
+        "bon_pool": m, "lam": args.lam, "noise_level": args.noise, "fk_steps": fk_steps, "fk_lookahead": args.fk_lookahead,
+        "dts_steps": dts_steps, "dts_widen": [c_pw, alpha], "dts_c_uct": args.dts_cuct, "dts_batch": args.dts_batch,
+        "max_sequence_length": args.max_seq, "seconds": round(time.perf_counter() - t_start, 1), "quick": args.quick,
     }
-    print(f"analytic FK mean err {analytic['analytic_tilted_mean_abs_err']:.4f} (5-sigma {analytic['analytic_5sigma_bound']:.4f}); "
-          f"DTS read-out mean err {analytic['dts_analytic_mean_abs_err']:.4f} (5-sigma {analytic['dts_analytic_5sigma_bound']:.4f})")
+    if args.plot:
+        plot(args.plot, [n * t for n in range(1, m + 1)], bon, rows,
+             f"{os.path.basename(os.path.dirname(args.model.rstrip('/')))}: {len(prompts)} prompts x {args.seeds} seeds, "
+             f"T={t}, lam={args.lam}, noise={args.noise}")
+        summary["plot"] = args.plot
+    if analytic:
+        print(f"analytic FK mean err {analytic['analytic_tilted_mean_abs_err']:.4f} (5-sigma "
+              f"{analytic['analytic_5sigma_bound']:.4f}); DTS read-out mean err "
+              f"{analytic['dts_analytic_mean_abs_err']:.4f} (5-sigma {analytic['dts_analytic_5sigma_bound']:.4f})")
     print(json.dumps(summary))
 
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Benchmark of the shapes-world testbed: the shipped base pipeline and its scorers.
 
-    python benchmarks/bench_testbed.py            # all 216 held-out prompts, 1000 real images
+    python benchmarks/bench_testbed.py            # all 219 held-out prompts, 1000 real images
     python benchmarks/bench_testbed.py --quick    # 24 prompts, 300 real images (<= 60 s)
 
 Measures, with the stock ``StableDiffusion3Pipeline.__call__`` at the default steps / guidance of
@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="24 prompts, 300 real images")
-    ap.add_argument("--n-prompts", type=int, default=None, help="held-out prompts (default 216; quick 24)")
+    ap.add_argument("--n-prompts", type=int, default=None, help="held-out prompts (default all 219; quick 24)")
     ap.add_argument("--n-real", type=int, default=None, help="real images for scorer checks")
     ap.add_argument("--assets", default=None, help="testbed assets folder (default assets/testbed)")
     ap.add_argument("--seed", type=int, default=0)
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    n_prompts = args.n_prompts or (24 if args.quick else 216)
+    n_prompts = args.n_prompts or (24 if args.quick else None)
     n_real = args.n_real or (300 if args.quick else 1000)
     t0 = time.time()
     metrics = run_eval(n_prompts, args.seed, args.assets, n_real=n_real)

@@ -12,6 +12,7 @@ import sys
 SUBCOMMANDS = {
     "train": ("flowalign.train_cli", "Flow-GRPO training (default: the testbed preset on CPU)"),
     "steer": ("flowalign.steer_cli", "inference-time steering / search: FK particles, best-of-N, beam, DTS / DTS*"),
+    "gallery": ("flowalign.gallery", "prompts x seeds x methods (base, LoRA, steering) -> images, reward tables, HTML gallery, plots"),
     "testbed": ("flowalign.testbed.cli", "the shapes-world testbed: sample images, evaluate the base pipeline"),
     "info": ("flowalign.cli", "versions, step kinds and registered components"),
 }

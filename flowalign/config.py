@@ -1,8 +1,9 @@
 """Training configuration: nested dataclasses, dotted ``key=value`` overrides, presets, batch arithmetic.
 
-Every field has a one-line comment (units, paper). Presets are plain functions that build on each
-other and never name a GPU count: the per-device numbers follow from the world size in
-``derived(cfg, world_size)``, which checks that everything divides and is printed at start-up.
+Every field has a one-line comment (units, paper). Presets live in ``flowalign/presets.py``
+(``config.get_preset`` / ``config.PRESETS`` still resolve there) and never name a GPU count: the
+per-device numbers follow from the world size in ``derived(cfg, world_size)``, which checks that
+everything divides (SDE windows and tree layouts included) and is printed at start-up.
 
 Batch vocabulary (Flow-GRPO, arXiv 2505.05470, App. B): one *iteration* samples
 ``groups_per_iteration`` prompts x ``group_size`` images (48 x 24 in the paper), split evenly over
@@ -17,7 +18,7 @@ import difflib
 import json
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 SD3_LORA_TARGETS = ["attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0",
                     "attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj", "attn.to_add_out"]
@@ -51,16 +52,24 @@ class SampleConfig:
     num_steps: int = 10  # SDE steps per training rollout (paper: 10 for training, 40 for eval)
     guidance_scale: float = 4.5  # CFG scale used for sampling AND the training forward (on-policy); 1 = no CFG
     noise_level: float = 0.7  # a in g = a sqrt(sigma / (1 - sigma)) (flow_sde), or CPS's a
+    noise_table: list[float] = field(default_factory=list)  # per-step noise levels psi(t) [T] (DenseGRPO); [] = noise_level on every step
     step: str = "flow_sde"  # step kind in sampling.sde.STEPS: flow_sde | cps | dance_sde | cps_flowgrpo
-    group_size: int = 24  # K images per prompt (paper: 24; 6 and 12 were unstable)
+    group_size: int = 24  # K images per prompt (paper: 24; 6 and 12 were unstable); tree rollouts: leaves per tree
     groups_per_iteration: int = 48  # distinct prompts per iteration (paper: 48)
     batch_size: int = 9  # images per device per sampling batch = training micro-batch (memory knob)
-    window: str = "all"  # stochastic/trained steps: 'all' (first timestep_fraction) | 'random' (Fast) | 'progressive' (MixGRPO)
+    window: str = "all"  # stochastic/trained steps: 'all' (first timestep_fraction) | 'fixed' | 'random' (Fast) | 'progressive' (MixGRPO) | 'geometric' (TreeGRPO)
     timestep_fraction: float = 0.99  # 'all': train the first int(T * fraction) steps (0.99 of 10 = all but the last)
-    window_size: int = 2  # 'random' / 'progressive': consecutive SDE (trained) steps; the rest are ODE
-    window_range: list[int] = field(default_factory=lambda: [0, 10])  # 'random': window start drawn in [lo, hi - size]
-    window_every: int = 25  # 'progressive': iterations before the window moves by one step
+    window_size: int = 2  # other windows: consecutive SDE (trained) steps; the rest are ODE
+    window_range: list[int] = field(default_factory=lambda: [0, 10])  # 'random': start drawn in [lo, hi - size]; 'fixed': start = lo
+    window_every: int = 25  # 'progressive': iterations before the window moves by window_stride steps
+    window_stride: int = 1  # 'progressive': steps the window moves each time (MixGRPO s)
+    window_r: float = 0.5  # 'geometric': start i drawn with P(i) ~ r^i, i = 0..T-size-1 (TreeGRPO r = 0.5)
     same_noise: bool = False  # one initial noise per group (flow_grpo same_latent): rewards differ by the SDE noise only
+    share_prefix: bool = False  # run the ODE steps before the first SDE step once per distinct initial noise (same_noise groups; batches then hold whole groups)
+    tree_splits: list[int] = field(default_factory=list)  # tree rollouts (BranchGRPO / TreeGRPO credit): split steps, increasing; offsets from the window start unless window='all'
+    tree_branch: list[int] = field(default_factory=lambda: [2])  # children per split (one value, or one per split); product = group_size
+    tree_depth_noise: float = 0.0  # noise level x (1 + this x depth / #splits) (Dynamic-TreeRPO's depth-dependent noise)
+    tree_branch_corr: float | None = None  # BranchGRPO paper's sibling-noise correlation s; None = independent draws
 
 
 @dataclass
@@ -71,11 +80,35 @@ class RewardConfig:
 
 @dataclass
 class CreditConfig:
-    name: str = "grpo"  # credit function in credit.CREDIT
+    name: str = "grpo"  # credit function: credit.CREDIT (grpo | dense | turning_point | g2rpo | euphonium) or credit.TREE_CREDIT (branchgrpo | treegrpo)
     scale: str = "batch"  # advantage divisor: 'group' std | 'batch' std (flow_grpo global_std) | 'none'
     eps: float = 1e-4  # added to the std (flow_grpo: 1e-4)
     unbiased: bool = False  # ddof=1 std (FastVideo repos) instead of the population std (flow_grpo)
     filter_zero_std: bool = True  # mask out groups whose rewards are all equal (DAPO-style; they carry no signal)
+    ladder_steps: int = 0  # dense / turning_point: ODE steps of each completion (0 = all remaining: DenseGRPO's n = t)
+    ladder_stride: int = 0  # dense / turning_point: complete on every stride-th grid point instead (0 = off)
+    dense_reward: str = "gain"  # dense: 'gain' d_j = R_{j+1} - R_j (DenseGRPO) | 'level' R_{j+1} (its dense baseline)
+    tp_constraint: bool = True  # turning_point: consistency constraint (Def. 5.1, the released runs) or Def. 4.1
+    tp_balance: bool = True  # turning_point: balance +/- turning points within each sampling batch (App. D)
+    strides: list[int] = field(default_factory=lambda: [1, 2, 3])  # g2rpo: completion granularities Lambda (paper {1,2,3}; code {1,2})
+    granular_completion: str = "paper"  # g2rpo: strided grid 'paper' | 'reference' (released code)
+    fusion: str = "mean"  # branchgrpo: internal-node reward fusion 'mean' (code) | 'path_softmax' (paper) | 'edge_softmax'
+    tree_beta: float = 1.0  # tree credit softmax temperature (BranchGRPO path/edge fusion; TreeGRPO bottom-up weights)
+    prune_depths: list[int] = field(default_factory=list)  # tree credit: child depths (= step index + 1) whose edges are not trained
+    prune_slide_every: int = 0  # move prune_depths one step shallower every this many iterations (BranchGRPO; 0 = fixed)
+    width_pruning: str = ""  # tree credit: '' (off) | 'parent_top' | 'extreme' (BranchGRPO width pruning of the last layer)
+    width_ratio: float = 0.5  # tree credit: fraction of last-layer edges width pruning keeps
+    process_reward: str = ""  # euphonium: differentiable reward in rewards.REWARDS scored on x0_pred (guidance + process credit); '' = the training reward
+    process_options: dict[str, Any] = field(default_factory=dict)  # euphonium: kwargs of the process reward's factory (e.g. {"output": "soft"})
+    guidance_kappa: float = 0.0  # euphonium: reward-gradient guidance scale kappa (0 = unguided; KL-optimal eta^2 / (2 beta))
+    guidance_steps: list[int] = field(default_factory=list)  # euphonium: steps that get guidance ([] = every SDE step)
+    c_outcome: float = 1.0  # euphonium: weight of the outcome (final-reward) advantage
+    c_process: float = 1.0  # euphonium: weight of the per-step process advantage
+    calibrate_iterations: int = 0  # DenseGRPO Alg. 1 before training: rounds of psi(t) calibration (0 = off); result -> sample.noise_table
+    calibrate_samples: int = 16  # trajectories per calibration round (prompts drawn from the training set)
+    calibrate_eps1: float = 2.0  # |#pos - #neg| below this raises psi_j (paper: 2)
+    calibrate_eps2: float = 0.01  # psi step per round (paper: 0.01)
+    options: dict[str, Any] = field(default_factory=dict)  # any further keyword for the credit function (e.g. {"first_step": false})
 
 
 @dataclass
@@ -111,12 +144,14 @@ class TrainConfig:
     output_dir: str | None = None  # run directory; None = <runs_dir>/<preset>-<timestamp>
     runs_dir: str = "runs"  # parent of automatic run directories
     max_minutes: float = 0.0  # stop (and checkpoint) after this much wall time; 0 = no limit
+    max_nfe: int = 0  # stop (and checkpoint) once the sampler NFEs (rollouts + completions, all ranks) reach this; 0 = no limit
     cpu: bool = False  # force CPU even when a GPU is present
 
 
 @dataclass
 class EvalConfig:
     every: int = 20  # evaluate every this many iterations (and before the first and after the last); 0 = never
+    every_nfe: int = 0  # also evaluate each time this many more sampler NFEs are spent (NFE-budgeted comparisons); 0 = off
     num_prompts: int = 64  # held-out prompts per eval (prefix of the eval set)
     num_steps: int = 40  # ODE steps at eval (paper: 40)
     guidance_scale: float = 4.5  # CFG at eval
@@ -150,95 +185,11 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
 
 
-# --- presets -------------------------------------------------------------------------------------
-def testbed() -> Config:
-    """The default: the compositional reward on the embedded shapes-world pipeline, sized for a CPU.
-    32 images (4 prompts x 8) per iteration, 8 SDE steps with a random 2-step window in the first
-    half (Flow-GRPO-Fast), one initial noise per group so that rewards differ by the SDE noise only,
-    LoRA r16 on the attention of the 4-layer transformer. The testbed's T5 is a bag of words, so 16
-    T5 positions hold every prompt (the pipeline's default 256 only adds identical pad tokens)."""
-    cfg = Config(preset="testbed")
-    cfg.model.max_sequence_length = 16
-    cfg.model.lora_rank, cfg.model.lora_alpha = 16, 32
-    cfg.sample.num_steps, cfg.sample.guidance_scale, cfg.sample.noise_level = 8, 4.5, 0.7
-    cfg.sample.group_size, cfg.sample.groups_per_iteration, cfg.sample.batch_size = 8, 4, 16
-    cfg.sample.window, cfg.sample.window_size, cfg.sample.window_range = "random", 2, [0, 4]
-    cfg.sample.same_noise = True
-    cfg.credit.scale = "group"
-    cfg.loss.clip_range, cfg.loss.beta = 5e-3, 0.0
-    cfg.optim.lr, cfg.optim.steps_per_iteration = 1e-3, 2
-    cfg.train.iterations, cfg.train.save_every, cfg.train.ema = 60, 10, False
-    cfg.eval.every, cfg.eval.num_prompts, cfg.eval.num_steps, cfg.eval.batch_size = 10, 64, 20, 32
-    cfg.eval.metrics = {"accuracy": {"reward": "compositional", "output": "strict"}}  # GenEval-style: all clauses hold
-    return cfg
-
-
-def _sd35(cfg: Config) -> Config:
-    """SD3.5 Medium at 512 px with the paper's Flow-GRPO settings (App. B.3, config/grpo.py)."""
-    cfg.model.path = "stabilityai/stable-diffusion-3.5-medium"
-    cfg.model.resolution, cfg.model.max_sequence_length = 512, 128
-    cfg.model.lora_rank, cfg.model.lora_alpha = 32, 64
-    cfg.model.lora_targets = list(SD3_LORA_TARGETS)
-    cfg.model.gradient_checkpointing = True
-    cfg.sample.num_steps, cfg.sample.guidance_scale, cfg.sample.noise_level = 10, 4.5, 0.7
-    cfg.sample.group_size, cfg.sample.groups_per_iteration, cfg.sample.batch_size = 24, 48, 9
-    cfg.credit.scale = "batch"
-    cfg.loss.clip_range, cfg.loss.adv_clip = 1e-4, 5.0
-    cfg.optim.lr, cfg.optim.steps_per_iteration = 3e-4, 2
-    cfg.train.mixed_precision, cfg.train.ema, cfg.train.iterations = "fp16", True, 1000
-    cfg.train.save_every, cfg.train.keep_last = 60, 5
-    cfg.eval.every, cfg.eval.num_steps, cfg.eval.guidance_scale = 60, 40, 4.5
-    cfg.eval.num_prompts, cfg.eval.batch_size, cfg.eval.grid_images = 256, 8, 16
-    return cfg
-
-
-def sd35_pickscore() -> Config:
-    """Flow-GRPO PickScore recipe (beta 0.01). Prompts: Pick-a-Pic SFW prompts supplied by the user."""
-    cfg = _sd35(Config(preset="sd35_pickscore"))
-    cfg.reward.weights = {"pickscore": 1.0}
-    cfg.loss.beta = 0.01
-    cfg.data.train, cfg.data.eval = "data/pickscore/train.txt", "data/pickscore/test.txt"
-    return cfg
-
-
-def sd35_compositional() -> Config:
-    """Flow-GRPO GenEval recipe (beta 0.04) with a user-supplied GenEval-style scorer: replace the
-    placeholder with your factory, e.g. ``reward.weights={"my_pkg.geneval:load": 1}`` (options under
-    ``reward.options``), and give prompts as .jsonl whose metadata columns (tag, include, ...) reach it."""
-    cfg = _sd35(Config(preset="sd35_compositional"))
-    cfg.reward.weights = {"geneval_scorer:load": 1.0}
-    cfg.loss.beta = 0.04
-    cfg.data.train, cfg.data.eval = "data/geneval/train.jsonl", "data/geneval/test.jsonl"
-    return cfg
-
-
-def flux_hpsv2() -> Config:
-    """FLUX.1-dev with HPSv2 (the flow_grpo pickscore_flux recipe's settings): 6 train / 28 eval
-    steps, distilled guidance 3.5, a = 0.9, beta 0, LoRA r64/alpha128 including the FF layers, bf16."""
-    cfg = _sd35(Config(preset="flux_hpsv2"))
-    cfg.model.path, cfg.model.max_sequence_length = "black-forest-labs/FLUX.1-dev", 512
-    cfg.model.lora_rank, cfg.model.lora_alpha = 64, 128
-    cfg.model.lora_targets = list(FLUX_LORA_TARGETS)
-    cfg.sample.num_steps, cfg.sample.guidance_scale, cfg.sample.noise_level = 6, 3.5, 0.9
-    cfg.sample.batch_size = 3
-    cfg.reward.weights = {"hpsv2": 1.0}
-    cfg.loss.beta = 0.0
-    cfg.train.mixed_precision = "bf16"
-    cfg.eval.num_steps, cfg.eval.guidance_scale = 28, 3.5
-    cfg.data.train, cfg.data.eval = "data/pickscore/train.txt", "data/pickscore/test.txt"
-    return cfg
-
-
-PRESETS: dict[str, Callable[[], Config]] = {
-    "testbed": testbed, "sd35_pickscore": sd35_pickscore,
-    "sd35_compositional": sd35_compositional, "flux_hpsv2": flux_hpsv2,
-}
-
-
-def get_preset(name: str) -> Config:
-    if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}.")
-    return PRESETS[name]()
+def __getattr__(name: str):  # the presets live in flowalign/presets.py (imported lazily: no cycle)
+    if name in ("PRESETS", "get_preset"):
+        from . import presets
+        return getattr(presets, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # --- overrides and (de)serialisation -------------------------------------------------------------
@@ -357,11 +308,37 @@ class Derived:
         return "\n".join(f"  {k:<22} {v}" for k, v in rows)
 
 
+WINDOWS = ("all", "fixed", "random", "progressive", "geometric")
+
+
 def trained_steps(cfg: Config) -> int:
     s = cfg.sample
     if s.window == "all":
         return max(1, int(s.num_steps * s.timestep_fraction))
     return s.window_size
+
+
+def check_window(s: SampleConfig) -> None:
+    """One ValueError for an SDE window that does not fit the step count (or an unknown kind)."""
+    if s.window not in WINDOWS:
+        raise ValueError(f"sample.window={s.window!r}; choose one of {list(WINDOWS)}.")
+    if s.window == "all":
+        if not 0 < s.timestep_fraction <= 1:
+            raise ValueError(f"sample.timestep_fraction={s.timestep_fraction} must be in (0, 1].")
+        return
+    lo, hi = (s.window_range + [s.num_steps])[:2] if s.window in ("random", "fixed") else (0, s.num_steps)
+    if s.window == "fixed":
+        hi = lo + s.window_size
+    if not 1 <= s.window_size <= hi - lo or not 0 <= lo < hi <= s.num_steps:
+        raise ValueError(f"SDE window of {s.window_size} steps in range [{lo}, {hi}) does not fit "
+                         f"{s.num_steps} steps; need 1 <= sample.window_size <= hi - lo and "
+                         f"0 <= lo < hi <= sample.num_steps.")
+    if s.window == "geometric" and not (s.window_size < s.num_steps and 0 < s.window_r < 1):
+        raise ValueError(f"sample.window=geometric needs sample.window_size={s.window_size} < "
+                         f"sample.num_steps={s.num_steps} and 0 < sample.window_r={s.window_r} < 1.")
+    if s.window == "progressive" and not (s.window_stride >= 1 and s.window_every >= 1):
+        raise ValueError(f"sample.window_stride={s.window_stride} and sample.window_every={s.window_every} "
+                         f"must be >= 1.")
 
 
 def derived(cfg: Config, world_size: int = 1) -> Derived:
@@ -390,15 +367,15 @@ def derived(cfg: Config, world_size: int = 1) -> Derived:
                          f"inner epochs) do not split into optim.steps_per_iteration={o.steps_per_iteration} "
                          f"optimizer steps; use a divisor of {micro}.")
     t = trained_steps(cfg)
-    if s.window == "all" and not 0 < s.timestep_fraction <= 1:
-        raise ValueError(f"sample.timestep_fraction={s.timestep_fraction} must be in (0, 1].")
-    if s.window in ("random", "progressive"):
-        lo, hi = (s.window_range + [s.num_steps])[:2] if s.window == "random" else (0, s.num_steps)
-        if not 1 <= s.window_size <= hi - lo or not 0 <= lo < hi <= s.num_steps:
-            raise ValueError(f"SDE window of {s.window_size} steps in range [{lo}, {hi}) does not fit "
-                             f"{s.num_steps} steps; need 1 <= sample.window_size <= hi - lo and "
-                             f"0 <= lo < hi <= sample.num_steps.")
-    elif s.window != "all":
-        raise ValueError(f"sample.window={s.window!r}; choose 'all', 'random' or 'progressive'.")
+    check_window(s)
+    if s.tree_splits:  # a tree grows from one root per group: whole groups per sampling batch
+        leaves = 1
+        for k in (s.tree_branch * len(s.tree_splits) if len(s.tree_branch) == 1 else s.tree_branch):
+            leaves *= k
+        if leaves != s.group_size or s.batch_size % s.group_size or per_rank % s.group_size:
+            raise ValueError(f"tree rollouts: sample.tree_branch={s.tree_branch} over {len(s.tree_splits)} splits "
+                             f"give {leaves} leaves per tree; need sample.group_size = {leaves} leaves and "
+                             f"sample.batch_size ({s.batch_size}) and the {per_rank} images per process to be "
+                             f"multiples of it (each batch holds whole trees).")
     grad_accum = micro // o.steps_per_iteration
     return Derived(world_size, total, per_rank, batches, grad_accum, t, grad_accum * t)

@@ -4,7 +4,9 @@ Everything that can be wrong with the input is checked here, before the model is
 possible, and reported as ONE ValueError naming the bad value and the fix: unknown preset or config
 key, batch arithmetic that does not divide over the processes, unknown reward, missing model path,
 missing/empty/unreadable prompt file, LoRA target modules absent from the transformer, SDE windows
-that do not fit the step count. Then the model is loaded, frozen, given LoRA adapters (peft) or
+that do not fit the step count, credit / exploration options (``credit.checks.check_credit_config``:
+tree split schedules and branch factors, pruning, G^2RPO strides, ladders, psi(t) calibration) and a
+non-differentiable process reward for Euphonium's guided SDE. Then the model is loaded, frozen, given LoRA adapters (peft) or
 made fully trainable, and handed to ``flowalign.trainer.train``.
 """
 from __future__ import annotations
@@ -18,7 +20,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from .config import PRESETS, Config, apply_overrides, derived, from_dict, get_preset
+from .config import Config, apply_overrides, derived, from_dict
+from .presets import PRESETS, get_preset
 
 DTYPES = ("fp32", "bf16", "fp16")
 
@@ -52,10 +55,11 @@ def resolve_config(preset: str | None, overrides: list[str], resume: str | None)
 
 def validate(cfg: Config, world_size: int = 1) -> None:
     """The start-up checks that need no model (see the module docstring)."""
-    from .credit import CREDIT
+    from .credit.checks import check_credit_config, check_guidance
     from .rewards import REWARDS
     from .sampling.sde import STEPS
 
+    check_credit_config(cfg)
     derived(cfg, world_size)
     unknown = [n for n in cfg.reward.weights if n not in REWARDS and ":" not in n]
     if unknown:
@@ -72,10 +76,12 @@ def validate(cfg: Config, world_size: int = 1) -> None:
     extra = [n for n in cfg.reward.options if n not in cfg.reward.weights]
     if extra:
         raise ValueError(f"reward.options has entries {extra} without a weight in reward.weights.")
-    for name, table in (("credit.name", CREDIT), ("sample.step", STEPS)):
-        value = cfg.credit.name if name == "credit.name" else cfg.sample.step
-        if value not in table:
-            raise ValueError(f"{name}={value!r} is unknown; choose one of {sorted(table)}.")
+    if cfg.sample.step not in STEPS:
+        raise ValueError(f"sample.step={cfg.sample.step!r} is unknown; choose one of {sorted(STEPS)}.")
+    if cfg.credit.process_reward and cfg.credit.process_reward not in REWARDS:
+        raise ValueError(f"credit.process_reward={cfg.credit.process_reward!r} is unknown; choose one of {sorted(REWARDS)}.")
+    if cfg.credit.name == "euphonium":  # the guided SDE takes grad R: refuse a non-differentiable one now
+        check_guidance(build_process_reward(cfg) or build_reward(cfg), cfg.credit.guidance_kappa)
     if cfg.model.dtype not in DTYPES:
         raise ValueError(f"model.dtype={cfg.model.dtype!r}; choose one of {DTYPES}.")
     if cfg.train.mixed_precision not in ("no", "fp16", "bf16"):
@@ -191,18 +197,27 @@ def build_reward(cfg: Config, device: Any = "cpu"):
     return MultiReward(weights, rewards=custom, **options).to(device)
 
 
+def build_process_reward(cfg: Config, device: Any = "cpu"):
+    """Euphonium's process reward ``credit.process_reward`` built with ``credit.process_options``, or
+    None: the trainer then uses the training reward."""
+    from .rewards import load_reward
+
+    name = cfg.credit.process_reward
+    return load_reward(name, **dict(cfg.credit.process_options)).to(device) if name else None
+
+
 def build_eval_metrics(cfg: Config, device: Any = "cpu") -> dict[str, Any]:
     from .rewards import load_reward
 
     return {name: load_reward(spec["reward"], **{k: v for k, v in spec.items() if k != "reward"}).to(device)
-            for name, spec in cfg.eval.metrics.items()} if cfg.eval.every > 0 and cfg.data.eval else {}
+            for name, spec in cfg.eval.metrics.items()} if (cfg.eval.every > 0 or cfg.eval.every_nfe > 0) and cfg.data.eval else {}
 
 
 def build_prompts(cfg: Config):
     from .data import load_prompt_source
 
     train = load_prompt_source(cfg.data.train)
-    test = load_prompt_source(cfg.data.eval) if cfg.data.eval and cfg.eval.every > 0 else None
+    test = load_prompt_source(cfg.data.eval) if cfg.data.eval and (cfg.eval.every > 0 or cfg.eval.every_nfe > 0) else None
     return train, test
 
 
@@ -231,6 +246,8 @@ def main(cfg: Config, *, resume: str | Path | None = None, reward_fn: Callable |
         if reward_fn is None:
             reward_fn = build_reward(cfg, acc.device)
             train_kwargs.setdefault("eval_metrics", build_eval_metrics(cfg, acc.device))
+        if cfg.credit.name == "euphonium" and cfg.credit.process_reward:
+            train_kwargs.setdefault("process_reward", build_process_reward(cfg, acc.device))
         run_dir = broadcast_object_list([str(default_run_dir(cfg))])[0] if acc.num_processes > 1 \
             else str(default_run_dir(cfg))
         return train(cfg, model, reward_fn, prompts, eval_prompts=eval_prompts, run_dir=run_dir, resume=resume,

@@ -6,6 +6,15 @@ rank keeps its rows) -> TRAIN (inner epochs over (micro-batch, step): recomputed
 ratio, closed-form KL to the adapter-off reference; accumulate, clip, step, EMA) -> LOG / EVAL /
 CHECKPOINT. The loop takes functions (reward_fn, credit_fn, loss_fn, rollout_fn), not subclasses.
 
+Credit / exploration variants (issue 6; credit/__init__.py): the credit function's ``needs`` pick the
+rollout (``credit.rollouts.make_rollout``: shared ODE prefix, one tree per group laid out as root->leaf
+rows, Euphonium's guided SDE) and the per-batch extra inputs collected after scoring
+(``credit.collect.COLLECT``: reward ladders, stride completions, process scores, per-tree
+advantages). Extras are gathered over ranks like the rewards; the TRAIN phase is the same for all.
+Sampler NFEs (rollouts, completions and psi(t) calibration; velocity evaluations per row, CFG once;
+training and eval forwards excluded) are summed over ranks into ``state.nfe`` (log ``nfe/total``),
+and ``train.max_nfe`` stops a run at an NFE budget.
+
 Departures from flow_grpo's ``scripts/train_sd3.py``:
 * zero-variance groups are masked, not dropped, so every micro-batch keeps the sampling batch size;
 * all randomness is a function of (seed, iteration, global sample index): the initial noise and SDE
@@ -19,6 +28,7 @@ Departures from flow_grpo's ``scripts/train_sd3.py``:
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import json
 import math
@@ -33,14 +43,21 @@ from torch import Tensor
 
 from . import checkpoint as ckpt
 from .config import Config, derived, to_dict
-from .credit import CREDIT
+from .credit.checks import check_credit_config
+from .credit.collect import CollectContext, Collected, calibrate_psi, collect, make_credit, make_ladder
+from .credit.rollouts import make_rollout, whole_group_batch
+from .credit.tree import geometric_window
 from .data import PromptSet, group_batch, sample_seed
 from .ema import EMA
 from .losses import flow_grpo_loss
 from .sampling.rollout import log_prob_at, rollout
 from .sampling.schedule import noise_table, progressive_window, random_window, window_mask
 from .tracking import RunLogger
-from .types import Cond, Rollout, Scores
+from .train_utils import (Prepared, as_scores, cat_scores, evaluate, finish, generate, generators,  # noqa: F401
+                          make_accelerator, zero_loss)
+from .types import Cond, Rollout
+
+_generators = generators  # (old name, used by benchmarks)
 
 
 @dataclass
@@ -49,7 +66,8 @@ class TrainState:
     optimizer_step: int = 0  # optimizer steps taken
     skipped_steps: int = 0  # optimizer steps skipped for a non-finite loss or gradient
     skipped_iterations: int = 0  # iterations skipped because no reward was finite
-    nonfinite_reward_rows: int = 0  # samples whose reward was NaN/inf (masked out of the loss)
+    nonfinite_reward_rows: int = 0  # samples whose reward (or credit extra) was NaN/inf (masked out of the loss)
+    nfe: int = 0  # sampler velocity evaluations so far, all ranks (rollouts + completions + calibration)
 
 
 @dataclass
@@ -60,21 +78,9 @@ class TrainResult:
     evals: list[dict] = field(default_factory=list)  # per-eval scalars (main process)
     model: Any = None  # the trained FlowModel (its transformer holds the live, non-EMA weights)
 
-
-class Prepared:
-    """The accelerate-wrapped transformer seen as the bare one: gradient-enabled calls go through the
-    wrapper (DDP / FSDP / DeepSpeed hooks), no-grad calls (sampling, reference, eval) through the bare
-    module unless the wrapper shards parameters; attributes (config, dtype, modules) are the bare ones."""
-
-    def __init__(self, wrapped: Any, bare: torch.nn.Module, always_wrapped: bool):
-        self._wrapped, self._bare, self._always = wrapped, bare, always_wrapped
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        use = self._wrapped if self._always or torch.is_grad_enabled() else self._bare
-        return use(*args, **kwargs)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._bare, name)
+    @property
+    def nfe(self) -> int:  # sampler NFEs spent, all ranks (= state.nfe)
+        return self.state.nfe
 
 
 def step_mask(cfg: Config, iteration: int) -> Tensor:
@@ -82,120 +88,43 @@ def step_mask(cfg: Config, iteration: int) -> Tensor:
     s = cfg.sample
     if s.window == "all":
         return window_mask(s.num_steps, max(1, int(s.num_steps * s.timestep_fraction)))
+    if s.window == "fixed":
+        return window_mask(s.num_steps, s.window_size, s.window_range[0])
     if s.window == "random":
         import random
         lo, hi = (list(s.window_range) + [s.num_steps])[:2]
         return random_window(s.num_steps, s.window_size, lo, hi, random.Random(sample_seed(cfg.train.seed, iteration, -1)))
-    return progressive_window(s.num_steps, s.window_size, iteration, every=s.window_every)
-
-
-def as_scores(out: Scores | Tensor, b: int) -> Scores:
-    scores = out if isinstance(out, Scores) else Scores(total=torch.as_tensor(out).float().reshape(-1))
-    total = scores.total.detach().float().cpu()
-    if total.shape != (b,):
-        raise ValueError(f"reward_fn returned shape {tuple(total.shape)} for a batch of {b}; return Tensor[B] or Scores.")
-    valid = torch.isfinite(total) & (torch.ones(b, dtype=torch.bool) if scores.valid is None else scores.valid.cpu().bool())
-    comps = {k: v.detach().float().cpu() for k, v in scores.components.items()}
-    return Scores(total=total, components=comps, valid=valid)
-
-
-def _cat_scores(parts: list[Scores]) -> Scores:
-    keys = parts[0].components.keys()
-    return Scores(total=torch.cat([p.total for p in parts]), valid=torch.cat([p.valid for p in parts]),
-                  components={k: torch.cat([p.components[k] for p in parts]) for k in keys})
-
-
-def _generators(seed: int, iteration: int, indices: list[int], device: torch.device) -> list[torch.Generator]:
-    return [torch.Generator(device).manual_seed(sample_seed(seed, iteration, i)) for i in indices]
-
-
-@torch.no_grad()
-def generate(model, prompts: list[str], cfg: Config, gens: list[torch.Generator], *, num_steps: int,
-             guidance_scale: float, noise_levels: Tensor | None, rollout_fn: Callable = rollout,
-             step: str = "ode", init_gens: list[torch.Generator] | None = None) -> tuple[Cond, Rollout, Tensor]:
-    """encode -> initial noise (from ``init_gens``, default ``gens``) -> rollout (SDE noise from
-    ``gens``) -> decode: (cond, rollout, images [B, 3, H, W] in [0, 1])."""
-    res = cfg.model.resolution
-    neg = cfg.model.negative_prompt or None  # None: the model's default ("" for SD3; Flux has none)
-    cond = model.encode(prompts, guidance_scale=guidance_scale, negative_prompts=neg)
-    x = model.initial_noise(len(prompts), res, res, generator=init_gens or gens)
-    ro = rollout_fn(model, cond, x, model.sigmas(num_steps, res, res), step, noise_levels, generator=gens)
-    return cond, ro, model.decode(ro.final)
-
-
-@torch.no_grad()
-def evaluate(model, reward_fn: Callable, prompts: PromptSet, cfg: Config, acc, rollout_fn: Callable = rollout,
-             metrics: dict[str, Callable] | None = None) -> tuple[dict[str, float], Tensor | None]:
-    """ODE samples of the first ``eval.num_prompts`` held-out prompts with fixed per-prompt noise ->
-    mean reward total, components and extra ``metrics`` (name -> reward-like fn) over all ranks,
-    and a grid image (main process)."""
-    from torchvision.utils import make_grid
-
-    e, world, rank = cfg.eval, acc.num_processes, acc.process_index
-    n = min(e.num_prompts, len(prompts))
-    per = math.ceil(n / world)  # equal shards (padded) so collective forwards stay in step
-    mine = [rank * per + i for i in range(per)]
-    sums: dict[str, Tensor] = {}
-    shown: list[Tensor] = []
-    for s in range(0, per, e.batch_size):
-        idx = mine[s:s + e.batch_size]
-        real = torch.tensor([i < n for i in idx])
-        idx = [min(i, n - 1) for i in idx]
-        texts = [prompts.prompts[i] for i in idx]
-        gens = _generators(e.seed, 0, idx, model.device)
-        _, _, images = generate(model, texts, cfg, gens, num_steps=e.num_steps, guidance_scale=e.guidance_scale,
-                                noise_levels=None, rollout_fn=rollout_fn)
-        meta = prompts.columns(idx)
-        sc = as_scores(reward_fn(images, texts, **meta), len(idx))
-        extra = {k: as_scores(fn(images, texts, **meta), len(idx)).total for k, fn in (metrics or {}).items()}
-        for k, v in {"reward": sc.total, **sc.components, **extra}.items():
-            ok = real & torch.isfinite(v)
-            sums[k] = sums.get(k, torch.zeros(2, dtype=torch.float64)) + torch.stack(
-                [v[ok].double().sum(), ok.double().sum()])
-        shown += [im.cpu() for im, r in zip(images, real) if r][:max(0, e.grid_images - len(shown))]
-    keys = sorted(sums)
-    flat = torch.stack([sums[k] for k in keys]).to(acc.device) if keys else torch.zeros(0, 2, device=acc.device)
-    flat = acc.reduce(flat, "sum").cpu()
-    stats = {f"eval/{k}": float(flat[i, 0] / flat[i, 1].clamp_min(1)) for i, k in enumerate(keys)}
-    grid = make_grid(torch.stack(shown), nrow=int(math.ceil(math.sqrt(len(shown)))), padding=1) if shown else None
-    return stats, grid
-
-
-def make_accelerator(cfg: Config):
-    from accelerate import Accelerator
-    from accelerate.utils import DistributedDataParallelKwargs
-
-    return Accelerator(cpu=cfg.train.cpu or not torch.cuda.is_available(), mixed_precision=cfg.train.mixed_precision,
-                       kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)])
-
-
-def _zero_loss(params: list[torch.nn.Parameter]) -> Tensor:
-    """A loss whose gradient is exactly 0 for every parameter (keeps DDP's reducer in step)."""
-    return sum(p.sum() for p in params) * 0.0
+    if s.window == "geometric":  # TreeGRPO: start ~ truncated geometric(r)
+        gen = torch.Generator().manual_seed(sample_seed(cfg.train.seed, iteration, -1))
+        return geometric_window(s.num_steps, s.window_size, s.window_r, generator=gen)
+    return progressive_window(s.num_steps, s.window_size, iteration, every=s.window_every, stride=s.window_stride)
 
 
 def train(cfg: Config, model, reward_fn: Callable, prompts: PromptSet, *, eval_prompts: PromptSet | None = None,
           run_dir: str | Path, credit_fn: Callable | None = None, loss_fn: Callable = flow_grpo_loss,
           rollout_fn: Callable = rollout, resume: str | Path | None = None, accelerator=None,
           export_fn: Callable[[Path], None] | None = None, ref_model=None,
-          eval_metrics: dict[str, Callable] | None = None) -> TrainResult:
+          eval_metrics: dict[str, Callable] | None = None, process_reward: Callable | None = None) -> TrainResult:
     """Run Flow-GRPO on ``model`` (a FlowModel whose trainable parameters are already set up).
 
     reward_fn(images [B,3,H,W], prompts, **metadata) -> Scores | Tensor[B]; credit_fn(rewards [N],
-    group_ids [N], step_mask [T]) -> Advantages (default: CREDIT[cfg.credit.name] with cfg.credit);
+    group_ids [N], step_mask [T], **extras named in credit_fn.needs) -> Advantages (default: from
+    cfg.credit, ``credit.collect.make_credit``);
     loss_fn(out, ref, old_log_prob, advantages, mask, dt, **cfg.loss) -> LossOut; rollout_fn as
     ``sampling.rollout.rollout``; export_fn(dir) writes the deployable weights (LoRA) under ``dir``;
     ref_model: the KL reference when ``model.reference()`` cannot provide it (full fine-tuning);
-    eval_metrics: extra eval-only scores {log name: fn(images, prompts, **metadata)}."""
+    eval_metrics: extra eval-only scores {log name: fn(images, prompts, **metadata)};
+    process_reward: Euphonium's differentiable process reward (default: reward_fn)."""
     own_acc = accelerator is None
     acc = make_accelerator(cfg) if own_acc else accelerator
+    check_credit_config(cfg)
     d = derived(cfg, acc.num_processes)
     rank, world, main = acc.process_index, acc.num_processes, acc.is_main_process
     run_dir = Path(run_dir)
     acc.gradient_accumulation_steps = d.backward_per_step
-    c = cfg.credit
-    credit_fn = credit_fn or partial(CREDIT[c.name], scale=c.scale, eps=c.eps, unbiased=c.unbiased,
-                                     filter_zero_std=c.filter_zero_std)
+    credit_fn, needs = make_credit(cfg, credit_fn)
+    roll = make_rollout(cfg, needs, rollout_fn, model=model,
+                        process_reward=reward_fn if process_reward is None else process_reward)
     loss_kw = dataclasses.asdict(cfg.loss)
     bare = model.transformer
     names = [n for n, p in bare.named_parameters() if p.requires_grad]
@@ -212,7 +141,7 @@ def train(cfg: Config, model, reward_fn: Callable, prompts: PromptSet, *, eval_p
         with torch.no_grad():
             for n, p in zip(names, params):
                 p.copy_(parts["trainable"][n])
-        state = TrainState(**{k: scalars[k] for k in dataclasses.asdict(state)})
+        state = TrainState(**{k: scalars.get(k, v) for k, v in dataclasses.asdict(state).items()})
     if kind == "DEEPSPEED":  # no dataloader: tell DeepSpeed the micro-batch and the clipping
         ds = acc.state.deepspeed_plugin.deepspeed_config
         ds["train_micro_batch_size_per_gpu"] = cfg.sample.batch_size
@@ -227,6 +156,15 @@ def train(cfg: Config, model, reward_fn: Callable, prompts: PromptSet, *, eval_p
         if ema is not None and "ema" in parts:
             ema.load_state_dict(parts["ema"])
         ckpt.set_rng_state(parts["rng"])
+    if cfg.credit.calibrate_iterations > 0 and resume is None:  # DenseGRPO Alg. 1, once; kept in the saved config
+        nfe0 = model.nfe
+        levels, cal = calibrate_psi(model, reward_fn, prompts, cfg,
+                                    torch.Generator().manual_seed(sample_seed(cfg.train.seed, -1, -3)))
+        cfg = copy.deepcopy(cfg)
+        cfg.sample.noise_table, cfg.credit.calibrate_iterations = [float(v) for v in levels], 0
+        state.nfe += int(acc.reduce(torch.tensor([float(model.nfe - nfe0)], device=acc.device), "sum"))
+        acc.print(f"psi(t) calibrated in {cal.imbalance.shape[0]} rounds: noise table {cfg.sample.noise_table}")
+    ladder = make_ladder(cfg, model, reward_fn) if "ladder" in needs else None
     log = RunLogger(run_dir, cfg, main)
     result = TrainResult(run_dir, state, model=model)
     if main:
@@ -236,8 +174,16 @@ def train(cfg: Config, model, reward_fn: Callable, prompts: PromptSet, *, eval_p
     bar = partial(__import__("tqdm").tqdm, leave=False, disable=not (main and cfg.log.progress), dynamic_ncols=True)
     swap = ema.swapped if ema is not None else contextlib.nullcontext
 
+    evals_on, next_eval_nfe = cfg.eval.every > 0 or cfg.eval.every_nfe > 0, [0]
+
+    def eval_due(it: int) -> bool:  # every eval.every iterations and/or each time eval.every_nfe more NFEs are spent
+        by_nfe = cfg.eval.every_nfe > 0 and state.nfe >= next_eval_nfe[0]
+        if by_nfe:
+            next_eval_nfe[0] = (state.nfe // cfg.eval.every_nfe + 1) * cfg.eval.every_nfe
+        return (cfg.eval.every > 0 and it % cfg.eval.every == 0) or by_nfe
+
     def run_eval(it: int) -> None:
-        if eval_prompts is None or cfg.eval.every <= 0:
+        if eval_prompts is None or not evals_on:
             return
         t = time.time()
         with swap():
@@ -246,7 +192,7 @@ def train(cfg: Config, model, reward_fn: Callable, prompts: PromptSet, *, eval_p
         log.scalars(stats, it)
         if grid is not None:
             log.image("eval/samples", grid, it)
-        result.evals.append({"iteration": it, **stats})
+        result.evals.append({"iteration": it, "nfe": state.nfe, **stats})
         acc.print(f"eval @ {it}: " + "  ".join(f"{k[5:]}={v:.4f}" for k, v in stats.items() if k.startswith("eval/")))
 
     def save(it: int) -> None:
@@ -273,54 +219,65 @@ def train(cfg: Config, model, reward_fn: Callable, prompts: PromptSet, *, eval_p
     t_start, T, bs = time.time(), cfg.sample.num_steps, cfg.sample.batch_size
     try:
         for it in range(state.iteration, cfg.train.iterations):
-            if cfg.eval.every > 0 and it % cfg.eval.every == 0:
+            if eval_due(it):
                 run_eval(it)
             # ---------------- SAMPLE + SCORE ----------------
-            t0 = time.time()
+            t0, nfe0 = time.time(), model.nfe
             mask_t = step_mask(cfg, it)
-            levels = noise_table(T, cfg.sample.noise_level, mask_t)
-            pidx, gids = group_batch(len(prompts), cfg.sample.group_size, d.images_per_rank, world, rank,
-                                     cfg.train.seed, it)
+            levels = noise_table(T, torch.tensor(cfg.sample.noise_table) if cfg.sample.noise_table
+                                 else cfg.sample.noise_level, mask_t)
+            whole = "tree" in needs or (cfg.sample.share_prefix and d.images_per_rank % cfg.sample.group_size == 0)
+            layout = whole_group_batch if whole else group_batch  # trees / shared prefixes: whole groups per batch
+            pidx, gids = layout(len(prompts), cfg.sample.group_size, d.images_per_rank, world, rank, cfg.train.seed, it)
             gidx = [rank * d.images_per_rank + i for i in range(d.images_per_rank)]
-            conds, rolls, scores, t_reward = [], [], [], 0.0
+            conds, rolls, scores, cols, t_reward, t_collect = [], [], [], [], 0.0, 0.0
+            if ladder is not None:
+                ladder.clear_cache()  # completions depend on the weights
             for b in bar(range(d.batches_per_rank), desc=f"it {it + 1}/{cfg.train.iterations} sample"):
                 sl = slice(b * bs, (b + 1) * bs)
                 texts = [prompts.prompts[i] for i in pidx[sl]]
-                gens = _generators(cfg.train.seed, it, gidx[sl], model.device)
-                init = _generators(cfg.train.seed, it, [-1 - g for g in gids[sl]], model.device) \
+                gens = generators(cfg.train.seed, it, gidx[sl], model.device)
+                init = generators(cfg.train.seed, it, [-1 - g for g in gids[sl]], model.device) \
                     if cfg.sample.same_noise else None  # one initial noise per group
                 cond, ro, images = generate(model, texts, cfg, gens, num_steps=T, guidance_scale=cfg.sample.guidance_scale,
-                                            noise_levels=levels, rollout_fn=rollout_fn, step=cfg.sample.step,
-                                            init_gens=init)
-                tr = time.time()
+                                            noise_levels=levels, rollout_fn=roll, step=cfg.sample.step, init_gens=init)
+                tr, meta = time.time(), prompts.columns(pidx[sl])
                 with torch.no_grad():
-                    scores.append(as_scores(reward_fn(images, texts, **prompts.columns(pidx[sl])), len(texts)))
-                t_reward += time.time() - tr
+                    scores.append(as_scores(reward_fn(images, texts, **meta), len(texts)))
+                tc = time.time()
+                ctx = CollectContext(cfg, model, reward_fn, it, mask_t, rank * d.batches_per_rank + b, ladder, meta)
+                cols.append(collect(needs, ctx, cond, ro, images, texts, scores[-1]))
+                t_reward, t_collect = t_reward + tc - tr, t_collect + time.time() - tc
                 conds.append(cond)
                 rolls.append(ro)
-            cond = Cond.cat(conds)
-            ro = dataclasses.replace(rolls[0], latents=torch.cat([r.latents for r in rolls]),
-                                     log_probs=torch.cat([r.log_probs for r in rolls]), x0_preds=None)
-            sc = _cat_scores(scores)
-            t_sample = time.time() - t0 - t_reward
+            cond, r0 = Cond.cat(conds), rolls[0]
+            ro = Rollout(latents=torch.cat([r.latents for r in rolls]), log_probs=torch.cat([r.log_probs for r in rolls]),
+                         sigmas=r0.sigmas, noise_levels=r0.noise_levels, step=r0.step)
+            col, sc = Collected.cat(cols), cat_scores(scores)
+            sc.valid = sc.valid & col.ok  # a non-finite credit extra masks its row like a non-finite reward
+            t_sample = time.time() - t0 - t_reward - t_collect
+            nfe_it = int(acc.reduce(torch.tensor([float(model.nfe - nfe0)], device=acc.device), "sum"))
+            state.nfe += nfe_it
             # ---------------- CREDIT (gathered over ranks) ----------------
             dev = acc.device
             g = {k: acc.gather(torch.as_tensor(v).to(dev)).cpu() for k, v in
                  (("reward", torch.where(sc.valid, sc.total, torch.zeros_like(sc.total))), ("valid", sc.valid.long()),
                   ("group", torch.tensor(gids)), ("index", torch.tensor(gidx)), ("prompt", torch.tensor(pidx)))}
+            ex = {k: acc.gather(v.to(dev).long() if v.dtype == torch.bool else v.to(dev)).cpu()
+                  for k, v in col.extras.items()}  # (gloo gathers no bool)
             n_all, valid = g["reward"].shape[0], g["valid"].bool()
             state.nonfinite_reward_rows += int((~valid).sum())
             adv = torch.zeros(n_all, T)
             mask = torch.zeros(n_all, T, dtype=torch.bool)
             credit_stats: dict[str, float] = {}
             if valid.any():
-                sub = credit_fn(g["reward"][valid], g["group"][valid], mask_t)
+                sub = credit_fn(g["reward"][valid], g["group"][valid], mask_t, **{k: v[valid] for k, v in ex.items()})
                 adv[valid], mask[valid], credit_stats = sub.advantages, sub.mask, sub.stats
             else:
                 state.skipped_iterations += 1
             if main and cfg.log.credit_jsonl:
                 with open(run_dir / "credit.jsonl", "a", encoding="utf-8") as f:
-                    f.write(json.dumps({"iteration": it, **{k: v.tolist() for k, v in g.items()},
+                    f.write(json.dumps({"iteration": it, **{k: v.tolist() for k, v in {**g, **ex}.items()},
                                         "advantages": adv.tolist(), "mask": mask.tolist()}) + "\n")
             mine = slice(rank * d.images_per_rank, (rank + 1) * d.images_per_rank)
             adv, mask = adv[mine], mask[mine]
@@ -345,7 +302,7 @@ def train(cfg: Config, model, reward_fn: Callable, prompts: PromptSet, *, eval_p
                             dt = float(ro.sigmas[j + 1] - ro.sigmas[j])
                             lo = loss_fn(out, ref, r_mb.log_probs[:, j], a_mb[:, j], m_mb[:, j], dt, **loss_kw)
                             finite = bool(torch.isfinite(lo.loss))
-                            acc.backward(lo.loss if finite else _zero_loss(params))
+                            acc.backward(lo.loss if finite else zero_loss(params))
                             bad += 0 if finite else 1
                             for k, v in lo.stats.items():
                                 sums[k] = sums.get(k, 0.0) + float(v)
@@ -377,6 +334,8 @@ def train(cfg: Config, model, reward_fn: Callable, prompts: PromptSet, *, eval_p
                           "reward/total_std": float(r_ok.std()) if len(r_ok) > 1 else 0.0,
                           **{f"reward/{k}_mean": float(v[torch.isfinite(v)].mean()) for k, v in gsc.items()},
                           **{f"credit/{k}": float(v) for k, v in credit_stats.items()},
+                          **{f"collect/{k}": float(v) for k, v in col.stats.items()},
+                          "nfe/total": state.nfe, "nfe/iteration": nfe_it, "time/collect": t_collect,
                           "credit/adv_mean": float(adv[mask].mean()) if mask.any() else 0.0,
                           "credit/adv_std": float(adv[mask].std()) if mask.sum() > 1 else 0.0,
                           "credit/trained_frac": float(mask.any(1).float().mean()),
@@ -392,14 +351,16 @@ def train(cfg: Config, model, reward_fn: Callable, prompts: PromptSet, *, eval_p
                       f"kl {stats.get('train/approx_kl', 0):.2e}  sample {t_sample:.1f}s reward {t_reward:.1f}s "
                       f"train {t_train:.1f}s", flush=True)
             out_of_time = cfg.train.max_minutes > 0 and (time.time() - t_start) > 60 * cfg.train.max_minutes
-            stop = bool(acc.reduce(torch.tensor([float(out_of_time)], device=dev), "sum") > 0)
+            over_nfe = cfg.train.max_nfe > 0 and state.nfe >= cfg.train.max_nfe  # (state.nfe: same on every rank)
+            stop = bool(acc.reduce(torch.tensor([float(out_of_time)], device=dev), "sum") > 0) or over_nfe
             last = it + 1 == cfg.train.iterations or stop
             if (cfg.train.save_every > 0 and state.iteration % cfg.train.save_every == 0) or last:
                 save(state.iteration)
             if stop:
-                acc.print(f"train.max_minutes={cfg.train.max_minutes} reached after {state.iteration} iterations.")
+                acc.print(f"budget reached after {state.iteration} iterations ({state.nfe} NFE; train.max_minutes="
+                          f"{cfg.train.max_minutes}, train.max_nfe={cfg.train.max_nfe}).")
                 break
-        if cfg.eval.every > 0:
+        if evals_on:
             run_eval(state.iteration)
         if main and export_fn is not None:
             with swap():
@@ -411,15 +372,3 @@ def train(cfg: Config, model, reward_fn: Callable, prompts: PromptSet, *, eval_p
             finish(acc)
     return result
 
-
-def finish(acc) -> None:
-    """Wait for every rank, then tear the process group down (2-process gloo runs otherwise abort
-    at exit now and then; environment.md)."""
-    import sys
-
-    acc.wait_for_everyone()
-    acc.end_training()
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
-    sys.stdout.flush()
-    sys.stderr.flush()

@@ -479,7 +479,7 @@ def test_registries_take_the_trainer_keywords():
     b, t = 4, 3
     g = torch.Generator().manual_seed(0)
     inputs = {"ladder": torch.randn(b, t + 1, generator=g), "granular": torch.randn(b, 2, generator=g),
-              "process": torch.randn(b, t, generator=g)}
+              "process": torch.randn(b, t, generator=g), "balance_ids": torch.tensor([0, 0, 1, 1])}
     kw = dict(scale="group", eps=1e-4, unbiased=False, filter_zero_std=True)
     for name, fn in CREDIT.items():
         mask = torch.tensor([False, True, False]) if name == "g2rpo" else torch.tensor([True, True, False])

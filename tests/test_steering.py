@@ -235,6 +235,25 @@ def test_best_of_n_and_beam_accounting():
     assert budget.info["num_children"] == 4 and budget.nfe == 80  # 85 // 10 = 8 particles = 2 beams x 4
 
 
+def test_expected_best_of_n_by_hand():
+    from flowalign.steering.common import expected_best_of_n
+
+    # sorted pool [0, .5, 1]: n=1 -> mean .5; n=2 -> subsets {0,.5} {0,1} {.5,1} have max .5, 1, 1 -> 2.5/3;
+    # n=3 -> 1. Second prompt all 1 -> 1 for every n.
+    curve = expected_best_of_n(torch.tensor([[1.0, 0.0, 0.5], [1.0, 1.0, 1.0]]))
+    torch.testing.assert_close(curve, torch.tensor([[0.5, 2.5 / 3, 1.0], [1.0, 1.0, 1.0]], dtype=torch.float64))
+
+
+def test_dts_star_spends_the_whole_budget_on_deeper_branches():
+    """T = 10, branch depths after steps 2, 4, 6, 8 (grid 3, 5, 7, 9: rollouts from there cost 7, 5, 3,
+    1). With 25 NFE two rollouts from the top cost 20; the 5 left must still buy deeper branches."""
+    mix = GaussianMixtureFlow(**MIX2D)
+    res = steer("dts_star", mix, ["a", "b", "c"], linear(C2D), nfe_budget=25, num_steps=10, lam=10.0,
+                generator=torch.Generator().manual_seed(9))
+    assert res.info["nfe_per_prompt"] == [25, 25, 25] and res.nfe == 75
+    assert all(n > 2 for n in res.info["rollouts"])
+
+
 def test_velocity_cache_serves_remembered_rows_only():
     mix = GaussianMixtureFlow(**MIX2D)
     cache, cond = VelocityCache(mix), mix.encode(["a", "b", "c"])

@@ -113,7 +113,8 @@ def test_scorers_are_differentiable_and_the_aesthetic_is_hackable(scorers):
     prompts = [W.sample_prompt(rng, "test") for _ in range(16)]
     x = W.render([W.scene_for(W.parse_prompt(p), rng) for p in prompts])
     noisy = C.noise(x, g)
-    assert aesthetic(noisy).mean() > aesthetic(x).mean() + 1.0  # noise raises the proxy: hackable
+    gain = aesthetic(noisy) - aesthetic(x)  # [16]; the proxy's scale is ~1-8 on clean images
+    assert gain.mean() > 0.5 and (gain > 0).sum() >= 14  # noise raises the proxy: hackable
     assert detector(noisy).mean() > 0.8 > 0.2 > detector(x).mean()
     x64 = torch.nn.functional.interpolate(x, size=64, mode="nearest").requires_grad_(True)
     out = checker(x64, prompts)  # any resolution; prompts as str are parsed

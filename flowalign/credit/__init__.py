@@ -11,7 +11,11 @@
     ``dense``, ``turning_point``;
   * ``granular`` [B, J] or [B, J, R]: rewards of each branch per completion stride (and reward model)
     from ``granular.singular_sde_rollout``; ``g2rpo``;
-  * ``process`` [B, T]: process-reward scores recorded by ``guided.guided_rollout``; ``euphonium``.
+  * ``process`` [B, T]: process-reward scores recorded by ``guided.guided_rollout``; ``euphonium``;
+  * ``balance_ids`` [B]: the sampling batch of each row (TP-GRPO balances turning points per batch);
+  * ``tree`` (trainer only): per-row advantages / masks of the tree credit (``collect.tree_credit``).
+The trainer collects them batch by batch with ``collect.COLLECT`` (same names) and rolls out with
+``rollouts.make_rollout`` (shared ODE prefix, trees, guided SDE); see ``collect`` and ``rollouts``.
 
 ``TREE_CREDIT`` holds the tree schemes, ``fn(tree: TreeRollout, leaf_rewards [L], *, scale, eps,
 unbiased, filter_zero_std, **options) -> tree.TreeAdvantages`` (advantage and mask per edge = per

@@ -32,7 +32,7 @@ image) to reproduce the reference. The config-file defaults of the repo (``take_
 r = Delta + 1[TP] d_k) are a different method and are not offered. Steps after the window that are
 SDE but untrained still count in R_n (it is the final image's reward, as in the code). The trained
 steps of a row must be contiguous (an SDE window); ``balance_ids`` default: the whole call is one
-balancing batch.
+balancing batch (the trainer passes each row's sampling-batch id, as the code balances per mini-batch).
 """
 from __future__ import annotations
 
@@ -152,4 +152,4 @@ def tp_grpo(rewards: Tensor, group_ids: Tensor, step_mask: Tensor, *, ladder: Te
                                filter_zero_std=filter_zero_std, stats=stats)
 
 
-tp_grpo.needs = ("ladder",)
+tp_grpo.needs = ("ladder", "balance_ids")

@@ -214,6 +214,18 @@ def default_schedule(num_steps: int, start: float = 0.2, every: float = 0.2, end
     return sorted(set(range(first, last + 1, stride)) | {num_steps - 1}) if num_steps > 1 else [0]
 
 
+def expected_best_of_n(pool: Tensor) -> Tensor:
+    """Candidate rewards [P, M] -> [P, M] whose column n-1 is the unbiased estimate of E[max of n
+    draws] (n draws without replacement from the pool, averaged over all C(M, n) subsets): with the
+    rewards sorted r_(1) <= ... <= r_(M), sum_i r_(i) C(i-1, n-1) / C(M, n) (the pass@k estimator)."""
+    import math
+
+    m = pool.shape[1]
+    w = torch.tensor([[math.comb(i - 1, n - 1) / math.comb(m, n) for i in range(1, m + 1)] for n in range(1, m + 1)],
+                     dtype=torch.float64)  # [n, i]; each row sums to 1
+    return pool.double().sort(-1).values @ w.T
+
+
 def group_argmax(values: Tensor, k: int) -> Tensor:
     """Flat rows [P * K] -> within-group argmax [P]."""
     return values.reshape(-1, k).argmax(-1)

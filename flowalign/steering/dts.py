@@ -19,7 +19,8 @@ Departures and implementation choices:
   widening limits on its path), as in Algorithm 1 where expansion needs t > 0.
 * ``final``: ``sample`` (DTS read-out: descend by exp(lam v)), ``greedy`` (DTS* read-out: argmax
   v) or ``max_reward`` (best leaf found; the paper's T2I tables report the max reward found).
-* The NFE budget is per prompt; a rollout is started only if it fits in what is left.
+* The NFE budget is per prompt; a rollout is started only if it fits in what is left: once a
+  rollout from the top no longer fits, selection walks past such nodes to deeper, cheaper ones.
 """
 from __future__ import annotations
 
@@ -34,6 +35,21 @@ from .common import (LatentReward, SteerResult, check_budget, check_lam, check_s
                      default_schedule, prepare, side_generator, stochastic_levels)
 
 FINALS = ("sample", "greedy", "max_reward")
+
+
+def soft_mean(values: list[float], lam: float) -> float:
+    """(1/lam) log mean exp(lam v) (the plain mean at lam = 0), in float64 Python arithmetic."""
+    if lam == 0:
+        return sum(values) / len(values)
+    top = max(values)
+    return top + math.log(sum(math.exp(lam * (v - top)) for v in values) / len(values)) / lam
+
+
+def softmax(values: list[float], lam: float) -> list[float]:
+    top = max(values)
+    e = [math.exp(lam * (v - top)) for v in values]
+    total = sum(e)
+    return [x / total for x in e]
 
 
 class Forest:
@@ -71,9 +87,7 @@ class Forest:
             self.visits[node] += 1
             kids = self.children[node]
             if kids:
-                vals = torch.tensor([self.value[c] for c in kids], dtype=torch.float64)
-                self.value[node] = float(vals.mean()) if lam == 0 else \
-                    float((torch.logsumexp(lam * vals, 0) - math.log(len(kids))) / lam)
+                self.value[node] = soft_mean([self.value[c] for c in kids], lam)
             node = self.parent[node]
 
     def leaves(self, tree: int) -> list[int]:
@@ -88,14 +102,17 @@ class Forest:
             if not kids:
                 out[node] = pr
                 continue
-            w = torch.softmax(lam * torch.tensor([self.value[c] for c in kids], dtype=torch.float64), 0)
+            w = softmax([self.value[c] for c in kids], lam)
             stack.extend((c, pr * float(wi)) for c, wi in zip(kids, w))
         return out
 
 
 def _select(forest: Forest, root: int, *, star: bool, lam: float, c_pw: float, alpha: float, c_uct: float,
-            last: int, virtual: dict[int, int], pending: dict[int, int], gen: torch.Generator) -> tuple[int, list[int]]:
-    """Walk down from ``root``; returns (node to expand or leaf reached, path)."""
+            last: int, virtual: dict[int, int], pending: dict[int, int], gen: torch.Generator,
+            min_gidx: int = 0) -> tuple[int, list[int]]:
+    """Walk down from ``root``; returns (node to expand or leaf reached, path). A node above grid
+    index ``min_gidx`` (its rollout would not fit in the budget left) is not expanded: the walk
+    goes on to a child, so the last NFEs still buy the cheaper, deeper branches."""
     node, path = root, [root]
     while True:
         if forest.gidx[node] == last:
@@ -103,34 +120,37 @@ def _select(forest: Forest, root: int, *, star: bool, lam: float, c_pw: float, a
         kids = [c for c in forest.children[node] if forest.visits[c] > 0]
         n_vis = forest.visits[node] + virtual.get(node, 0)
         width = len(forest.children[node]) + pending.get(node, 0)
-        if width == 0 or (width < c_pw * max(n_vis, 1) ** alpha) or not kids:
+        wants = width == 0 or width < c_pw * max(n_vis, 1) ** alpha or not kids
+        if wants and (max(forest.gidx[node], 0) >= min_gidx or not kids):
             return node, path
-        vals = torch.tensor([forest.value[c] for c in kids], dtype=torch.float64)
+        vals = [forest.value[c] for c in kids]
         if star:
-            n_kid = torch.tensor([forest.visits[c] + virtual.get(c, 0) for c in kids], dtype=torch.float64)
-            score = vals + c_uct * torch.sqrt(math.log(max(n_vis, 1)) / n_kid)
-            node = kids[int(score.argmax())]
+            log_n = math.log(max(n_vis, 1))
+            score = [v + c_uct * math.sqrt(log_n / (forest.visits[c] + virtual.get(c, 0))) for v, c in zip(vals, kids)]
+            node = kids[max(range(len(kids)), key=score.__getitem__)]
         else:
-            node = kids[int(torch.multinomial(torch.softmax(lam * vals, 0), 1, generator=gen))]
+            probs = torch.tensor(softmax(vals, lam), dtype=torch.float64)
+            node = kids[int(torch.multinomial(probs, 1, generator=gen))]
         path.append(node)
 
 
 def tree_search(model: Any, prompts: Any, reward: Any, *, nfe_budget: int, star: bool = True, lam: float = 1.0,
                 branch_steps: Any = None, widen_c: float = 2.0, widen_alpha: float = 0.8, c_uct: float = 1.0,
-                batch: int = 8, final: str | None = None, num_steps: int | None = None, sigmas: Any = None,
+                batch: int | None = None, final: str | None = None, num_steps: int | None = None, sigmas: Any = None,
                 step: str = "flow_sde", noise_level: Any = 0.7, cfg: float | None = None,
                 negative_prompts: Any = None, height: int | None = None, width: int | None = None,
                 generator: Any = None, cond: Any = None) -> SteerResult:
     """DTS (``star=False``) or DTS* (``star=True``) with ``nfe_budget`` model evaluations per prompt.
 
     ``branch_steps``: 0-based steps after which a node may get several children (default the FK
-    schedule without the last step); the initial noise (root) always branches."""
+    schedule without the last step); the initial noise (root) always branches. ``batch``: rollouts
+    per tree and round (default: budget / 16 rollouts, 1 to 8)."""
     method = "dts_star" if star else "dts"
     lam = check_lam(lam)
     final = final or ("max_reward" if star else "sample")
     if final not in FINALS:
         raise ValueError(f"unknown final {final!r}; choose one of {list(FINALS)}.")
-    if not isinstance(batch, int) or batch < 1:
+    if batch is not None and (not isinstance(batch, int) or batch < 1):
         raise ValueError(f"batch={batch!r} must be an int >= 1 (rollouts per tree and round).")
     if widen_c <= 0 or not 0 < widen_alpha <= 1:
         raise ValueError(f"progressive widening needs widen_c > 0 and 0 < widen_alpha <= 1 (the number of "
@@ -142,6 +162,8 @@ def tree_search(model: Any, prompts: Any, reward: Any, *, nfe_budget: int, star:
     t = setup.sigmas.numel() - 1
     levels = stochastic_levels(step, noise_level, t, method)
     check_budget(nfe_budget, t, method)
+    if batch is None:  # at least ~16 rounds of selections, so that early rollouts inform later ones
+        batch = max(1, min(8, nfe_budget // (16 * t)))
     steps = default_schedule(t)[:-1] if branch_steps is None else check_steps_in_grid(branch_steps, t - 1, "branch_steps")
     depths = sorted({j + 1 for j in steps})  # grid indices of branching nodes
 
@@ -171,7 +193,8 @@ def tree_search(model: Any, prompts: Any, reward: Any, *, nfe_budget: int, star:
                 if n_jobs >= batch:
                     break
                 node, path = _select(forest, tr, star=star, lam=lam, c_pw=widen_c, alpha=widen_alpha, c_uct=c_uct,
-                                     last=t, virtual=virtual, pending=pending, gen=gen)
+                                     last=t, virtual=virtual, pending=pending, gen=gen,
+                                     min_gidx=t - (nfe_budget - spent[tr]))
                 if forest.gidx[node] == t:  # reached a leaf: a free revisit
                     forest.backup(node, None, lam)
                     continue

@@ -1,7 +1,7 @@
 """``flowalign testbed sample | eval``: draw from the shipped tiny SD3 pipeline, or measure it.
 
     flowalign testbed sample "two red circles" -o out.png [--steps N --guidance W --seed S --n K]
-    flowalign testbed eval [--n-prompts 216 --seed 0 --json]
+    flowalign testbed eval [--n-prompts N --seed 0 --json]
 
 The lead's ``flowalign/cli.py`` calls ``add_arguments(parser)`` then ``run(args)``; ``main(argv)``
 runs it standalone (``python -m flowalign.testbed.cli ...``).
@@ -30,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     s.add_argument("--n", type=int, default=1, help="images (seeds seed..seed+n-1), tiled in a row")
     s.add_argument("--scale", type=int, default=4, help="nearest-neighbour upscaling of the 32 px images")
     e = sub.add_parser("eval", parents=[common], help="GenEval-style metrics of the base pipeline")
-    e.add_argument("--n-prompts", type=int, default=216, help="held-out prompts (216 = all)")
+    e.add_argument("--n-prompts", type=int, default=None, help="held-out prompts (default: all 219)")
     e.add_argument("--n-real", type=int, default=1000, help="real images for the scorer checks")
     e.add_argument("--json", action="store_true", help="print only the JSON object")
 

@@ -176,7 +176,7 @@ def run_eval(n_prompts: int | None = None, seed: int = 0, assets: str | Path | N
 
 
 def eval_prompts_n(n: int | None) -> list[str]:
-    """The first ``n`` held-out prompts (all 216 when None); more than 216 repeats them."""
+    """The first ``n`` held-out prompts (all 219 when None); more than that repeats them."""
     base = W.eval_prompts()
     n = len(base) if n is None else int(n)
     if n < 1:

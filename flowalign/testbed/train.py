@@ -11,6 +11,7 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -116,14 +117,26 @@ def augment(x: Tensor, g: torch.Generator, vae=None, p_vae: float = 0.3, latent_
     return (x * gain).clamp(0, 1)
 
 
-def train_checker(cfg: dict[str, Any], seed: int, log: Log, vae=None) -> Checker:
+def _fit(label: str, make: Callable[..., nn.Module], cfg: dict[str, Any], seed: int, log: Log,
+         batch_loss: Callable[[nn.Module, np.random.Generator, torch.Generator], tuple[Tensor, Callable[[], str]]]):
+    """Seeded AdamW + warm-up/cosine loop shared by the scorers: ``batch_loss(model, rng, g)`` draws a
+    fresh procedural batch and returns (loss, a function formatting the log line's numbers)."""
     rng, g = np.random.default_rng(seed), torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    model = Checker(**cfg.get("arch", {}))
+    model = make(**cfg.get("arch", {}))
     params = list(model.parameters())
     opt = torch.optim.AdamW(params, lr=cfg["lr"], weight_decay=1e-4)
     sched = _schedule(opt, cfg["steps"])
     for step in range(cfg["steps"]):
+        loss, describe = batch_loss(model, rng, g)
+        _step(loss, opt, sched, params)
+        if step % 250 == 0 or step == cfg["steps"] - 1:
+            log(f"{label} {step:5d} {describe()}")
+    return model.eval()
+
+
+def train_checker(cfg: dict[str, Any], seed: int, log: Log, vae=None) -> Checker:
+    def batch_loss(model, rng, g):
         x, scenes = procedural(rng, cfg["batch"], p_random=0.5, p_distort=cfg.get("p_distort", 0.5))
         x = augment(x, g, vae, latent_noise=cfg.get("latent_noise", 0.5))
         target = density_targets(scenes).flatten(1, 2)  # [B, 15, G, G]
@@ -131,21 +144,12 @@ def train_checker(cfg: dict[str, Any], seed: int, log: Log, vae=None) -> Checker
         logd = model.log_density(x)
         ce = -(target * logd).sum((1, 2, 3)).mean()
         count_err = (logd[:, :-1].exp().sum((-1, -2)) - target[:, :-1].sum((-1, -2))).abs().sum(1).mean()
-        loss = ce + 0.1 * count_err
-        _step(loss, opt, sched, params)
-        if step % 250 == 0 or step == cfg["steps"] - 1:
-            log(f"checker {step:5d} cross-entropy {ce.item():.4f} count L1/img {count_err.item():.3f}")
-    return model.eval()
+        return ce + 0.1 * count_err, lambda: f"cross-entropy {ce.item():.4f} count L1/img {count_err.item():.3f}"
+    return _fit("checker", Checker, cfg, seed, log, batch_loss)
 
 
 def train_detector(cfg: dict[str, Any], seed: int, log: Log, vae=None) -> ArtifactDetector:
-    rng, g = np.random.default_rng(seed), torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    model = ArtifactDetector(**cfg.get("arch", {}))
-    params = list(model.parameters())
-    opt = torch.optim.AdamW(params, lr=cfg["lr"], weight_decay=1e-4)
-    sched = _schedule(opt, cfg["steps"])
-    for step in range(cfg["steps"]):
+    def batch_loss(model, rng, g):
         x, _ = procedural(rng, cfg["batch"], p_random=0.5, p_distort=cfg.get("p_distort", 0.3))
         x = augment(x, g, vae)
         y = (torch.arange(x.shape[0]) % 2).float()
@@ -154,11 +158,9 @@ def train_detector(cfg: dict[str, Any], seed: int, log: Log, vae=None) -> Artifa
         y = torch.cat([y[y == 0], y[y == 1]])
         logits = model.logits(x)
         loss = F.binary_cross_entropy_with_logits(logits, y)
-        _step(loss, opt, sched, params)
-        if step % 250 == 0 or step == cfg["steps"] - 1:
-            acc = float(((logits > 0).float() == y).float().mean())
-            log(f"detector {step:5d} loss {loss.item():.4f} batch acc {acc:.3f}")
-    return model.eval()
+        acc = lambda: float(((logits > 0).float() == y).float().mean())  # noqa: E731
+        return loss, lambda: f"loss {loss.item():.4f} batch acc {acc():.3f}"
+    return _fit("detector", ArtifactDetector, cfg, seed, log, batch_loss)
 
 
 def aesthetic_inputs(rng: np.random.Generator, g: torch.Generator, n: int, vae=None) -> Tensor:
@@ -175,18 +177,8 @@ def aesthetic_inputs(rng: np.random.Generator, g: torch.Generator, n: int, vae=N
 
 
 def train_aesthetic(cfg: dict[str, Any], seed: int, log: Log, vae=None) -> AestheticProxy:
-    rng, g = np.random.default_rng(seed), torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    model = AestheticProxy(**cfg.get("arch", {}))
-    params = list(model.parameters())
-    opt = torch.optim.AdamW(params, lr=cfg["lr"], weight_decay=1e-4)
-    sched = _schedule(opt, cfg["steps"])
-    for step in range(cfg["steps"]):
+    def batch_loss(model, rng, g):
         x = aesthetic_inputs(rng, g, cfg["batch"], vae)
-        target = C.aesthetic_target(x)
-        pred = model(x)
-        loss = F.smooth_l1_loss(pred, target)
-        _step(loss, opt, sched, params)
-        if step % 250 == 0 or step == cfg["steps"] - 1:
-            log(f"aesthetic {step:5d} loss {loss.item():.4f}")
-    return model.eval()
+        loss = F.smooth_l1_loss(model(x), C.aesthetic_target(x))
+        return loss, lambda: f"loss {loss.item():.4f}"
+    return _fit("aesthetic", AestheticProxy, cfg, seed, log, batch_loss)

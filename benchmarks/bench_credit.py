@@ -1,0 +1,171 @@
+"""Credit variants on the testbed under an equal sampler-NFE budget (issue 6).
+
+    python benchmarks/bench_credit.py --seeds 3     # the full comparison (~20-25 min on 2 loaded cores)
+    python benchmarks/bench_credit.py --quick       # <= 60 s: one seed, a tiny budget
+
+Trains Flow-GRPO (group advantages), DenseGRPO (step gains of a reward ladder), TP-GRPO (turning
+points), G^2RPO (singular sampling + multi-granularity advantages) and tree rollouts with BranchGRPO
+and TreeGRPO credit on the shapes-world pipeline, each until it has spent ``--budget`` sampler NFEs
+(``train.max_nfe``: rollouts + ladder / stride completions, velocity evaluations per image, CFG
+counted once; training forwards and evals not counted). Every variant samples with the same 3-step SDE
+window (random start in the first 5 of 6 steps; G^2RPO: its single SDE step in the first half), one
+initial noise per group whose ODE prefix is computed once (``sample.share_prefix``); the trees branch
+in two at every window step (8 leaves = the group). Reward: the testbed's smooth aesthetic proxy by
+default (``--reward``), because the compositional checker needs far more than this budget to move.
+Every ``budget / 4`` NFEs the trainer evaluates the held-out prompts (ODE, fixed noise); the final
+eval gives ``final_reward_*`` and the curve (mean over seeds, linear in NFE) gives the NFE at which a
+variant first reaches Flow-GRPO's final mean (null = never within the budget). ``wall_s``: sampling
++ collection + training seconds per run (evals excluded), mean over seeds; ``cpu_s`` (extra key): the
+process CPU seconds of the run, evals included (the same 5 evals for every variant) — less sensitive
+than wall time to other jobs on a shared machine.
+
+Prints a table, then one JSON object as the last line:
+{variant: {"final_reward_mean", "final_reward_std", "nfe", "wall_s", "cpu_s", "nfe_to_reach_flow_grpo_final"}}.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+
+from flowalign.config import apply_overrides, get_preset  # noqa: E402
+
+WINDOW = ["sample.window=random", "sample.window_size=3", "sample.window_range=[0,5]"]
+TREE = ["sample.tree_splits=[0,1,2]", "sample.tree_branch=[2]"]  # offsets in the window: 2 x 2 x 2 = 8 leaves
+VARIANTS = {
+    "flow_grpo": ["credit.name=grpo"],
+    "dense": ["credit.name=dense"],
+    "turning_point": ["credit.name=turning_point"],
+    "g2rpo": ["credit.name=g2rpo", "sample.window_size=1", "sample.window_range=[0,3]", "credit.strides=[1,2,3]"],
+    "branchgrpo": ["credit.name=branchgrpo", *TREE],
+    "treegrpo": ["credit.name=treegrpo", *TREE],
+}
+BASE = ["eval.metrics={}", "sample.num_steps=6", "sample.group_size=8", "sample.groups_per_iteration=2",
+        "sample.batch_size=8", *WINDOW, "sample.same_noise=true", "sample.share_prefix=true",
+        "optim.steps_per_iteration=2", "optim.lr=2e-3", "eval.every=0", "eval.num_steps=6", "eval.batch_size=16",
+        "log.progress=false", "train.iterations=1000000", "train.save_every=1000000", "train.ema=false"]
+QUICK = ["sample.num_steps=4", "sample.groups_per_iteration=1", "sample.window_range=[0,4]",
+         "optim.steps_per_iteration=1", "eval.num_steps=4"]
+QUICK_G2RPO = ["sample.window_range=[0,2]", "credit.strides=[1,2]"]
+
+
+def curve_at(points: list[tuple[float, float]], x: float) -> float:
+    """Linear interpolation of (nfe, reward) points at x (clamped to the ends)."""
+    pts = sorted(points)
+    if x <= pts[0][0]:
+        return pts[0][1]
+    for (x0, y0), (x1, y1) in zip(pts, pts[1:]):
+        if x <= x1:
+            return y0 + (y1 - y0) * (x - x0) / max(x1 - x0, 1e-9)
+    return pts[-1][1]
+
+
+def first_reach(grid: list[float], values: list[float], target: float) -> float | None:
+    """Smallest NFE on the piecewise-linear curve (grid, values) at which it reaches target."""
+    if values[0] >= target:
+        return grid[0]
+    for (x0, y0), (x1, y1) in zip(zip(grid, values), zip(grid[1:], values[1:])):
+        if y0 < target <= y1:
+            return x0 + (x1 - x0) * (target - y0) / (y1 - y0)
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seeds", type=int, default=3, help="training seeds per variant (train.seed = 0..S-1)")
+    ap.add_argument("--budget", type=int, default=1500, help="sampler NFEs per run (train.max_nfe)")
+    ap.add_argument("--quick", action="store_true", help="<= 60 s: one seed, 4 steps, an 80-NFE budget")
+    ap.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of " + ",".join(VARIANTS))
+    ap.add_argument("--reward", default="testbed_aesthetic", help="training and eval reward (rewards.REWARDS)")
+    ap.add_argument("--eval-prompts", type=int, default=16, help="held-out prompts per eval")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on shared 2-core machines)")
+    ap.add_argument("overrides", nargs="*", help="extra config overrides for every variant")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    from flowalign.data import PromptSet, load_prompt_source
+    from flowalign.rewards import load_reward
+    from flowalign.train_cli import build_model
+    from flowalign.trainer import train
+
+    t_start = time.time()
+    seeds = 1 if args.quick else args.seeds
+    budget = 80 if args.quick and args.budget == 1500 else args.budget
+    names = [v for v in args.variants.split(",") if v]
+    bad = [v for v in names if v not in VARIANTS]
+    if bad or "flow_grpo" not in names:
+        ap.error(f"--variants must include flow_grpo and name only {list(VARIANTS)} (got {bad or names}).")
+    base = BASE + (QUICK if args.quick else []) + [f"reward.weights={{\"{args.reward}\": 1.0}}",
+                                                    f"eval.num_prompts={4 if args.quick else args.eval_prompts}",
+                                                    f"train.max_nfe={budget}", f"eval.every_nfe={max(1, budget // (2 if args.quick else 4))}"]
+    reward = load_reward(args.reward)
+    train_prompts = load_prompt_source("testbed:train")
+    test = load_prompt_source("testbed:test")
+    eval_prompts = PromptSet(test.prompts[:args.eval_prompts], test.metadata[:args.eval_prompts])
+    runs: dict[str, list[dict]] = {v: [] for v in names}
+    for seed in range(seeds):
+        cfg0 = apply_overrides(get_preset("testbed"), base + [f"train.seed={seed}", *args.overrides])
+        model = build_model(cfg0)[0]  # one load per seed; the LoRA weights are reset before every variant
+        init = {n: p.detach().clone() for n, p in model.transformer.named_parameters() if p.requires_grad}
+        for v in names:
+            with torch.no_grad():
+                for n, p in model.transformer.named_parameters():
+                    if n in init:
+                        p.copy_(init[n])
+            extra = VARIANTS[v] + (QUICK_G2RPO if args.quick and v == "g2rpo" else [])
+            with tempfile.TemporaryDirectory() as tmp:
+                cfg = apply_overrides(get_preset("testbed"), base + extra + [f"train.seed={seed}",
+                                                                             f"train.output_dir={tmp}/run", *args.overrides])
+                t, cpu = time.time(), time.process_time()
+                res = train(cfg, model, reward, train_prompts, eval_prompts=eval_prompts, run_dir=f"{tmp}/run")
+                wall = time.time() - t - sum(e.get("time/eval", 0.0) for e in res.evals)
+                cpu = time.process_time() - cpu
+            pts = [(float(e["nfe"]), float(e["eval/reward"])) for e in res.evals]
+            runs[v].append({"seed": seed, "nfe": res.nfe, "iterations": res.state.iteration, "wall_s": wall, "cpu_s": cpu,
+                            "final": pts[-1][1], "points": pts, "train_first": res.history[0]["reward/total_mean"],
+                            "train_last": res.history[-1]["reward/total_mean"]})
+            print(f"seed {seed} {v:<14} {res.state.iteration:4d} it  {res.nfe:6d} NFE  {wall:6.1f} s  {cpu:6.1f} cpu s  eval "
+                  + " ".join(f"{y:.4f}@{x:.0f}" for x, y in pts), flush=True)
+    grid = [budget * k / 4 for k in range(5)]
+    curves = {}
+    for v in names:  # the last eval counts as the budget point (it lies at >= budget)
+        per_seed = [[curve_at(r["points"][:-1] + [(float(budget), r["final"])], x) for x in grid] for r in runs[v]]
+        curves[v] = [statistics.mean(c[k] for c in per_seed) for k in range(len(grid))]
+    target = statistics.mean(r["final"] for r in runs["flow_grpo"])
+    out = {}
+    for v in names:
+        finals = [r["final"] for r in runs[v]]
+        reach = first_reach(grid, curves[v], target)
+        out[v] = {"final_reward_mean": round(statistics.mean(finals), 4),
+                  "final_reward_std": round(statistics.stdev(finals), 4) if len(finals) > 1 else 0.0,
+                  "nfe": round(statistics.mean(r["nfe"] for r in runs[v]), 1),
+                  "wall_s": round(statistics.mean(r["wall_s"] for r in runs[v]), 1),
+                  "cpu_s": round(statistics.mean(r["cpu_s"] for r in runs[v]), 1),
+                  "nfe_to_reach_flow_grpo_final": None if reach is None else round(reach, 1)}
+    print(f"\n{args.reward} on {len(eval_prompts.prompts)} held-out prompts (ODE, {cfg0.eval.num_steps} steps), "
+          f"{seeds} seed(s), budget {budget} sampler NFEs; eval reward (mean over seeds) at NFE = "
+          + ", ".join(f"{x:.0f}" for x in grid))
+    head = f"{'variant':<14} {'iters':>6} {'NFE/it':>7} {'wall s':>7} {'cpu s':>7} " + " ".join(f"{'@' + format(x, '.0f'):>8}" for x in grid)
+    print(head + f" {'final':>15} {'NFE to FG final':>16}")
+    for v in names:
+        o, rs = out[v], runs[v]
+        iters = statistics.mean(r["iterations"] for r in rs)
+        reach = o["nfe_to_reach_flow_grpo_final"]
+        print(f"{v:<14} {iters:6.1f} {o['nfe'] / max(iters, 1):7.1f} {o['wall_s']:7.1f} {o['cpu_s']:7.1f} "
+              + " ".join(f"{y:8.4f}" for y in curves[v])
+              + f" {o['final_reward_mean']:8.4f}±{o['final_reward_std']:.4f} {'never' if reach is None else format(reach, '.0f'):>16}")
+    print(f"total {time.time() - t_start:.0f} s")
+    print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

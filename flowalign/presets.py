@@ -1,0 +1,181 @@
+"""Named configurations (``flowalign train <preset>``): plain functions that build on each other and never
+name a GPU count (``config.derived`` turns them into per-device numbers).
+
+* ``testbed`` (default): Flow-GRPO-Fast on the embedded shapes-world pipeline, sized for a CPU;
+* ``sd35_pickscore``, ``sd35_compositional``, ``flux_hpsv2``: the Flow-GRPO paper recipes;
+* ``testbed_<variant>``: the credit / exploration variants of issue 6 on the testbed (DenseGRPO,
+  TP-GRPO, G^2RPO, BranchGRPO, TreeGRPO, Euphonium, MixGRPO window, artifact regulariser), each a few
+  overrides of ``testbed`` so that comparisons change one thing.
+
+``get_preset(name)`` returns a fresh ``Config``; ``config.get_preset`` / ``config.PRESETS`` still work.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from .config import FLUX_LORA_TARGETS, SD3_LORA_TARGETS, Config
+
+def testbed() -> Config:
+    """The default: the compositional reward on the embedded shapes-world pipeline, sized for a CPU.
+    32 images (4 prompts x 8) per iteration, 8 SDE steps with a random 2-step window in the first
+    half (Flow-GRPO-Fast), one initial noise per group so that rewards differ by the SDE noise only,
+    LoRA r16 on the attention of the 4-layer transformer. The testbed's T5 is a bag of words, so 16
+    T5 positions hold every prompt (the pipeline's default 256 only adds identical pad tokens)."""
+    cfg = Config(preset="testbed")
+    cfg.model.max_sequence_length = 16
+    cfg.model.lora_rank, cfg.model.lora_alpha = 16, 32
+    cfg.sample.num_steps, cfg.sample.guidance_scale, cfg.sample.noise_level = 8, 4.5, 0.7
+    cfg.sample.group_size, cfg.sample.groups_per_iteration, cfg.sample.batch_size = 8, 4, 16
+    cfg.sample.window, cfg.sample.window_size, cfg.sample.window_range = "random", 2, [0, 4]
+    cfg.sample.same_noise = True
+    cfg.credit.scale = "group"
+    cfg.loss.clip_range, cfg.loss.beta = 5e-3, 0.0
+    cfg.optim.lr, cfg.optim.steps_per_iteration = 1e-3, 2
+    cfg.train.iterations, cfg.train.save_every, cfg.train.ema = 60, 10, False
+    cfg.eval.every, cfg.eval.num_prompts, cfg.eval.num_steps, cfg.eval.batch_size = 10, 64, 20, 32
+    cfg.eval.metrics = {"accuracy": {"reward": "compositional", "output": "strict"}}  # GenEval-style: all clauses hold
+    return cfg
+
+
+def _sd35(cfg: Config) -> Config:
+    """SD3.5 Medium at 512 px with the paper's Flow-GRPO settings (App. B.3, config/grpo.py)."""
+    cfg.model.path = "stabilityai/stable-diffusion-3.5-medium"
+    cfg.model.resolution, cfg.model.max_sequence_length = 512, 128
+    cfg.model.lora_rank, cfg.model.lora_alpha = 32, 64
+    cfg.model.lora_targets = list(SD3_LORA_TARGETS)
+    cfg.model.gradient_checkpointing = True
+    cfg.sample.num_steps, cfg.sample.guidance_scale, cfg.sample.noise_level = 10, 4.5, 0.7
+    cfg.sample.group_size, cfg.sample.groups_per_iteration, cfg.sample.batch_size = 24, 48, 9
+    cfg.credit.scale = "batch"
+    cfg.loss.clip_range, cfg.loss.adv_clip = 1e-4, 5.0
+    cfg.optim.lr, cfg.optim.steps_per_iteration = 3e-4, 2
+    cfg.train.mixed_precision, cfg.train.ema, cfg.train.iterations = "fp16", True, 1000
+    cfg.train.save_every, cfg.train.keep_last = 60, 5
+    cfg.eval.every, cfg.eval.num_steps, cfg.eval.guidance_scale = 60, 40, 4.5
+    cfg.eval.num_prompts, cfg.eval.batch_size, cfg.eval.grid_images = 256, 8, 16
+    return cfg
+
+
+def sd35_pickscore() -> Config:
+    """Flow-GRPO PickScore recipe (beta 0.01). Prompts: Pick-a-Pic SFW prompts supplied by the user."""
+    cfg = _sd35(Config(preset="sd35_pickscore"))
+    cfg.reward.weights = {"pickscore": 1.0}
+    cfg.loss.beta = 0.01
+    cfg.data.train, cfg.data.eval = "data/pickscore/train.txt", "data/pickscore/test.txt"
+    return cfg
+
+
+def sd35_compositional() -> Config:
+    """Flow-GRPO GenEval recipe (beta 0.04) with a user-supplied GenEval-style scorer: replace the
+    placeholder with your factory, e.g. ``reward.weights={"my_pkg.geneval:load": 1}`` (options under
+    ``reward.options``), and give prompts as .jsonl whose metadata columns (tag, include, ...) reach it."""
+    cfg = _sd35(Config(preset="sd35_compositional"))
+    cfg.reward.weights = {"geneval_scorer:load": 1.0}
+    cfg.loss.beta = 0.04
+    cfg.data.train, cfg.data.eval = "data/geneval/train.jsonl", "data/geneval/test.jsonl"
+    return cfg
+
+
+def flux_hpsv2() -> Config:
+    """FLUX.1-dev with HPSv2 (the flow_grpo pickscore_flux recipe's settings): 6 train / 28 eval
+    steps, distilled guidance 3.5, a = 0.9, beta 0, LoRA r64/alpha128 including the FF layers, bf16."""
+    cfg = _sd35(Config(preset="flux_hpsv2"))
+    cfg.model.path, cfg.model.max_sequence_length = "black-forest-labs/FLUX.1-dev", 512
+    cfg.model.lora_rank, cfg.model.lora_alpha = 64, 128
+    cfg.model.lora_targets = list(FLUX_LORA_TARGETS)
+    cfg.sample.num_steps, cfg.sample.guidance_scale, cfg.sample.noise_level = 6, 3.5, 0.9
+    cfg.sample.batch_size = 3
+    cfg.reward.weights = {"hpsv2": 1.0}
+    cfg.loss.beta = 0.0
+    cfg.train.mixed_precision = "bf16"
+    cfg.eval.num_steps, cfg.eval.guidance_scale = 28, 3.5
+    cfg.data.train, cfg.data.eval = "data/pickscore/train.txt", "data/pickscore/test.txt"
+    return cfg
+
+
+# --- credit / exploration variants on the testbed (issue 6; benchmarks/bench_credit.py compares them) ---
+def _variant(name: str, **fields) -> Config:
+    cfg = testbed()
+    cfg.preset = name
+    for key, value in fields.items():
+        section, attr = key.split("__")
+        setattr(getattr(cfg, section), attr, value)
+    return cfg
+
+
+def testbed_dense() -> Config:
+    """DenseGRPO: per-step gains of a reward ladder (ODE completions with all remaining steps)."""
+    return _variant("testbed_dense", credit__name="dense", sample__share_prefix=True)
+
+
+def testbed_dense_psi() -> Config:
+    """DenseGRPO with the reward-aware noise table psi(t) calibrated before training (Alg. 1)."""
+    return _variant("testbed_dense_psi", credit__name="dense", sample__share_prefix=True,
+                    credit__calibrate_iterations=10, credit__calibrate_samples=16)
+
+
+def testbed_turning_point() -> Config:
+    """TP-GRPO: a 4-step SDE window (turning points need several steps), balanced per sampling batch."""
+    return _variant("testbed_turning_point", credit__name="turning_point", sample__window_size=4,
+                    sample__window_range=[0, 8], sample__share_prefix=True)
+
+
+def testbed_g2rpo() -> Config:
+    """G^2RPO: one SDE step in the first half per iteration, completions at strides {1, 2, 3}."""
+    return _variant("testbed_g2rpo", credit__name="g2rpo", sample__window_size=1, sample__window_range=[0, 4],
+                    sample__share_prefix=True, credit__strides=[1, 2, 3])
+
+
+def testbed_branchgrpo() -> Config:
+    """BranchGRPO: SDE on every step but the last, binary splits at steps 0, 2, 4 (8 leaves = the group)."""
+    return _variant("testbed_branchgrpo", credit__name="branchgrpo", sample__window="all", sample__tree_splits=[0, 2, 4],
+                    sample__tree_branch=[2])
+
+
+def testbed_treegrpo() -> Config:
+    """TreeGRPO: a 3-step SDE window with a truncated-geometric start (r = 0.5), binary splits at each window step."""
+    return _variant("testbed_treegrpo", credit__name="treegrpo", sample__window="geometric", sample__window_size=3,
+                    sample__tree_splits=[0, 1, 2], sample__tree_branch=[2])
+
+
+def testbed_euphonium() -> Config:
+    """Euphonium: Dance-SDE (eta 0.25) guided by the gradient of the checker's soft clause score on
+    x0_pred, dual outcome (compositional fraction) + process advantages."""
+    return _variant("testbed_euphonium", credit__name="euphonium", sample__step="dance_sde", sample__noise_level=0.25,
+                    credit__process_reward="compositional", credit__process_options={"output": "soft"},
+                    credit__guidance_kappa=1.0)
+
+
+def testbed_mixgrpo() -> Config:
+    """MixGRPO: a 2-step SDE window sliding one step later every 5 iterations (wrapping around)."""
+    return _variant("testbed_mixgrpo", sample__window="progressive", sample__window_size=2, sample__window_every=5)
+
+
+def testbed_artifact_reg() -> Config:
+    """The hackable aesthetic proxy regularised by the artifact detector (weight 5 in the summed reward,
+    as the ArtifactReward recipe sums rewards then z-scores) and a KL to the base model (beta 0.04);
+    evals track the proxy, the detector and compositional accuracy (benchmarks/bench_artifact_reg.py)."""
+    cfg = _variant("testbed_artifact_reg", loss__beta=0.04)
+    cfg.reward.weights = {"testbed_aesthetic": 1.0, "testbed_artifact": 5.0}
+    cfg.eval.metrics = {"aesthetic": {"reward": "testbed_aesthetic"}, "artifact": {"reward": "testbed_artifact"},
+                        "accuracy": {"reward": "compositional", "output": "strict"}}
+    return cfg
+
+
+PRESETS: dict[str, Callable[[], Config]] = {
+    "testbed": testbed, "sd35_pickscore": sd35_pickscore,
+    "sd35_compositional": sd35_compositional, "flux_hpsv2": flux_hpsv2,
+    "testbed_dense": testbed_dense, "testbed_dense_psi": testbed_dense_psi,
+    "testbed_turning_point": testbed_turning_point, "testbed_g2rpo": testbed_g2rpo,
+    "testbed_branchgrpo": testbed_branchgrpo, "testbed_treegrpo": testbed_treegrpo,
+    "testbed_euphonium": testbed_euphonium, "testbed_mixgrpo": testbed_mixgrpo,
+    "testbed_artifact_reg": testbed_artifact_reg,
+}
+
+
+def get_preset(name: str) -> Config:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}.")
+    return PRESETS[name]()
+
+
