@@ -25,6 +25,7 @@ Departures and implementation choices:
 from __future__ import annotations
 
 import math
+import random
 from typing import Any
 
 import torch
@@ -108,7 +109,7 @@ class Forest:
 
 
 def _select(forest: Forest, root: int, *, star: bool, lam: float, c_pw: float, alpha: float, c_uct: float,
-            last: int, virtual: dict[int, int], pending: dict[int, int], gen: torch.Generator,
+            last: int, virtual: dict[int, int], pending: dict[int, int], rng: random.Random,
             min_gidx: int = 0) -> tuple[int, list[int]]:
     """Walk down from ``root``; returns (node to expand or leaf reached, path). A node above grid
     index ``min_gidx`` (its rollout would not fit in the budget left) is not expanded: the walk
@@ -129,8 +130,7 @@ def _select(forest: Forest, root: int, *, star: bool, lam: float, c_pw: float, a
             score = [v + c_uct * math.sqrt(log_n / (forest.visits[c] + virtual.get(c, 0))) for v, c in zip(vals, kids)]
             node = kids[max(range(len(kids)), key=score.__getitem__)]
         else:
-            probs = torch.tensor(softmax(vals, lam), dtype=torch.float64)
-            node = kids[int(torch.multinomial(probs, 1, generator=gen))]
+            node = rng.choices(kids, weights=softmax(vals, lam))[0]
         path.append(node)
 
 
@@ -183,17 +183,21 @@ def tree_search(model: Any, prompts: Any, reward: Any, *, nfe_budget: int, star:
     forest, spent, nfe0 = Forest(p), [0] * p, model.nfe
     shape = model.initial_noise(1, setup.height, setup.width, side_generator(generator, 1)).shape[1:]
     done, stalled = [False] * p, [0] * p
+    rng = random.Random(int(torch.randint(2**62, (1,), generator=gen)))  # selection draws (fast, seeded)
+    cheapest = t - max(depths, default=0)  # a rollout from the deepest branch depth
     while not all(done):
         jobs: list[tuple[int, int]] = []  # (node to expand, tree)
         virtual: dict[int, int] = {}
         pending: dict[int, int] = {}
         for tr in range(p):
             n_jobs = 0
+            if nfe_budget - spent[tr] < cheapest:
+                done[tr] = True
             for _ in range(4 * batch if not done[tr] else 0):
                 if n_jobs >= batch:
                     break
                 node, path = _select(forest, tr, star=star, lam=lam, c_pw=widen_c, alpha=widen_alpha, c_uct=c_uct,
-                                     last=t, virtual=virtual, pending=pending, gen=gen,
+                                     last=t, virtual=virtual, pending=pending, rng=rng,
                                      min_gidx=t - (nfe_budget - spent[tr]))
                 if forest.gidx[node] == t:  # reached a leaf: a free revisit
                     forest.backup(node, None, lam)
