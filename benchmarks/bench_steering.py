@@ -22,7 +22,9 @@ K) run ``--side-seeds`` seeds, which keeps the full run near 25 min on 2 shared 
 Defaults (tuned on the shipped testbed, see the README): FK resamples after steps 7..14 of 20
 (sigma 0.78 -> 0.38), the window where the state starts to fix the compositional outcome and the
 x0_pred reward tracks it (earlier resampling only copies noise, later only copies decided images);
-potential max, lam = 10, x0_pred look-ahead (free: its velocity is reused); DTS* branches after
+headline potential rt (the current look-ahead reward; max keeps the credit of a look-ahead that
+later went wrong and did worse at K = 8), lam = 10, x0_pred look-ahead (free: its velocity is
+reused); DTS* branches after
 steps 4, 8, 12, 16 with C = 1, alpha = 0.5, c_uct = 0.1, one rollout per tree and round.
 
 Summary numbers (last line, JSON):
@@ -195,11 +197,11 @@ def main() -> None:
     ap.add_argument("--cfg", type=float, default=4.5)
     ap.add_argument("--noise", type=float, default=0.7, help="flow_sde noise level of FK / beam / DTS*")
     ap.add_argument("--lam", type=float, default=10.0)
-    ap.add_argument("--bon-max", type=int, default=10, help="best-of-N candidates per prompt and seed (pool M = this x seeds)")
-    ap.add_argument("--ks", default="2,4", help="K values (FK particles, DTS* budgets in rollouts x T) run with --seeds")
+    ap.add_argument("--bon-max", type=int, default=12, help="best-of-N candidates per prompt and seed (pool M = this x seeds)")
+    ap.add_argument("--ks", default="2,4,8", help="K values (FK particles, DTS* budgets in rollouts x T) run with --seeds")
     ap.add_argument("--side-seeds", type=int, default=1,
                     help="seeds of the side curves: other potentials, beam, --extra-fk-ks (keeps the run short)")
-    ap.add_argument("--extra-fk-ks", default="8", help="more K values for the headline potential, run with --side-seeds")
+    ap.add_argument("--extra-fk-ks", default="", help="more K values for the headline potential, run with --side-seeds")
     ap.add_argument("--fk-potentials", default="all", help="comma-separated FK potentials or 'all'")
     ap.add_argument("--other-potential-ks", default="2,4", help="K values of the non-headline potentials ('' = none)")
     ap.add_argument("--beam-ks", default="2,4", help="beam particles (2 beams x K/2 children; '' = none)")
@@ -207,7 +209,7 @@ def main() -> None:
     ap.add_argument("--fk-lookahead", default="x0", choices=["x0", "x0_prev", "ode"])
     ap.add_argument("--fk-lookahead-steps", type=int, default=None)
     ap.add_argument("--headline-k", type=int, default=4)
-    ap.add_argument("--headline-potential", default="max")
+    ap.add_argument("--headline-potential", default="rt")
     ap.add_argument("--dts-steps", default="default", help="DTS* branching steps")
     ap.add_argument("--dts-widen", default="1.0,0.5", help="DTS* progressive widening C,alpha")
     ap.add_argument("--dts-cuct", type=float, default=0.1)
