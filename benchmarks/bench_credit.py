@@ -51,7 +51,7 @@ VARIANTS = {
 }
 BASE = ["eval.metrics={}", "sample.num_steps=6", "sample.group_size=8", "sample.groups_per_iteration=2",
         "sample.batch_size=8", *WINDOW, "sample.same_noise=true", "sample.share_prefix=true",
-        "optim.steps_per_iteration=2", "optim.lr=2e-3", "eval.every=0", "eval.num_steps=6", "eval.batch_size=16",
+        "optim.steps_per_iteration=2", "optim.lr=2e-3", "loss.beta=0", "eval.every=0", "eval.num_steps=6", "eval.batch_size=16",
         "log.progress=false", "train.iterations=1000000", "train.save_every=1000000", "train.ema=false"]
 QUICK = ["sample.num_steps=4", "sample.groups_per_iteration=1", "sample.window_range=[0,4]",
          "optim.steps_per_iteration=1", "eval.num_steps=4"]

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+from typing import Callable
 
 SUBCOMMANDS = {
     "train": ("flowalign.train_cli", "Flow-GRPO training (default: the testbed preset on CPU)"),
@@ -39,6 +41,22 @@ def run(args: argparse.Namespace) -> int:  # `flowalign info`
         except ImportError:
             pass
     return 0
+
+
+def guarded(prog: str, job: Callable[[], int], interrupted: str) -> int:
+    """Run a subcommand's job: a ValueError (bad input, raised at the boundary) becomes one
+    ``flowalign <prog>: error: ...`` line and exit 2 (``FLOWALIGN_DEBUG=1`` re-raises it); Ctrl-C
+    prints how to resume (``interrupted``) and exits 130."""
+    try:
+        return job()
+    except ValueError as err:
+        if os.environ.get("FLOWALIGN_DEBUG"):
+            raise
+        print(f"flowalign {prog}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(interrupted, file=sys.stderr)
+        return 130
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,8 +27,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -157,7 +155,7 @@ def run_gallery(settings: GallerySettings, out: str | Path, *, plots: bool = Tru
     ``on_image(row)`` is called after each new image is recorded (progress hooks, tests)."""
     from tqdm.auto import tqdm
 
-    from .steer_cli import _load_model
+    from .steer_cli import load_model_with_defaults
 
     out = Path(out)
     fp = settings.fingerprint()
@@ -167,7 +165,7 @@ def run_gallery(settings: GallerySettings, out: str | Path, *, plots: bool = Tru
         from .config import get_preset
         max_seq = get_preset("testbed").model.max_sequence_length
     with quiet_hf():
-        model, default_steps, default_cfg = _load_model(settings.model, max_seq)
+        model, default_steps, default_cfg = load_model_with_defaults(settings.model, max_seq)
     if hasattr(model, "pipe") and hasattr(model.pipe, "set_progress_bar_config"):
         model.pipe.set_progress_bar_config(disable=True)
     steps = settings.steps or default_steps
@@ -262,22 +260,17 @@ def _seeds(text: str) -> list[int]:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
+    from .cli import guarded
+
+    def job() -> int:
         settings = make_settings(args.model, args.method or ["base"], prompts=args.prompt,
                                  prompts_file=args.prompts_file, num_prompts=args.num_prompts,
                                  seeds=_seeds(args.seeds), rewards=args.reward, steer_reward=args.steer_reward,
                                  steps=args.steps, cfg=args.cfg, size=args.size, max_sequence_length=args.max_seq)
         t0 = time.perf_counter()
         res = run_gallery(settings, args.out, plots=not args.no_plots)
-    except ValueError as err:
-        if os.environ.get("FLOWALIGN_DEBUG"):
-            raise
-        print(f"flowalign gallery: error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"interrupted; run the same command again to resume into {args.out}", file=sys.stderr)
-        return 130
-    print(res.table)
-    print(f"{res.generated} new image(s), {len(res.rows)} in all, {time.perf_counter() - t0:.1f} s -> "
-          f"{Path(args.out) / 'index.html'}")
-    return 0
+        print(res.table)
+        print(f"{res.generated} new image(s), {len(res.rows)} in all, {time.perf_counter() - t0:.1f} s -> "
+              f"{Path(args.out) / 'index.html'}")
+        return 0
+    return guarded("gallery", job, f"interrupted; run the same command again to resume into {args.out}")

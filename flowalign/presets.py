@@ -20,7 +20,9 @@ def testbed() -> Config:
     32 images (4 prompts x 8) per iteration, 8 SDE steps with a random 2-step window in the first
     half (Flow-GRPO-Fast), one initial noise per group so that rewards differ by the SDE noise only,
     LoRA r16 on the attention of the 4-layer transformer. The testbed's T5 is a bag of words, so 16
-    T5 positions hold every prompt (the pipeline's default 256 only adds identical pad tokens)."""
+    T5 positions hold every prompt (the pipeline's default 256 only adds identical pad tokens).
+    Learning rate and KL are the paper's GenEval values (3e-4, beta 0.04): at lr 1e-3 the policy
+    drifts and held-out accuracy collapses within ~40 iterations, with or without the KL term."""
     cfg = Config(preset="testbed")
     cfg.model.max_sequence_length = 16
     cfg.model.lora_rank, cfg.model.lora_alpha = 16, 32
@@ -29,8 +31,8 @@ def testbed() -> Config:
     cfg.sample.window, cfg.sample.window_size, cfg.sample.window_range = "random", 2, [0, 4]
     cfg.sample.same_noise = True
     cfg.credit.scale = "group"
-    cfg.loss.clip_range, cfg.loss.beta = 5e-3, 0.0
-    cfg.optim.lr, cfg.optim.steps_per_iteration = 1e-3, 2
+    cfg.loss.clip_range, cfg.loss.beta = 5e-3, 0.04
+    cfg.optim.lr, cfg.optim.steps_per_iteration = 3e-4, 2
     cfg.train.iterations, cfg.train.save_every, cfg.train.ema = 60, 10, False
     cfg.eval.every, cfg.eval.num_prompts, cfg.eval.num_steps, cfg.eval.batch_size = 10, 64, 20, 32
     cfg.eval.metrics = {"accuracy": {"reward": "compositional", "output": "strict"}}  # GenEval-style: all clauses hold

@@ -102,7 +102,7 @@ def build_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     return kw
 
 
-def _load_model(name: str, max_seq: int | None):
+def load_model_with_defaults(name: str, max_seq: int | None):
     """(model, default steps, default guidance): the testbed's sampling defaults come from its assets."""
     from .models import MODELS, load_model
 
@@ -126,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
     from .rewards import load_reward
     from .steering import steer
 
-    model, default_steps, default_cfg = _load_model(args.model, args.max_seq)
+    model, default_steps, default_cfg = load_model_with_defaults(args.model, args.max_seq)
     reward = load_reward(args.reward, path=args.reward_path)
     steps = args.steps or default_steps
     cfg = args.cfg if args.cfg is not None else default_cfg

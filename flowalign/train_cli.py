@@ -15,7 +15,6 @@ import argparse
 import copy
 import json
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -257,26 +256,17 @@ def main(cfg: Config, *, resume: str | Path | None = None, reward_fn: Callable |
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
+    from .cli import guarded
+
+    def job() -> int:
         cfg, resume = resolve_config(args.preset, list(args.overrides), args.resume)
-    except ValueError as err:
-        print(f"flowalign train: error: {err}", file=sys.stderr)
-        return 2
-    if args.print_config:
-        from .config import to_dict
-        print(json.dumps(to_dict(cfg), indent=1))
+        if args.print_config:
+            from .config import to_dict
+            print(json.dumps(to_dict(cfg), indent=1))
+        else:
+            main(cfg, resume=resume)
         return 0
-    try:
-        main(cfg, resume=resume)
-    except ValueError as err:
-        if os.environ.get("FLOWALIGN_DEBUG"):
-            raise
-        print(f"flowalign train: error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted; resume with `flowalign train --resume auto`", file=sys.stderr)
-        return 130
-    return 0
+    return guarded("train", job, "interrupted; resume with `flowalign train --resume auto`")
 
 
 def cli(argv: list[str] | None = None) -> int:

@@ -156,7 +156,7 @@ def test_summary_arithmetic_by_hand():
 
 # --- a full tiny gallery ----------------------------------------------------------------------------------
 def test_gallery_rows_match_the_pngs_and_the_summary(gallery, run_dir):
-    from flowalign.gallery_html import read_scalars
+    from flowalign.gallery_plots import read_scalars
 
     out = gallery.out
     rows = rows_of(out)

@@ -10,6 +10,7 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from flowalign.testbed import render as R  # noqa: E402
 from flowalign.testbed import world as W  # noqa: E402
 from flowalign.testbed.paths import ENV_VAR, TESTBED_DIR, assets_dir  # noqa: E402
 
@@ -22,7 +23,7 @@ def test_generator_is_deterministic_and_seed_dependent():
         rng = np.random.default_rng(seed)
         scenes = [W.scene_for(W.parse_prompt(W.sample_prompt(rng)), rng) for _ in range(8)]
         scenes += [W.random_scene(rng) for _ in range(8)]
-        return [s.prompt for s in scenes], W.render(scenes)
+        return [s.prompt for s in scenes], R.render(scenes)
 
     p1, x1 = batch(7)
     p2, x2 = batch(7)
@@ -111,7 +112,7 @@ def test_scorers_are_differentiable_and_the_aesthetic_is_hackable(scorers):
     checker, aesthetic, detector = scorers
     rng, g = np.random.default_rng(5), torch.Generator().manual_seed(5)
     prompts = [W.sample_prompt(rng, "test") for _ in range(16)]
-    x = W.render([W.scene_for(W.parse_prompt(p), rng) for p in prompts])
+    x = R.render([W.scene_for(W.parse_prompt(p), rng) for p in prompts])
     noisy = C.noise(x, g)
     gain = aesthetic(noisy) - aesthetic(x)  # [16]; the proxy's scale is ~1-8 on clean images
     assert gain.mean() > 0.5 and (gain > 0).sum() >= 14  # noise raises the proxy: hackable
@@ -166,7 +167,7 @@ def test_training_shortcut_for_pad_tokens_is_exact(pipe):
 @needs_assets
 def test_vae_latents_are_unit_scaled(pipe):
     rng = np.random.default_rng(3)
-    x = W.render([W.scene_for(W.parse_prompt(W.sample_prompt(rng)), rng) for _ in range(32)])
+    x = R.render([W.scene_for(W.parse_prompt(W.sample_prompt(rng)), rng) for _ in range(32)])
     vae = pipe.vae
     with torch.no_grad():
         z = (vae.encode(x * 2 - 1).latent_dist.mode() - vae.config.shift_factor) * vae.config.scaling_factor

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from . import corrupt as C
+from . import render as R
 from . import world as W
 
 CLAUSE_TYPES = ("color", "shape", "count", "position")
@@ -86,7 +87,7 @@ def agreement_batch(n: int, seed: int) -> tuple[Tensor, list[W.PromptLabels], Te
         labels.append(lab)
     counts, cent = W.scene_table(scenes)
     truth, mask = W.judge(counts, cent, labels)
-    return W.render(scenes), labels, truth, mask
+    return R.render(scenes), labels, truth, mask
 
 
 @torch.no_grad()
@@ -110,7 +111,7 @@ def detector_accuracy(detector, n: int = 1000, seed: int = 0) -> dict[str, float
     rng, g = np.random.default_rng(20_000 + seed), torch.Generator().manual_seed(20_000 + seed)
     scenes = [W.random_scene(rng) if rng.random() < 0.5 else
               W.scene_for(W.parse_prompt(W.sample_prompt(rng, "test")), rng) for _ in range(n)]
-    x = C.mild(W.render(scenes), g)
+    x = C.mild(R.render(scenes), g)
     y = torch.arange(n) % 2 == 1
     kinds = torch.arange(n) // 2 % len(C.CORRUPTIONS)
     x[y], _ = C.corrupt(x[y], g, kinds[y])

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import corrupt as C
+from . import render as R
 from . import world as W
 from .scorers import GRID, AestheticProxy, ArtifactDetector, Checker
 
@@ -34,8 +35,8 @@ def procedural(rng: np.random.Generator, n: int, p_random: float = 0.5, split: s
             prompt = W.sample_prompt(rng, split or "train") if split or rng.random() < 0.8 \
                 else W.sample_prompt(rng, "test")
             scenes.append(W.scene_for(W.parse_prompt(prompt), rng))
-    scenes = [W.distort(s, rng) if p_distort and rng.random() < p_distort else s for s in scenes]
-    return W.render(scenes), scenes
+    scenes = [R.distort(s, rng) if p_distort and rng.random() < p_distort else s for s in scenes]
+    return R.render(scenes), scenes
 
 
 def _schedule(opt: torch.optim.Optimizer, steps: int, warmup: int = 100):

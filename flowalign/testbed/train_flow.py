@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from . import pipeline as P
+from . import render as R
 from . import world as W
 from .train import Log, _schedule
 
@@ -55,7 +56,7 @@ def train_flow(cfg: dict[str, Any], components: dict[str, Any], seed: int, log: 
     for step in range(cfg["steps"]):
         b = cfg["batch"]
         prompts = [W.sample_prompt(rng, "train", tuple(cfg["kind_weights"])) for _ in range(b)]
-        x = W.render([W.scene_for(W.parse_prompt(p), rng) for p in prompts])
+        x = R.render([W.scene_for(W.parse_prompt(p), rng) for p in prompts])
         with torch.no_grad():
             z = (vae.encode(x * 2 - 1).latent_dist.sample(generator=g) - sh) * sf
         drop = torch.rand(b, generator=g) < cfg["cfg_dropout"]
