@@ -7,9 +7,8 @@ where KIND is ``base``, ``lora`` (first item: the checkpoint) or a steering meth
 ``resample_steps=3,6,9`` and paths with commas survive. Steering options become the method's
 keyword arguments through ``flowalign steer``'s own ``build_kwargs`` (same aliases and defaults).
 ``resolve_checkpoint`` accepts what ``flowalign train`` writes (see ``flowalign.checkpoint``).
-``make_settings`` checks every input before anything heavy is loaded or written; ``check_out``
-refuses an output folder that holds another run's settings.
-"""
+``make_settings`` checks every input before anything is loaded or written; ``check_out`` refuses
+an output folder holding another run's settings."""
 from __future__ import annotations
 
 import argparse
