@@ -58,24 +58,24 @@ def _sd35(cfg: Config) -> Config:
     return cfg
 
 
+def _sd35_recipe(name: str, reward: str, beta: float, train: str, eval_: str) -> Config:
+    cfg = _sd35(Config(preset=name))
+    cfg.reward.weights, cfg.loss.beta = {reward: 1.0}, beta
+    cfg.data.train, cfg.data.eval = train, eval_
+    return cfg
+
+
 def sd35_pickscore() -> Config:
     """Flow-GRPO PickScore recipe (beta 0.01). Prompts: Pick-a-Pic SFW prompts supplied by the user."""
-    cfg = _sd35(Config(preset="sd35_pickscore"))
-    cfg.reward.weights = {"pickscore": 1.0}
-    cfg.loss.beta = 0.01
-    cfg.data.train, cfg.data.eval = "data/pickscore/train.txt", "data/pickscore/test.txt"
-    return cfg
+    return _sd35_recipe("sd35_pickscore", "pickscore", 0.01, "data/pickscore/train.txt", "data/pickscore/test.txt")
 
 
 def sd35_compositional() -> Config:
     """Flow-GRPO GenEval recipe (beta 0.04) with a user-supplied GenEval-style scorer: replace the
     placeholder with your factory, e.g. ``reward.weights={"my_pkg.geneval:load": 1}`` (options under
     ``reward.options``), and give prompts as .jsonl whose metadata columns (tag, include, ...) reach it."""
-    cfg = _sd35(Config(preset="sd35_compositional"))
-    cfg.reward.weights = {"geneval_scorer:load": 1.0}
-    cfg.loss.beta = 0.04
-    cfg.data.train, cfg.data.eval = "data/geneval/train.jsonl", "data/geneval/test.jsonl"
-    return cfg
+    return _sd35_recipe("sd35_compositional", "geneval_scorer:load", 0.04, "data/geneval/train.jsonl",
+                        "data/geneval/test.jsonl")
 
 
 def flux_hpsv2() -> Config:
