@@ -60,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="<= 60 s: train ~40 s and show the reward rising")
     ap.add_argument("--eval-prompts", type=int, default=0, help="held-out prompts (0 = all of the test split)")
     ap.add_argument("--eval-seeds", type=int, default=2, help="noise seeds per held-out prompt")
+    ap.add_argument("--preset", default="testbed", help="a testbed preset (default: the main job's), e.g. testbed_nft")
     ap.add_argument("overrides", nargs="*", help="extra config overrides, e.g. optim.lr=5e-4")
     args = ap.parse_args(argv)
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
@@ -68,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         return quick(args)
     prompts = W.eval_prompts(args.eval_prompts or None)
-    base_cfg = apply_overrides(get_preset("testbed"), ["eval.every=0", "log.progress=false", *args.overrides])
+    base_cfg = apply_overrides(get_preset(args.preset), ["eval.every=0", "log.progress=false", *args.overrides])
     model, _, _ = train_cli.build_model(base_cfg)
     t = time.time()
     before = compositional_accuracy(model, base_cfg, prompts, args.eval_seeds)
@@ -77,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for seed in range(args.seeds):
         with tempfile.TemporaryDirectory() as tmp:
-            cfg = apply_overrides(get_preset("testbed"), [
+            cfg = apply_overrides(get_preset(args.preset), [
                 "train.iterations=100000", f"train.max_minutes={args.minutes}", f"train.seed={seed}",
                 "eval.every=0", "log.progress=false", f"train.output_dir={tmp}/run", "train.save_every=1000000",
                 *args.overrides])
@@ -105,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     mean = statistics.mean(accs)
     out = {"compositional_acc_before": round(b, 4), "compositional_acc_after_mean": round(mean, 4),
            "compositional_acc_after_std": round(statistics.pstdev(accs) if len(accs) > 1 else 0.0, 4),
-           "minutes": args.minutes, "seeds": args.seeds, "goal": round(goal, 4), "goal_met": mean >= goal,
+           "minutes": args.minutes, "seeds": args.seeds, "preset": args.preset, "goal": round(goal, 4), "goal_met": mean >= goal,
            "iterations_mean": statistics.mean(r["iterations"] for r in rows),
            "eval_images": len(prompts) * args.eval_seeds}
     print(json.dumps(out))

@@ -118,6 +118,9 @@ class LossConfig:
     adv_clip: float = 5.0  # advantages clamped to +-adv_clip (flow_grpo adv_clip_max)
     beta: float = 0.04  # KL weight to the reference (adapter off) (paper: 0.04 GenEval/OCR, 0.01 PickScore, 0 Flux)
     kl_mode: str = "flow_grpo"  # 'flow_grpo' (x|dt|, keeps the published betas) | 'exact' (closed-form per-step KL)
+    objective: str = "flow_grpo"  # 'flow_grpo' (per-step log-prob ratio) | 'nft' (DiffusionNFT forward-process loss; objectives.py)
+    nft_beta: float = 1.0  # nft: b of the implicit policies v+- (paper: 1.0; 0.1 for OCR); beta is then the weight of |v - v_ref|^2
+    nft_cfg: bool = True  # nft: train the guided velocity (the policy that samples) | false: the conditional one (paper, CFG-free)
 
 
 @dataclass

@@ -9,6 +9,14 @@
   their std: ``mean_elements (mean - ref_mean)^2 / (2 std^2)`` per sample. ``mode="flow_grpo"``
   multiplies by ``|dt|``, which is what the flow_grpo code computes (its KL divides by the diffusion
   coefficient, not the step std; issue #78) so that its published beta values keep their meaning.
+* ``nft_loss``: DiffusionNFT's forward-process loss (Zheng et al. 2025, arXiv 2509.16117), which needs
+  no log-probs: with r = clamp(A / adv_clip / 2 + 1/2, 0, 1), an implicit positive velocity
+  ``v+ = b v + (1 - b) v_old`` and negative ``v- = (1 + b) v_old - b v`` (b = ``nft_beta``) are fitted
+  to the sample's clean latent through their x0 predictions ``x_t - sigma v+-``:
+  ``adv_clip / b * [r |x0+ - x0|^2 / w+ + (1 - r) |x0- - x0|^2 / w-]`` (element means; w = detached
+  mean |x0+- - x0|), plus ``beta`` x mean |v - v_ref|^2. Its minimiser in v for b = 1 and w+ = w- is
+  ``v_old + (2r - 1)(u - v_old)`` with u the sample's target velocity (x_t - x0) / sigma: toward a
+  good sample, away from a bad one, by a bounded amount (the old policy anchors it).
 * ``weighted_mean``: masked mean used to reduce everything, so padding/filtered pairs never count.
 """
 from __future__ import annotations
@@ -102,3 +110,28 @@ def flow_grpo_loss(out, ref, old_log_prob: Tensor, advantages: Tensor, mask: Ten
     policy = clipped_policy_loss(out.log_prob, old_log_prob, advantages, clip, adv_clip, mask)
     kl = None if ref is None else gaussian_kl(out.mean, ref.mean, out.std, dt, kl_mode)
     return total_loss(policy, kl, beta, mask)
+
+
+def _x0_error(x_t: Tensor, sigma: Tensor, v: Tensor, x0: Tensor) -> Tensor:
+    """[B] mean |x_t - sigma v - x0|^2 / w with w = detached mean |x_t - sigma v - x0| (DiffusionNFT's
+    adaptive weight, floored at 1e-5)."""
+    err = (x_t - sigma.view(-1, *[1] * (x0.dim() - 1)) * v - x0).flatten(1)
+    w = err.detach().abs().mean(1).clamp_min(1e-5)
+    return err.pow(2).mean(1) / w
+
+
+def nft_loss(v: Tensor, v_old: Tensor, x_t: Tensor, x0: Tensor, sigma: Tensor, advantages: Tensor,
+             mask: Tensor | None = None, *, v_ref: Tensor | None = None, nft_beta: float = 1.0,
+             adv_clip: float = 5.0, beta: float = 0.0) -> LossOut:
+    """DiffusionNFT's loss of one (micro-batch, timestep). v (with grad), v_old (the sampling policy),
+    v_ref (adapter off; None when beta == 0), x_t, x0: [B, *S]; sigma, advantages, mask: [B]."""
+    r = (advantages.clamp(-adv_clip, adv_clip) / adv_clip / 2 + 0.5).clamp(0, 1)
+    v_old = v_old.detach()
+    pos = _x0_error(x_t, sigma, nft_beta * v + (1 - nft_beta) * v_old, x0)
+    neg = _x0_error(x_t, sigma, (1 + nft_beta) * v_old - nft_beta * v, x0)
+    policy = weighted_mean((r * pos + (1 - r) * neg) * (adv_clip / nft_beta), mask)
+    with torch.no_grad():
+        stats = {"policy_loss": policy.detach(), "old_deviation": weighted_mean(
+            (v.detach() - v_old).pow(2).flatten(1).mean(1), mask), "r_mean": weighted_mean(r, mask)}
+    kl = None if v_ref is None else (v - v_ref.detach()).pow(2).flatten(1).mean(1)
+    return total_loss(LossOut(loss=policy, stats=stats), kl, beta, mask)

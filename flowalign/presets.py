@@ -4,8 +4,9 @@ name a GPU count (``config.derived`` turns them into per-device numbers).
 * ``testbed`` (default): Flow-GRPO-Fast on the embedded shapes-world pipeline, sized for a CPU;
 * ``sd35_pickscore``, ``sd35_compositional``, ``flux_hpsv2``: the Flow-GRPO paper recipes;
 * ``testbed_<variant>``: the credit / exploration variants of issue 6 on the testbed (DenseGRPO,
-  TP-GRPO, G^2RPO, BranchGRPO, TreeGRPO, Euphonium, MixGRPO window, artifact regulariser), each a few
-  overrides of ``testbed`` so that comparisons change one thing.
+  TP-GRPO, G^2RPO, BranchGRPO, TreeGRPO, Euphonium, MixGRPO window, artifact regulariser) and the
+  DiffusionNFT objective (``testbed_nft``), each a few overrides of ``testbed`` so that comparisons
+  change one thing.
 
 ``get_preset(name)`` returns a fresh ``Config``; ``config.get_preset`` / ``config.PRESETS`` still work.
 """
@@ -164,6 +165,14 @@ def testbed_artifact_reg() -> Config:
     return cfg
 
 
+def testbed_nft() -> Config:
+    """DiffusionNFT's forward-process objective instead of Flow-GRPO's ratio: ODE rollouts (the paper's
+    deterministic sampler; distinct initial noises give the group its spread), trained at every step's
+    sigma but the last, 4 optimizer steps of 8 images per iteration, lr 1e-3, |v - v_ref|^2 weight 1e-4."""
+    return _variant("testbed_nft", loss__objective="nft", loss__beta=1e-4, sample__window="all", sample__noise_level=0.0,
+                    sample__same_noise=False, sample__batch_size=8, optim__steps_per_iteration=4, optim__lr=1e-3)
+
+
 PRESETS: dict[str, Callable[[], Config]] = {
     "testbed": testbed, "sd35_pickscore": sd35_pickscore,
     "sd35_compositional": sd35_compositional, "flux_hpsv2": flux_hpsv2,
@@ -171,7 +180,7 @@ PRESETS: dict[str, Callable[[], Config]] = {
     "testbed_turning_point": testbed_turning_point, "testbed_g2rpo": testbed_g2rpo,
     "testbed_branchgrpo": testbed_branchgrpo, "testbed_treegrpo": testbed_treegrpo,
     "testbed_euphonium": testbed_euphonium, "testbed_mixgrpo": testbed_mixgrpo,
-    "testbed_artifact_reg": testbed_artifact_reg,
+    "testbed_artifact_reg": testbed_artifact_reg, "testbed_nft": testbed_nft,
 }
 
 

@@ -55,10 +55,12 @@ def resolve_config(preset: str | None, overrides: list[str], resume: str | None)
 def validate(cfg: Config, world_size: int = 1) -> None:
     """The start-up checks that need no model (see the module docstring)."""
     from .credit.checks import check_credit_config, check_guidance
+    from .objectives import check_objective
     from .rewards import REWARDS
     from .sampling.sde import STEPS
 
     check_credit_config(cfg)
+    check_objective(cfg)
     derived(cfg, world_size)
     unknown = [n for n in cfg.reward.weights if n not in REWARDS and ":" not in n]
     if unknown:

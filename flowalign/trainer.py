@@ -50,7 +50,8 @@ from .credit.tree import geometric_window
 from .data import PromptSet, group_batch, sample_seed
 from .ema import EMA
 from .losses import flow_grpo_loss
-from .sampling.rollout import log_prob_at, rollout
+from .objectives import OBJECTIVES, UnitInputs, check_objective
+from .sampling.rollout import rollout
 from .sampling.schedule import noise_table, progressive_window, random_window, window_mask
 from .tracking import RunLogger
 from .train_utils import (Prepared, as_scores, cat_scores, evaluate, finish, generate, generators,  # noqa: F401
@@ -118,6 +119,7 @@ def train(cfg: Config, model, reward_fn: Callable, prompts: PromptSet, *, eval_p
     own_acc = accelerator is None
     acc = make_accelerator(cfg) if own_acc else accelerator
     check_credit_config(cfg)
+    check_objective(cfg)
     d = derived(cfg, acc.num_processes)
     rank, world, main = acc.process_index, acc.num_processes, acc.is_main_process
     run_dir = Path(run_dir)
@@ -125,7 +127,6 @@ def train(cfg: Config, model, reward_fn: Callable, prompts: PromptSet, *, eval_p
     credit_fn, needs = make_credit(cfg, credit_fn)
     roll = make_rollout(cfg, needs, rollout_fn, model=model,
                         process_reward=reward_fn if process_reward is None else process_reward)
-    loss_kw = dataclasses.asdict(cfg.loss)
     bare = model.transformer
     names = [n for n, p in bare.named_parameters() if p.requires_grad]
     params = [p for p in bare.parameters() if p.requires_grad]
@@ -286,21 +287,17 @@ def train(cfg: Config, model, reward_fn: Callable, prompts: PromptSet, *, eval_p
             steps = [j for j in range(T) if mask_t[j]] if valid.any() else []
             total_micro = d.batches_per_rank * cfg.train.inner_epochs * len(steps)
             pbar = bar(total=total_micro, desc=f"it {it + 1}/{cfg.train.iterations} train")
+            unit = OBJECTIVES[cfg.loss.objective](UnitInputs(cfg, model, cond, ro, steps, it, gidx, loss_fn, ref_model)) \
+                if steps else None
             for epoch in range(cfg.train.inner_epochs if steps else 0):
                 order = torch.randperm(d.images_per_rank,
                                        generator=torch.Generator().manual_seed(sample_seed(cfg.train.seed, it, -2 - epoch - 1000 * rank)))
                 for b in range(d.batches_per_rank):
                     rows = order[b * bs:(b + 1) * bs]
-                    c_mb, r_mb, a_mb, m_mb = cond.select(rows), ro.select(rows), adv[rows], mask[rows]
+                    a_mb, m_mb = adv[rows], mask[rows]
                     for j in steps:
                         with acc.accumulate(wrapped):
-                            out = log_prob_at(model, c_mb, r_mb, j)
-                            ref = None
-                            if cfg.loss.beta > 0:
-                                with torch.no_grad(), (model.reference() if ref_model is None else contextlib.nullcontext()):
-                                    ref = log_prob_at(ref_model or model, c_mb, r_mb, j)
-                            dt = float(ro.sigmas[j + 1] - ro.sigmas[j])
-                            lo = loss_fn(out, ref, r_mb.log_probs[:, j], a_mb[:, j], m_mb[:, j], dt, **loss_kw)
+                            lo = unit(rows, j, a_mb[:, j], m_mb[:, j])
                             finite = bool(torch.isfinite(lo.loss))
                             acc.backward(lo.loss if finite else zero_loss(params))
                             bad += 0 if finite else 1

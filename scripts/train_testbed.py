@@ -35,7 +35,8 @@ CONFIG = {
     "artifact": {"steps": 800, "batch": 32, "lr": 2e-3, "p_distort": 0.3},
     "aesthetic": {"steps": 400, "batch": 32, "lr": 2e-3},
     "flow": {"steps": 4000, "batch": 32, "lr": 1.5e-3, "warmup": 200, "ema": 0.998, "cfg_dropout": 0.1,
-             "shift": P.DEFAULT_ARCH["shift"], "kind_weights": [0.1, 0.2, 0.25, 0.45]},
+             "shift": P.DEFAULT_ARCH["shift"], "kind_weights": [0.1, 0.2, 0.25, 0.45],
+             "caption_noise": 0.0, "caption_noise_from": 0},  # p of a two-object caption drawn without its second object
     "sampling": P.DEFAULT_SAMPLING,
     "eval_prompts": 219,
 }

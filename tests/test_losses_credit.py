@@ -71,3 +71,31 @@ def test_gaussian_kl_by_hand():
 def test_bad_scale():
     with pytest.raises(ValueError, match="advantage scale 'prompt'"):
         normalize(torch.zeros(2), torch.zeros(2), "prompt")
+
+
+def test_nft_loss_by_hand():
+    from flowalign.losses import nft_loss
+
+    # one sample, 2 elements: x0 = 0, x_t = 1, sigma = .5, v_old = 1, v = (2, 1), nft_beta = 1, A = 2.5 (clip 5)
+    # r = 2.5 / 5 / 2 + .5 = .75
+    # v+ = v -> x0+ = 1 - .5 v = (0, .5); w+ = .25, mean err^2 = .125 -> pos = .5
+    # v- = 2 v_old - v = (0, 1) -> x0- = (1, .5); w- = .75, mean err^2 = .625 -> neg = .8333
+    # policy = 5 x (.75 x .5 + .25 x .8333) = 2.916667; KL: v_ref = (2, 0), mean (v - v_ref)^2 = .5, x beta .1 = .05
+    v = torch.tensor([[2.0, 1.0]], requires_grad=True)
+    kw = dict(v_old=torch.tensor([[1.0, 1.0]]), x_t=torch.ones(1, 2), x0=torch.zeros(1, 2), sigma=torch.tensor([0.5]),
+              advantages=torch.tensor([2.5]))
+    out = nft_loss(v, v_ref=torch.tensor([[2.0, 0.0]]), beta=0.1, **kw)
+    assert out.loss.item() == pytest.approx(2.916667 + 0.05, abs=1e-5)
+    assert out.stats["r_mean"].item() == pytest.approx(0.75) and out.stats["old_deviation"].item() == pytest.approx(0.5)
+    out.loss.backward()
+    # d pos / dv = 2 err (-sigma) / (n w+) = (0, -1); d neg / dv = +2 err sigma / (n w-) = (.6667, .3333)
+    # policy grad = 5 x (.75 (0, -1) + .25 (.6667, .3333)) = (.8333, -3.3333); KL grad = .1 x 2 (v - v_ref) / 2 = (0, .1)
+    torch.testing.assert_close(v.grad, torch.tensor([[0.833333, -3.233333]]), atol=1e-5, rtol=0)
+    # r = 1 (A >= clip): minimised at the sample's own velocity u = (x_t - x0) / sigma = 2, whatever v_old is
+    v2 = torch.tensor([[2.0, 2.0]], requires_grad=True)
+    nft_loss(v2, **{**kw, "advantages": torch.tensor([9.0])}).loss.backward()
+    assert v2.grad.abs().max() < 1e-6
+    # a masked-out row contributes nothing
+    both = nft_loss(torch.cat([v, v]).detach(), **{k: torch.cat([x, x]) for k, x in kw.items()},
+                    mask=torch.tensor([True, False]))
+    assert both.loss.item() == pytest.approx(2.916667, abs=1e-5)

@@ -33,6 +33,23 @@ def test_generator_is_deterministic_and_seed_dependent():
     assert x1.shape == (16, 3, 32, 32) and 0 <= x1.min() and x1.max() <= 1
 
 
+def test_caption_noise_drops_the_second_object_only():
+    pair, single = W.parse_prompt("a red circle left of a blue square"), W.parse_prompt("three green triangles")
+    rng, ref = np.random.default_rng(3), np.random.default_rng(3)
+    assert W.neglected(pair, rng, 0.0) is pair and W.neglected(single, rng, 1.0) is single
+    assert rng.random() == ref.random()  # p = 0 and one-group captions consume no random number
+    dropped = W.neglected(pair, rng, 1.0)
+    assert dropped == W.PromptLabels("single", (W.Group("red", "circle"),))
+    scene = W.scene_for(dropped, rng)
+    assert [(o.color, o.shape) for o in scene.objects] == [("red", "circle")]
+    # the judge on that scene: the first group's clauses hold, the second's and the relation fail
+    counts, cents = W.scene_table([scene])
+    correct, mask = W.judge(counts, cents, [pair])
+    assert correct[0][mask[0]].tolist() == [True, True, True, False, False, False, False]
+    hits = sum(W.neglected(pair, np.random.default_rng(i), 0.4) is not pair for i in range(2000))
+    assert abs(hits / 2000 - 0.4) < 0.035  # 3.2 binomial sd at n = 2000
+
+
 def test_grammar_round_trip_splits_and_errors():
     prompts = W.all_prompts()
     # 5 colours x 3 shapes = 15 cells; counts 2,3 -> 30; ordered distinct pairs 15*14 = 210; x4 relations

@@ -105,6 +105,10 @@ def test_startup_errors(tmp_path):
         validate(apply_overrides(tiny_cfg(tmp_path), ["model.path=/nope/sd3"]))
     with pytest.raises(ValueError, match="16 images per iteration do not split over 3 processes"):
         validate(apply_overrides(tiny_cfg(tmp_path), ["sample.groups_per_iteration=4"]), world_size=3)
+    with pytest.raises(ValueError, match=r"loss.objective='grpo'; choose one of \['flow_grpo', 'nft'\]"):
+        validate(apply_overrides(tiny_cfg(tmp_path), ["loss.objective=grpo"]))
+    with pytest.raises(ValueError, match=r"loss.nft_beta=0.0 must be > 0"):
+        validate(apply_overrides(tiny_cfg(tmp_path), ["loss.objective=nft", "loss.nft_beta=0"]))
     (tmp_path / "empty.txt").write_text("\n")
     from flowalign.train_cli import build_prompts
     with pytest.raises(ValueError, match="holds no prompts"):
@@ -166,6 +170,31 @@ def test_step_changes_only_trainable_params_and_lora_loads_in_stock_pipeline(tmp
     torch.testing.assert_close(model.velocity(x, 0.7, cond), v_ours, atol=1e-5, rtol=1e-5)
     # the checkpoint holds the same adapter, loadable the same way
     assert (ckpt.latest(tmp_path / "run") / "lora" / "pytorch_lora_weights.safetensors").is_file()
+
+
+def test_nft_objective_on_policy_and_resumes_exactly(tmp_path):
+    from flowalign.train_cli import build_model
+    from flowalign.trainer import train
+
+    def run(name, iterations, resume=None):
+        cfg = tiny_cfg(tmp_path, "loss.objective=nft", "loss.beta=1e-3", "optim.lr=1e-2", "sample.groups_per_iteration=1",
+                       "optim.steps_per_iteration=1", f"train.iterations={iterations}", f"train.output_dir={tmp_path / name}")
+        model, export_fn, _ = build_model(cfg)
+        before = {n: p.detach().clone() for n, p in model.transformer.named_parameters() if p.requires_grad}
+        res = train(cfg, model, brightness, PROMPTS, run_dir=tmp_path / name, export_fn=export_fn, resume=resume)
+        after = {n: p.detach().clone() for n, p in model.transformer.named_parameters() if p.requires_grad}
+        return res, before, after
+
+    full, before, after = run("full", 3)
+    # one optimizer step per iteration: every unit sees the sampling weights, so v == v_old exactly (the
+    # NFT analogue of ratio == 1 on-policy), the KL to the reference is > 0 after the first step
+    assert [h["train/old_deviation"] for h in full.history] == [0.0, 0.0, 0.0]
+    assert full.history[0]["train/kl"] == 0.0 < full.history[2]["train/kl"]
+    assert full.state.optimizer_step == 3 and all(not torch.equal(before[n], after[n]) for n in before)
+    # a run stopped after 2 iterations and resumed for the third ends bitwise equal (seeded forward noise)
+    run("cut", 2)
+    resumed, _, end = run("cut", 3, resume=ckpt.latest(tmp_path / "cut"))
+    assert resumed.state.iteration == 3 and all(torch.equal(end[n], after[n]) for n in after)
 
 
 # --- non-finite rewards and losses -------------------------------------------------------------------

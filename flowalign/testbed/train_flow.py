@@ -7,7 +7,9 @@ shifted by the scheduler's ``shift``, classifier-free-guidance dropout to the em
 Departures: the two CLIP encoders are trained from scratch jointly with the transformer (no
 pretrained text model exists here), and so is the zero-layer T5 (its embedding table); the T5 pad
 positions are folded into one key with a log(#pads) logit bias (``pipeline.RepeatedTokenProcessor``,
-exact); an EMA of the weights is what is saved.
+exact); an EMA of the weights is what is saved. Optional caption noise (``caption_noise`` = p,
+from step ``caption_noise_from``): two-object captions drawn without their second object
+(``world.neglected``), which gives the base model object neglect for RL to repair; off by default.
 """
 from __future__ import annotations
 
@@ -56,7 +58,8 @@ def train_flow(cfg: dict[str, Any], components: dict[str, Any], seed: int, log: 
     for step in range(cfg["steps"]):
         b = cfg["batch"]
         prompts = [W.sample_prompt(rng, "train", tuple(cfg["kind_weights"])) for _ in range(b)]
-        x = R.render([W.scene_for(W.parse_prompt(p), rng) for p in prompts])
+        noise = float(cfg.get("caption_noise", 0.0)) if step >= cfg.get("caption_noise_from", 0) else 0.0
+        x = R.render([W.scene_for(W.neglected(W.parse_prompt(p), rng, noise), rng) for p in prompts])
         with torch.no_grad():
             z = (vae.encode(x * 2 - 1).latent_dist.sample(generator=g) - sh) * sf
         drop = torch.rand(b, generator=g) < cfg["cfg_dropout"]
