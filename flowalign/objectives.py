@@ -43,7 +43,7 @@ class UnitInputs:
     cond: Cond  # [N] this rank's rows of the iteration
     rollout: Rollout  # [N, T+1] their trajectories
     steps: list[int]  # trained step indices of this iteration
-    iteration: int
+    iteration: int  # seeds NFT's forward-process noise
     sample_index: list[int]  # [N] global sample index of each row
     loss_fn: Callable[..., LossOut]  # flow_grpo's per-step loss (trainer argument)
     ref_model: Any = None  # KL reference when the model cannot disable its adapter (full fine-tuning)

@@ -2,9 +2,9 @@
 
 Per iteration: SAMPLE (SDE rollouts with per-step log-probs; K images per prompt spread over ranks)
 -> SCORE (decode, reward) -> CREDIT (rewards gathered over ranks, group-relative advantages, each
-rank keeps its rows) -> TRAIN (inner epochs over (micro-batch, step): recomputed log-prob, clipped
-ratio, closed-form KL to the adapter-off reference; accumulate, clip, step, EMA) -> LOG / EVAL /
-CHECKPOINT. The loop takes functions (reward_fn, credit_fn, loss_fn, rollout_fn), not subclasses.
+rank keeps its rows) -> TRAIN (inner epochs over (micro-batch, step): the objective's unit, by default
+recomputed log-prob, clipped ratio, closed-form KL to the adapter-off reference, or DiffusionNFT's
+forward-process loss (``objectives.OBJECTIVES``); accumulate, clip, step, EMA) -> LOG / EVAL / CHECKPOINT. The loop takes functions (reward_fn, credit_fn, loss_fn, rollout_fn), not subclasses.
 
 Credit / exploration variants (issue 6; credit/__init__.py): the credit function's ``needs`` pick the
 rollout (``credit.rollouts.make_rollout``: shared ODE prefix, one tree per group laid out as root->leaf
