@@ -85,7 +85,8 @@ def nft_unit(inp: UnitInputs) -> Unit:
         for j in inp.steps:
             eps = forward_noise(cfg.train.seed, inp.iteration, inp.sample_index, j, T, x0.shape[1:], x0.device)
             x_t[j] = (1 - ro.sigmas[j]) * x0 + ro.sigmas[j] * eps
-            v_old[j] = torch.cat([model.velocity(x_t[j][i:i + bs], ro.sigmas[j], cond.select(torch.arange(i, min(i + bs, len(x0)))))
+            v_old[j] = torch.cat([model.velocity(x_t[j][i:i + bs], ro.sigmas[j],
+                                                 cond.select(torch.arange(i, min(i + bs, len(x0)))))
                                   for i in range(0, len(x0), bs)])
 
     def unit(rows: Tensor, j: int, adv: Tensor, mask: Tensor) -> LossOut:

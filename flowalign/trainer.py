@@ -4,7 +4,8 @@ Per iteration: SAMPLE (SDE rollouts with per-step log-probs; K images per prompt
 -> SCORE (decode, reward) -> CREDIT (rewards gathered over ranks, group-relative advantages, each
 rank keeps its rows) -> TRAIN (inner epochs over (micro-batch, step): the objective's unit, by default
 recomputed log-prob, clipped ratio, closed-form KL to the adapter-off reference, or DiffusionNFT's
-forward-process loss (``objectives.OBJECTIVES``); accumulate, clip, step, EMA) -> LOG / EVAL / CHECKPOINT. The loop takes functions (reward_fn, credit_fn, loss_fn, rollout_fn), not subclasses.
+forward-process loss (``objectives.OBJECTIVES``); accumulate, clip, step, EMA) -> LOG / EVAL /
+CHECKPOINT. The loop takes functions (reward_fn, credit_fn, loss_fn, rollout_fn), not subclasses.
 
 Credit / exploration variants (issue 6; credit/__init__.py): the credit function's ``needs`` pick the
 rollout (``credit.rollouts.make_rollout``: shared ODE prefix, one tree per group laid out as root->leaf
@@ -287,8 +288,8 @@ def train(cfg: Config, model, reward_fn: Callable, prompts: PromptSet, *, eval_p
             steps = [j for j in range(T) if mask_t[j]] if valid.any() else []
             total_micro = d.batches_per_rank * cfg.train.inner_epochs * len(steps)
             pbar = bar(total=total_micro, desc=f"it {it + 1}/{cfg.train.iterations} train")
-            unit = OBJECTIVES[cfg.loss.objective](UnitInputs(cfg, model, cond, ro, steps, it, gidx, loss_fn, ref_model)) \
-                if steps else None
+            inputs = UnitInputs(cfg, model, cond, ro, steps, it, gidx, loss_fn, ref_model)
+            unit = OBJECTIVES[cfg.loss.objective](inputs) if steps else None
             for epoch in range(cfg.train.inner_epochs if steps else 0):
                 order = torch.randperm(d.images_per_rank,
                                        generator=torch.Generator().manual_seed(sample_seed(cfg.train.seed, it, -2 - epoch - 1000 * rank)))
