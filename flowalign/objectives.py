@@ -27,9 +27,9 @@ import torch
 from torch import Tensor
 
 from .config import Config
-from .data import sample_seed
 from .losses import nft_loss
 from .sampling.rollout import log_prob_at
+from .train_utils import generators
 from .types import Cond, LossOut, Rollout
 
 Unit = Callable[[Tensor, int, Tensor, Tensor], LossOut]  # (rows [b], step j, advantages [b], mask [b]) -> loss
@@ -56,8 +56,12 @@ def _reference(inp: UnitInputs):
 def flow_grpo_unit(inp: UnitInputs) -> Unit:
     kw = {k: v for k, v in dataclasses.asdict(inp.cfg.loss).items() if k not in NFT_ONLY}
 
+    last: dict[str, Any] = {}  # the micro-batch's rows, selected once for all its steps
+
     def unit(rows: Tensor, j: int, adv: Tensor, mask: Tensor) -> LossOut:
-        c, r = inp.cond.select(rows), inp.rollout.select(rows)
+        if last.get("rows") is not rows:
+            last.update(rows=rows, c=inp.cond.select(rows), r=inp.rollout.select(rows))
+        c, r = last["c"], last["r"]
         out = log_prob_at(inp.model, c, r, j)
         ref = None
         if inp.cfg.loss.beta > 0:
@@ -71,8 +75,7 @@ def flow_grpo_unit(inp: UnitInputs) -> Unit:
 def forward_noise(seed: int, iteration: int, sample_index: list[int], j: int, num_steps: int,
                   shape: torch.Size, device: torch.device) -> Tensor:
     """[N, *shape] the forward-process noise of (sample, step j): one generator per pair."""
-    gens = [torch.Generator(device).manual_seed(sample_seed(seed, iteration, NFT_NOISE_INDEX - i * num_steps - j))
-            for i in sample_index]
+    gens = generators(seed, iteration, [NFT_NOISE_INDEX - i * num_steps - j for i in sample_index], device)
     return torch.stack([torch.randn(shape, generator=g, device=device) for g in gens])
 
 
