@@ -53,15 +53,24 @@ def _reference(inp: UnitInputs):
     return inp.model.reference() if inp.ref_model is None else contextlib.nullcontext()
 
 
+def _row_selector(cond: Cond, rollout: Rollout) -> Callable[[Tensor], tuple[Cond, Rollout]]:
+    """rows -> (cond, rollout) of those rows, selected once per micro-batch (the trainer passes the same
+    ``rows`` tensor for all of a micro-batch's steps)."""
+    last: dict[str, Any] = {}
+
+    def select(rows: Tensor) -> tuple[Cond, Rollout]:
+        if last.get("rows") is not rows:
+            last.update(rows=rows, sel=(cond.select(rows), rollout.select(rows)))
+        return last["sel"]
+    return select
+
+
 def flow_grpo_unit(inp: UnitInputs) -> Unit:
     kw = {k: v for k, v in dataclasses.asdict(inp.cfg.loss).items() if k not in NFT_ONLY}
-
-    last: dict[str, Any] = {}  # the micro-batch's rows, selected once for all its steps
+    select = _row_selector(inp.cond, inp.rollout)
 
     def unit(rows: Tensor, j: int, adv: Tensor, mask: Tensor) -> LossOut:
-        if last.get("rows") is not rows:
-            last.update(rows=rows, c=inp.cond.select(rows), r=inp.rollout.select(rows))
-        c, r = last["c"], last["r"]
+        c, r = select(rows)
         out = log_prob_at(inp.model, c, r, j)
         ref = None
         if inp.cfg.loss.beta > 0:
@@ -92,8 +101,10 @@ def nft_unit(inp: UnitInputs) -> Unit:
                                                  cond.select(torch.arange(i, min(i + bs, len(x0)))))
                                   for i in range(0, len(x0), bs)])
 
+    select = _row_selector(cond, ro)
+
     def unit(rows: Tensor, j: int, adv: Tensor, mask: Tensor) -> LossOut:
-        c, xt, sigma = cond.select(rows), x_t[j][rows], ro.sigmas[j].expand(len(rows))
+        c, xt, sigma = select(rows)[0], x_t[j][rows], ro.sigmas[j].expand(len(rows))
         v = model.velocity(xt, ro.sigmas[j], c)
         v_ref = None
         if cfg.loss.beta > 0:
