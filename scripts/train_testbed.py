@@ -7,7 +7,14 @@ Stages (in order; each seeded): VAE -> checker, artifact detector, aesthetic pro
 procedural images, with VAE round trips as augmentation) -> SD3 transformer + CLIP encoders
 (flow matching) -> save pipeline, scorers, prompt splits, config.json, sample grid -> evaluation.
 ``--reuse vae,checker,...`` loads those stages from ``--out`` instead of training them (for
-iterating on later stages); ``--smoke`` runs every stage for a few steps (a wiring check).
+iterating on later stages); ``--smoke`` runs every stage for a few steps (a wiring check). The flow
+stage is a list of cosine cycles (``flow.cycles``), each continuing from the previous one's EMA
+weights, e.g. a longer-trained base that neglects second objects (what RL can repair; README)::
+
+    python scripts/train_testbed.py --out /tmp/testbed_neglect --set 'flow.cycles=[
+      {"steps": 4000, "lr": 1.5e-3, "warmup": 200, "seed": 30}, {"steps": 3000, "lr": 1e-3, "warmup": 100, "seed": 77},
+      {"steps": 6000, "lr": 1e-3, "warmup": 100, "seed": 79},
+      {"steps": 1000, "lr": 1e-3, "warmup": 100, "seed": 81, "caption_noise": 0.5}]'
 """
 from __future__ import annotations
 
@@ -34,9 +41,11 @@ CONFIG = {
     "checker": {"steps": 1000, "batch": 32, "lr": 2e-3, "p_distort": 0.5, "latent_noise": 0.5},
     "artifact": {"steps": 800, "batch": 32, "lr": 2e-3, "p_distort": 0.3},
     "aesthetic": {"steps": 400, "batch": 32, "lr": 2e-3},
-    "flow": {"steps": 4000, "batch": 32, "lr": 1.5e-3, "warmup": 200, "ema": 0.998, "cfg_dropout": 0.1,
-             "shift": P.DEFAULT_ARCH["shift"], "kind_weights": [0.1, 0.2, 0.25, 0.45],
-             "caption_noise": 0.0, "caption_noise_from": 0},  # p of a two-object caption drawn without its second object
+    # flow matching in cosine cycles (warm restarts), each from the previous one's EMA weights, with seed = seed +
+    # its offset and optional caption noise (p of a two-object caption drawn without its second object)
+    "flow": {"batch": 32, "ema": 0.998, "cfg_dropout": 0.1, "shift": P.DEFAULT_ARCH["shift"],
+             "kind_weights": [0.1, 0.2, 0.25, 0.45],
+             "cycles": [{"steps": 4000, "lr": 1.5e-3, "warmup": 200, "seed": 30, "caption_noise": 0.0}]},
     "sampling": P.DEFAULT_SAMPLING,
     "eval_prompts": 219,
 }
@@ -49,7 +58,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--reuse", default="", help="comma list of stages to load from --out")
     ap.add_argument("--smoke", action="store_true", help="a few steps per stage (wiring check)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared 2-core machine)")
-    ap.add_argument("--set", nargs="*", default=[], help="overrides like flow.steps=3000")
+    ap.add_argument("--set", nargs="*", default=[], help="JSON overrides like vae.steps=500 or flow.cycles=[...]")
     ap.add_argument("--ckpt-every", type=int, default=0, help="save EMA flow checkpoints (development)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -63,8 +72,10 @@ def main(argv: list[str] | None = None) -> None:
             node = node[k]
         node[last] = json.loads(val)
     if args.smoke:
-        for st in STAGES:
+        for st in STAGES[:-1]:
             cfg[st]["steps"] = 3
+        for cycle in cfg["flow"]["cycles"]:
+            cycle["steps"] = 3
         cfg["eval_prompts"] = 8
     reuse = {s for s in args.reuse.split(",") if s}
     out = Path(args.out)
@@ -109,11 +120,13 @@ def main(argv: list[str] | None = None) -> None:
     if "flow" in reuse:
         pipe = P.load_pipeline(out / "pipeline")
     else:
-        def checkpoint(step: int, ema: dict) -> None:
-            if args.ckpt_every and step % args.ckpt_every == 0:
-                P.assemble({**components, **ema}).save_pretrained(str(out / "checkpoints" / f"step{step}"))
-        ema = train_flow(cfg["flow"], components, seed + 30, log, checkpoint)
-        components.update(ema)
+        common = {k: v for k, v in cfg["flow"].items() if k != "cycles"}
+        for i, cycle in enumerate(cfg["flow"]["cycles"]):
+            def checkpoint(step: int, ema: dict, i: int = i) -> None:
+                if args.ckpt_every and step % args.ckpt_every == 0:
+                    P.assemble({**components, **ema}).save_pretrained(str(out / "checkpoints" / f"cycle{i}_step{step}"))
+            log(f"flow cycle {i}: {json.dumps(cycle)}")
+            components.update(train_flow({**common, **cycle}, components, seed + cycle["seed"], log, checkpoint))
         pipe = P.assemble(components)
         pipe.save_pretrained(str(out / "pipeline"), safe_serialization=True)
         pipe = P.load_pipeline(out / "pipeline")

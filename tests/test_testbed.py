@@ -50,6 +50,26 @@ def test_caption_noise_drops_the_second_object_only():
     assert abs(hits / 2000 - 0.4) < 0.035  # 3.2 binomial sd at n = 2000
 
 
+def test_flow_cycles_chain_from_the_previous_ema():
+    """scripts/train_testbed.py trains the flow in cycles, each continuing from the EMA modules the
+    previous ``train_flow`` call returned (frozen, eval mode): the next call must train them again."""
+    from flowalign.testbed import pipeline as P
+    from flowalign.testbed.train_flow import train_flow
+    torch.manual_seed(0)
+    comps = P.build_components(seed=0)
+    cfg = {"steps": 2, "batch": 2, "lr": 1e-3, "warmup": 1, "ema": 0.5, "cfg_dropout": 0.0, "shift": 2.0,
+           "kind_weights": [0, 0, 1, 0]}
+    comps.update(train_flow(cfg, comps, 1, lambda m: None))
+    frozen = comps["transformer"]
+    assert not any(p.requires_grad for p in frozen.parameters())
+    before = {k: v.clone() for k, v in frozen.state_dict().items()}
+    ema = train_flow({**cfg, "caption_noise": 1.0}, comps, 2, lambda m: None)
+    assert comps["transformer"] is frozen and all(p.requires_grad for p in frozen.parameters())
+    changed = [k for k, v in frozen.state_dict().items() if not torch.equal(v, before[k])]
+    assert len(changed) > 0.5 * len(before)  # the second cycle moved the weights it was given
+    assert not torch.equal(ema["transformer"].pos_embed.proj.weight, before["pos_embed.proj.weight"])
+
+
 def test_grammar_round_trip_splits_and_errors():
     prompts = W.all_prompts()
     # 5 colours x 3 shapes = 15 cells; counts 2,3 -> 30; ordered distinct pairs 15*14 = 210; x4 relations

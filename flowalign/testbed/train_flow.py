@@ -7,9 +7,10 @@ shifted by the scheduler's ``shift``, classifier-free-guidance dropout to the em
 Departures: the two CLIP encoders are trained from scratch jointly with the transformer (no
 pretrained text model exists here), and so is the zero-layer T5 (its embedding table); the T5 pad
 positions are folded into one key with a log(#pads) logit bias (``pipeline.RepeatedTokenProcessor``,
-exact); an EMA of the weights is what is saved. Optional caption noise (``caption_noise`` = p,
-from step ``caption_noise_from``): two-object captions drawn without their second object
-(``world.neglected``), which gives the base model object neglect for RL to repair; off by default.
+exact); an EMA of the weights is what is saved. Optional caption noise (``caption_noise`` = p): two-object
+captions drawn without their second object (``world.neglected``), which gives the base model object
+neglect for RL to repair. Calls chain: a call continues from the modules it is given (e.g. the EMA
+weights a previous call returned), with a fresh optimizer and schedule (a warm restart).
 """
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ def train_flow(cfg: dict[str, Any], components: dict[str, Any], seed: int, log: 
     rng, g = np.random.default_rng(seed), torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     tok, tok3, vae = components["tokenizer"], components["tokenizer_3"], components["vae"].eval()
-    modules = {k: components[k].train() for k in ("transformer", *P.ENCODERS)}
+    modules = {k: components[k].train().requires_grad_(True) for k in ("transformer", *P.ENCODERS)}
     ema = {k: copy.deepcopy(m).eval().requires_grad_(False) for k, m in modules.items()}
     params = [p for m in modules.values() for p in m.parameters()]
     opt = torch.optim.AdamW(params, lr=cfg["lr"], weight_decay=cfg.get("weight_decay", 0.0),
@@ -58,7 +59,7 @@ def train_flow(cfg: dict[str, Any], components: dict[str, Any], seed: int, log: 
     for step in range(cfg["steps"]):
         b = cfg["batch"]
         prompts = [W.sample_prompt(rng, "train", tuple(cfg["kind_weights"])) for _ in range(b)]
-        noise = float(cfg.get("caption_noise", 0.0)) if step >= cfg.get("caption_noise_from", 0) else 0.0
+        noise = float(cfg.get("caption_noise", 0.0))
         x = R.render([W.scene_for(W.neglected(W.parse_prompt(p), rng, noise), rng) for p in prompts])
         with torch.no_grad():
             z = (vae.encode(x * 2 - 1).latent_dist.sample(generator=g) - sh) * sf
