@@ -53,21 +53,21 @@ def _reference(inp: UnitInputs):
     return inp.model.reference() if inp.ref_model is None else contextlib.nullcontext()
 
 
-def _row_selector(cond: Cond, rollout: Rollout) -> Callable[[Tensor], tuple[Cond, Rollout]]:
-    """rows -> (cond, rollout) of those rows, selected once per micro-batch (the trainer passes the same
-    ``rows`` tensor for all of a micro-batch's steps)."""
+def _once_per_rows(fn: Callable[[Tensor], Any]) -> Callable[[Tensor], Any]:
+    """``fn(rows)`` computed once per micro-batch (the trainer passes the same ``rows`` tensor for all
+    of a micro-batch's steps) and reused for its other steps."""
     last: dict[str, Any] = {}
 
-    def select(rows: Tensor) -> tuple[Cond, Rollout]:
+    def cached(rows: Tensor) -> Any:
         if last.get("rows") is not rows:
-            last.update(rows=rows, sel=(cond.select(rows), rollout.select(rows)))
-        return last["sel"]
-    return select
+            last.update(rows=rows, out=fn(rows))
+        return last["out"]
+    return cached
 
 
 def flow_grpo_unit(inp: UnitInputs) -> Unit:
     kw = {k: v for k, v in dataclasses.asdict(inp.cfg.loss).items() if k not in NFT_ONLY}
-    select = _row_selector(inp.cond, inp.rollout)
+    select = _once_per_rows(lambda rows: (inp.cond.select(rows), inp.rollout.select(rows)))
 
     def unit(rows: Tensor, j: int, adv: Tensor, mask: Tensor) -> LossOut:
         c, r = select(rows)
@@ -101,10 +101,10 @@ def nft_unit(inp: UnitInputs) -> Unit:
                                                  cond.select(torch.arange(i, min(i + bs, len(x0)))))
                                   for i in range(0, len(x0), bs)])
 
-    select = _row_selector(cond, ro)
+    select = _once_per_rows(cond.select)  # NFT needs the rows' conditioning, not their trajectories
 
     def unit(rows: Tensor, j: int, adv: Tensor, mask: Tensor) -> LossOut:
-        c, xt, sigma = select(rows)[0], x_t[j][rows], ro.sigmas[j].expand(len(rows))
+        c, xt, sigma = select(rows), x_t[j][rows], ro.sigmas[j].expand(len(rows))
         v = model.velocity(xt, ro.sigmas[j], c)
         v_ref = None
         if cfg.loss.beta > 0:

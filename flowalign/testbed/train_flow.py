@@ -56,10 +56,10 @@ def train_flow(cfg: dict[str, Any], components: dict[str, Any], seed: int, log: 
         return torch.stack([cache[p][0] for p in prompts]), torch.stack([cache[p][1] for p in prompts])
 
     t0, running = time.time(), 0.0
+    noise = float(cfg.get("caption_noise", 0.0))
     for step in range(cfg["steps"]):
         b = cfg["batch"]
         prompts = [W.sample_prompt(rng, "train", tuple(cfg["kind_weights"])) for _ in range(b)]
-        noise = float(cfg.get("caption_noise", 0.0))
         x = R.render([W.scene_for(W.neglected(W.parse_prompt(p), rng, noise), rng) for p in prompts])
         with torch.no_grad():
             z = (vae.encode(x * 2 - 1).latent_dist.sample(generator=g) - sh) * sf
