@@ -34,11 +34,12 @@ def test_generator_is_deterministic_and_seed_dependent():
 
 
 def test_caption_noise_drops_the_second_object_only():
+    from flowalign.testbed.train_flow import neglected
     pair, single = W.parse_prompt("a red circle left of a blue square"), W.parse_prompt("three green triangles")
     rng, ref = np.random.default_rng(3), np.random.default_rng(3)
-    assert W.neglected(pair, rng, 0.0) is pair and W.neglected(single, rng, 1.0) is single
+    assert neglected(pair, rng, 0.0) is pair and neglected(single, rng, 1.0) is single
     assert rng.random() == ref.random()  # p = 0 and one-group captions consume no random number
-    dropped = W.neglected(pair, rng, 1.0)
+    dropped = neglected(pair, rng, 1.0)
     assert dropped == W.PromptLabels("single", (W.Group("red", "circle"),))
     scene = W.scene_for(dropped, rng)
     assert [(o.color, o.shape) for o in scene.objects] == [("red", "circle")]
@@ -46,8 +47,26 @@ def test_caption_noise_drops_the_second_object_only():
     counts, cents = W.scene_table([scene])
     correct, mask = W.judge(counts, cents, [pair])
     assert correct[0][mask[0]].tolist() == [True, True, True, False, False, False, False]
-    hits = sum(W.neglected(pair, np.random.default_rng(i), 0.4) is not pair for i in range(2000))
+    hits = sum(neglected(pair, np.random.default_rng(i), 0.4) is not pair for i in range(2000))
     assert abs(hits / 2000 - 0.4) < 0.035  # 3.2 binomial sd at n = 2000
+
+
+def test_relation_noise_mirrors_the_relation_only():
+    from flowalign.testbed.train_flow import mirrored
+    pos, pair = W.parse_prompt("a red circle above a blue square"), W.parse_prompt("a red circle and a blue square")
+    rng, ref = np.random.default_rng(5), np.random.default_rng(5)
+    assert mirrored(pos, rng, 0.0) is pos and mirrored(pair, rng, 1.0) is pair
+    assert rng.random() == ref.random()  # p = 0 and relation-free captions consume no random number
+    flipped = mirrored(pos, rng, 1.0)
+    assert flipped == W.PromptLabels("position", pos.groups, "below")
+    # a scene drawn for the mirrored caption: every object clause of the caption holds, the relation fails
+    counts, cents = W.scene_table([W.scene_for(flipped, rng)])
+    correct, mask = W.judge(counts, cents, [pos])
+    assert correct[0][mask[0]].tolist() == [True] * 6 + [False]
+    assert all(mirrored(mirrored(W.PromptLabels("position", pos.groups, r), rng, 1.0), rng, 1.0).relation == r
+               for r in W.RELATIONS)  # an involution: left<->right, above<->below
+    hits = sum(mirrored(pos, np.random.default_rng(i), 0.7) is not pos for i in range(2000))
+    assert abs(hits / 2000 - 0.7) < 0.033  # 3.2 binomial sd (0.0102) at n = 2000
 
 
 def test_flow_cycles_chain_from_the_previous_ema():
@@ -63,7 +82,7 @@ def test_flow_cycles_chain_from_the_previous_ema():
     frozen = comps["transformer"]
     assert not any(p.requires_grad for p in frozen.parameters())
     before = {k: v.clone() for k, v in frozen.state_dict().items()}
-    ema = train_flow({**cfg, "caption_noise": 1.0}, comps, 2, lambda m: None)
+    ema = train_flow({**cfg, "caption_noise": 1.0, "relation_noise": 0.5}, comps, 2, lambda m: None)
     assert comps["transformer"] is frozen and all(p.requires_grad for p in frozen.parameters())
     changed = [k for k, v in frozen.state_dict().items() if not torch.equal(v, before[k])]
     assert len(changed) > 0.5 * len(before)  # the second cycle moved the weights it was given

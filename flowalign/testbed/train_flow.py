@@ -7,9 +7,10 @@ shifted by the scheduler's ``shift``, classifier-free-guidance dropout to the em
 Departures: the two CLIP encoders are trained from scratch jointly with the transformer (no
 pretrained text model exists here), and so is the zero-layer T5 (its embedding table); the T5 pad
 positions are folded into one key with a log(#pads) logit bias (``pipeline.RepeatedTokenProcessor``,
-exact); an EMA of the weights is what is saved. Optional caption noise (``caption_noise`` = p): two-object
-captions drawn without their second object (``world.neglected``), which gives the base model object
-neglect for RL to repair. Calls chain: a call continues from the modules it is given (e.g. the EMA
+exact); an EMA of the weights is what is saved. Optional caption noise gives the base model a known
+failure for RL and steering to repair: ``caption_noise`` = p of two-object captions drawn without their
+second object (object neglect), ``relation_noise`` = p of position captions drawn with the relation
+mirrored (a relation prior p(correct) = 1 - p, as web captions confuse left and right). Calls chain: a call continues from the modules it is given (e.g. the EMA
 weights a previous call returned), with a fresh optimizer and schedule (a warm restart).
 """
 from __future__ import annotations
@@ -26,6 +27,25 @@ from . import pipeline as P
 from . import render as R
 from . import world as W
 from .train import Log, _schedule
+
+
+_MIRROR = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
+
+
+def neglected(labels: W.PromptLabels, rng: np.random.Generator, p_omit: float) -> W.PromptLabels:
+    """With probability ``p_omit`` a two-object caption's scene lacks its second object (no random
+    number is drawn for p = 0 or one-group captions, so clean cycles stay bit-identical)."""
+    if p_omit <= 0 or len(labels.groups) < 2 or rng.random() >= p_omit:
+        return labels
+    g = labels.groups[0]
+    return W.PromptLabels("count" if g.count > 1 else "single", (g,))
+
+
+def mirrored(labels: W.PromptLabels, rng: np.random.Generator, p_flip: float) -> W.PromptLabels:
+    """With probability ``p_flip`` a position caption's scene has the opposite relation (same draw rule)."""
+    if p_flip <= 0 or labels.relation is None or rng.random() >= p_flip:
+        return labels
+    return W.PromptLabels(labels.kind, labels.groups, _MIRROR[labels.relation])
 
 
 def logit_normal_sigmas(b: int, g: torch.Generator, shift: float) -> torch.Tensor:
@@ -56,11 +76,12 @@ def train_flow(cfg: dict[str, Any], components: dict[str, Any], seed: int, log: 
         return torch.stack([cache[p][0] for p in prompts]), torch.stack([cache[p][1] for p in prompts])
 
     t0, running = time.time(), 0.0
-    noise = float(cfg.get("caption_noise", 0.0))
+    omit, flip = float(cfg.get("caption_noise", 0.0)), float(cfg.get("relation_noise", 0.0))
     for step in range(cfg["steps"]):
         b = cfg["batch"]
         prompts = [W.sample_prompt(rng, "train", tuple(cfg["kind_weights"])) for _ in range(b)]
-        x = R.render([W.scene_for(W.neglected(W.parse_prompt(p), rng, noise), rng) for p in prompts])
+        scenes = [W.scene_for(mirrored(neglected(W.parse_prompt(p), rng, omit), rng, flip), rng) for p in prompts]
+        x = R.render(scenes)
         with torch.no_grad():
             z = (vae.encode(x * 2 - 1).latent_dist.sample(generator=g) - sh) * sf
         drop = torch.rand(b, generator=g) < cfg["cfg_dropout"]

@@ -220,16 +220,6 @@ def scene_for(labels: PromptLabels, rng: np.random.Generator) -> Scene:
     return Scene(_place(specs, rng, labels.relation), format_prompt(labels))
 
 
-def neglected(labels: PromptLabels, rng: np.random.Generator, p_omit: float) -> PromptLabels:
-    """Caption noise: with probability ``p_omit`` a two-object caption is drawn without its second object
-    (as web captions name things an image lacks); a model trained on it inherits object neglect, the
-    commonest two-object failure of real models. ``p_omit = 0`` draws no random number."""
-    if p_omit <= 0 or len(labels.groups) < 2 or rng.random() >= p_omit:
-        return labels
-    g = labels.groups[0]
-    return PromptLabels("count" if g.count > 1 else "single", (g,))
-
-
 def random_scene(rng: np.random.Generator, max_objects: int = 5) -> Scene:
     """0..max_objects objects with independent colours/shapes, at most 3 of any colour+shape."""
     while True:
