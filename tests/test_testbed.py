@@ -33,40 +33,41 @@ def test_generator_is_deterministic_and_seed_dependent():
     assert x1.shape == (16, 3, 32, 32) and 0 <= x1.min() and x1.max() <= 1
 
 
+@pytest.mark.parametrize("name, applies, other, p", [
+    ("neglected", "a red circle left of a blue square", "three green triangles", 0.4),
+    ("mirrored", "a red circle above a blue square", "a red circle and a blue square", 0.7)])
+def test_caption_noise_draws_only_where_it_applies(name, applies, other, p):
+    from flowalign.testbed import train_flow
+    fn, lab, rest = getattr(train_flow, name), W.parse_prompt(applies), W.parse_prompt(other)
+    rng, ref = np.random.default_rng(3), np.random.default_rng(3)
+    assert fn(lab, rng, 0.0) is lab and fn(rest, rng, 1.0) is rest
+    assert rng.random() == ref.random()  # p = 0 and captions it does not apply to consume no random number
+    hits = sum(fn(lab, np.random.default_rng(i), p) is not lab for i in range(2000))
+    assert abs(hits / 2000 - p) < 3.2 * (p * (1 - p) / 2000) ** 0.5  # 3.2 binomial sd at n = 2000
+
+
 def test_caption_noise_drops_the_second_object_only():
     from flowalign.testbed.train_flow import neglected
-    pair, single = W.parse_prompt("a red circle left of a blue square"), W.parse_prompt("three green triangles")
-    rng, ref = np.random.default_rng(3), np.random.default_rng(3)
-    assert neglected(pair, rng, 0.0) is pair and neglected(single, rng, 1.0) is single
-    assert rng.random() == ref.random()  # p = 0 and one-group captions consume no random number
+    pair, rng = W.parse_prompt("a red circle left of a blue square"), np.random.default_rng(3)
     dropped = neglected(pair, rng, 1.0)
     assert dropped == W.PromptLabels("single", (W.Group("red", "circle"),))
     scene = W.scene_for(dropped, rng)
     assert [(o.color, o.shape) for o in scene.objects] == [("red", "circle")]
     # the judge on that scene: the first group's clauses hold, the second's and the relation fail
-    counts, cents = W.scene_table([scene])
-    correct, mask = W.judge(counts, cents, [pair])
+    correct, mask = W.judge(*W.scene_table([scene]), [pair])
     assert correct[0][mask[0]].tolist() == [True, True, True, False, False, False, False]
-    hits = sum(neglected(pair, np.random.default_rng(i), 0.4) is not pair for i in range(2000))
-    assert abs(hits / 2000 - 0.4) < 0.035  # 3.2 binomial sd at n = 2000
 
 
 def test_relation_noise_mirrors_the_relation_only():
     from flowalign.testbed.train_flow import mirrored
-    pos, pair = W.parse_prompt("a red circle above a blue square"), W.parse_prompt("a red circle and a blue square")
-    rng, ref = np.random.default_rng(5), np.random.default_rng(5)
-    assert mirrored(pos, rng, 0.0) is pos and mirrored(pair, rng, 1.0) is pair
-    assert rng.random() == ref.random()  # p = 0 and relation-free captions consume no random number
+    pos, rng = W.parse_prompt("a red circle above a blue square"), np.random.default_rng(5)
     flipped = mirrored(pos, rng, 1.0)
     assert flipped == W.PromptLabels("position", pos.groups, "below")
     # a scene drawn for the mirrored caption: every object clause of the caption holds, the relation fails
-    counts, cents = W.scene_table([W.scene_for(flipped, rng)])
-    correct, mask = W.judge(counts, cents, [pos])
+    correct, mask = W.judge(*W.scene_table([W.scene_for(flipped, rng)]), [pos])
     assert correct[0][mask[0]].tolist() == [True] * 6 + [False]
     assert all(mirrored(mirrored(W.PromptLabels("position", pos.groups, r), rng, 1.0), rng, 1.0).relation == r
                for r in W.RELATIONS)  # an involution: left<->right, above<->below
-    hits = sum(mirrored(pos, np.random.default_rng(i), 0.7) is not pos for i in range(2000))
-    assert abs(hits / 2000 - 0.7) < 0.033  # 3.2 binomial sd (0.0102) at n = 2000
 
 
 def test_flow_cycles_chain_from_the_previous_ema():
