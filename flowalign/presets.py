@@ -18,23 +18,22 @@ from .config import FLUX_LORA_TARGETS, SD3_LORA_TARGETS, Config
 
 def testbed() -> Config:
     """The default: the compositional reward on the embedded shapes-world pipeline, sized for a CPU.
-    32 images (4 prompts x 8) per iteration, 8 SDE steps with a random 2-step window in the first
-    half (Flow-GRPO-Fast), one initial noise per group so that rewards differ by the SDE noise only,
-    LoRA r16 on the attention of the 4-layer transformer. The testbed's T5 is a bag of words, so 16
-    T5 positions hold every prompt (the pipeline's default 256 only adds identical pad tokens).
-    Learning rate and KL are the paper's GenEval values (3e-4, beta 0.04): at lr 1e-3 the policy
-    drifts and held-out accuracy collapses within ~40 iterations, with or without the KL term.
-    On a base whose failure RL can repair (README: the neglect base) the window pinned to steps 0-1
-    with lr 5e-4 (``sample.window=fixed optim.lr=5e-4``) does better -- layout is settled in the
-    first steps, and a window drawn in [0, 4) leaves a third of the groups with identical rewards
-    (pinned: 15%); 0.537 -> 0.831 vs 0.744 in 15 minutes -- but on the shipped base those settings
-    collapse the policy (0.432 -> 0.139, training reward falling), so they are not the default."""
+    32 images (4 prompts x 8) per iteration, 8 steps of which the first two are SDE (trained) and the
+    rest ODE (Flow-GRPO-Fast with the window pinned to the start, as the flow_grpo Flux-fast recipes
+    do), one initial noise per group so that rewards differ by the SDE noise only, LoRA r16 on the
+    attention of the 4-layer transformer. The testbed's T5 is a bag of words, so 16 T5 positions hold
+    every prompt (the pipeline's default 256 only adds identical pad tokens). Layout is settled in the
+    first steps: a window drawn in [0, 4) (the previous default) leaves a third of the groups with
+    identical rewards on the neglect base (README; pinned: 15%) and reached 0.635 there in 10 one-core
+    minutes, the pinned window 0.779. Learning rate and KL are the paper's GenEval values (3e-4, beta
+    0.04): with the pinned window lr 5e-4 collapses the shipped base (0.432 -> 0.139 in 15 minutes), and
+    at lr 1e-3 held-out accuracy collapses within ~40 iterations, with or without the KL term."""
     cfg = Config(preset="testbed")
     cfg.model.max_sequence_length = 16
     cfg.model.lora_rank, cfg.model.lora_alpha = 16, 32
     cfg.sample.num_steps, cfg.sample.guidance_scale, cfg.sample.noise_level = 8, 4.5, 0.7
     cfg.sample.group_size, cfg.sample.groups_per_iteration, cfg.sample.batch_size = 8, 4, 16
-    cfg.sample.window, cfg.sample.window_size, cfg.sample.window_range = "random", 2, [0, 4]
+    cfg.sample.window, cfg.sample.window_size, cfg.sample.window_range = "fixed", 2, [0, 4]  # steps 0-1
     cfg.sample.same_noise = True
     cfg.credit.scale = "group"
     cfg.loss.clip_range, cfg.loss.beta = 5e-3, 0.04
@@ -103,8 +102,9 @@ def flux_hpsv2() -> Config:
 
 # --- credit / exploration variants on the testbed (issue 6; benchmarks/bench_credit.py compares them) ---
 def _variant(name: str, **fields) -> Config:
+    """The testbed preset with the random window in [0, 4) the variants were compared with (issue 6)."""
     cfg = testbed()
-    cfg.preset = name
+    cfg.preset, cfg.sample.window = name, "random"
     for key, value in fields.items():
         section, attr = key.split("__")
         setattr(getattr(cfg, section), attr, value)

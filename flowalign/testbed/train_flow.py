@@ -10,8 +10,9 @@ positions are folded into one key with a log(#pads) logit bias (``pipeline.Repea
 exact); an EMA of the weights is what is saved. Optional caption noise gives the base model a known
 failure for RL and steering to repair: ``caption_noise`` = p of two-object captions drawn without their
 second object (object neglect), ``relation_noise`` = p of position captions drawn with the relation
-mirrored (a relation prior p(correct) = 1 - p, as web captions confuse left and right). Calls chain: a call continues from the modules it is given (e.g. the EMA
-weights a previous call returned), with a fresh optimizer and schedule (a warm restart).
+mirrored (a relation prior p(correct) = 1 - p, as web captions confuse left and right). Calls chain: a
+call continues from the modules it is given (e.g. the EMA weights a previous call returned), with a
+fresh optimizer and schedule (a warm restart).
 """
 from __future__ import annotations
 
