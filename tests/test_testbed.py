@@ -35,7 +35,9 @@ def test_generator_is_deterministic_and_seed_dependent():
 
 @pytest.mark.parametrize("name, applies, other, p", [
     ("neglected", "a red circle left of a blue square", "three green triangles", 0.4),
-    ("mirrored", "a red circle above a blue square", "a red circle and a blue square", 0.7)])
+    ("mirrored", "a red circle above a blue square", "a red circle and a blue square", 0.7),
+    ("leaked", "a red circle and a blue square", "two red squares", 0.5),
+    ("duplicated", "a red circle below a blue square", "a green circle", 0.3)])
 def test_caption_noise_draws_only_where_it_applies(name, applies, other, p):
     from flowalign.testbed import train_flow
     fn, lab, rest = getattr(train_flow, name), W.parse_prompt(applies), W.parse_prompt(other)
@@ -68,6 +70,22 @@ def test_relation_noise_mirrors_the_relation_only():
     assert correct[0][mask[0]].tolist() == [True] * 6 + [False]
     assert all(mirrored(mirrored(W.PromptLabels("position", pos.groups, r), rng, 1.0), rng, 1.0).relation == r
                for r in W.RELATIONS)  # an involution: left<->right, above<->below
+
+
+@pytest.mark.parametrize("name, second, verdicts", [
+    # judged against the caption: shape leakage keeps both colours, the square's shape and count fail, so does
+    # the relation (no blue square); a duplicated square fails its count clause only
+    ("leaked", W.Group("blue", "circle"), [True, True, True, True, False, False, False]),
+    ("duplicated", W.Group("blue", "square", 2), [True, True, True, True, True, False, True])])
+def test_binding_noises_change_the_second_object_only(name, second, verdicts):
+    from flowalign.testbed import train_flow
+    pos, rng = W.parse_prompt("a red circle left of a blue square"), np.random.default_rng(4)
+    noisy = getattr(train_flow, name)(pos, rng, 1.0)
+    assert noisy == W.PromptLabels("position", (W.Group("red", "circle"), second), "left of")
+    for seed in range(5):  # every scene drawn for it gets the same verdicts
+        scene = W.scene_for(noisy, np.random.default_rng(seed))
+        correct, mask = W.judge(*W.scene_table([scene]), [pos])
+        assert correct[0][mask[0]].tolist() == verdicts
 
 
 def test_flow_cycles_chain_from_the_previous_ema():

@@ -10,9 +10,12 @@ positions are folded into one key with a log(#pads) logit bias (``pipeline.Repea
 exact); an EMA of the weights is what is saved. Optional caption noise gives the base model a known
 failure for RL and steering to repair: ``caption_noise`` = p of two-object captions drawn without their
 second object (object neglect), ``relation_noise`` = p of position captions drawn with the relation
-mirrored (a relation prior p(correct) = 1 - p, as web captions confuse left and right). Calls chain: a
-call continues from the modules it is given (e.g. the EMA weights a previous call returned), with a
-fresh optimizer and schedule (a warm restart).
+mirrored (a relation prior p(correct) = 1 - p, as web captions confuse left and right), ``leak_noise`` =
+p of two-object captions drawn with the second object in the first one's shape (attribute leakage, the
+binding failure of real text-to-image models; colour clauses still hold), ``duplicate_noise`` = p of
+two-object captions drawn with their second object twice (an extra object: only its count clause fails).
+Calls chain: a call continues from the modules it is given (e.g. the EMA weights a previous call
+returned), with a fresh optimizer and schedule (a warm restart).
 """
 from __future__ import annotations
 
@@ -33,20 +36,47 @@ from .train import Log, _schedule
 _MIRROR = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
 
 
-def neglected(labels: W.PromptLabels, rng: np.random.Generator, p_omit: float) -> W.PromptLabels:
-    """With probability ``p_omit`` a two-object caption's scene lacks its second object (no random
-    number is drawn for p = 0 or one-group captions, so clean cycles stay bit-identical)."""
-    if p_omit <= 0 or len(labels.groups) < 2 or rng.random() >= p_omit:
+def _hit(applies: bool, rng: np.random.Generator, p: float) -> bool:
+    """True with probability ``p`` where a noise applies; draws no random number for p = 0 or where it
+    does not apply (so clean cycles, and recipes without a noise kind, stay bit-identical)."""
+    return p > 0 and applies and bool(rng.random() < p)
+
+
+def neglected(labels: W.PromptLabels, rng: np.random.Generator, p: float) -> W.PromptLabels:
+    """With probability ``p`` a two-object caption's scene lacks its second object."""
+    if not _hit(len(labels.groups) == 2, rng, p):
         return labels
     g = labels.groups[0]
     return W.PromptLabels("count" if g.count > 1 else "single", (g,))
 
 
-def mirrored(labels: W.PromptLabels, rng: np.random.Generator, p_flip: float) -> W.PromptLabels:
-    """With probability ``p_flip`` a position caption's scene has the opposite relation (same draw rule)."""
-    if p_flip <= 0 or labels.relation is None or rng.random() >= p_flip:
+def mirrored(labels: W.PromptLabels, rng: np.random.Generator, p: float) -> W.PromptLabels:
+    """With probability ``p`` a position caption's scene has the opposite relation."""
+    if not _hit(labels.relation is not None, rng, p):
         return labels
     return W.PromptLabels(labels.kind, labels.groups, _MIRROR[labels.relation])
+
+
+def leaked(labels: W.PromptLabels, rng: np.random.Generator, p: float) -> W.PromptLabels:
+    """With probability ``p`` a two-object caption's scene draws its second object in the first one's
+    shape (colours, counts and the relation kept)."""
+    if not _hit(len(labels.groups) == 2, rng, p):
+        return labels
+    a, b = labels.groups
+    return W.PromptLabels(labels.kind, (a, W.Group(b.color, a.shape, b.count)), labels.relation)
+
+
+def duplicated(labels: W.PromptLabels, rng: np.random.Generator, p: float) -> W.PromptLabels:
+    """With probability ``p`` a two-object caption's scene holds its second object twice (with a
+    relation, both copies stand on the relation's side of the first)."""
+    if not _hit(len(labels.groups) == 2, rng, p):
+        return labels
+    a, b = labels.groups
+    return W.PromptLabels(labels.kind, (a, W.Group(b.color, b.shape, b.count + 1)), labels.relation)
+
+
+NOISES = {"caption_noise": neglected, "relation_noise": mirrored, "leak_noise": leaked,
+          "duplicate_noise": duplicated}  # applied in this order (a recipe without the later kinds draws as before)
 
 
 def logit_normal_sigmas(b: int, g: torch.Generator, shift: float) -> torch.Tensor:
@@ -63,8 +93,9 @@ def train_flow(cfg: dict[str, Any], components: dict[str, Any], seed: int, log: 
     modules = {k: components[k].train().requires_grad_(True) for k in ("transformer", *P.ENCODERS)}
     ema = {k: copy.deepcopy(m).eval().requires_grad_(False) for k, m in modules.items()}
     params = [p for m in modules.values() for p in m.parameters()]
+    ema_params = [p for m in ema.values() for p in m.parameters()]
     opt = torch.optim.AdamW(params, lr=cfg["lr"], weight_decay=cfg.get("weight_decay", 0.0),
-                            betas=(0.9, 0.99))
+                            betas=(0.9, 0.99), foreach=True)
     sched = _schedule(opt, cfg["steps"], warmup=cfg.get("warmup", 200))
     proc = P.use_repeated_token(modules["transformer"])
     shift, sf, sh = float(cfg["shift"]), vae.config.scaling_factor, vae.config.shift_factor
@@ -77,12 +108,18 @@ def train_flow(cfg: dict[str, Any], components: dict[str, Any], seed: int, log: 
         return torch.stack([cache[p][0] for p in prompts]), torch.stack([cache[p][1] for p in prompts])
 
     t0, running = time.time(), 0.0
-    omit, flip = float(cfg.get("caption_noise", 0.0)), float(cfg.get("relation_noise", 0.0))
+    noises = [(fn, float(cfg.get(key, 0.0))) for key, fn in NOISES.items()]
+
+    def scene(prompt: str) -> W.Scene:
+        labels = W.parse_prompt(prompt)
+        for fn, p in noises:
+            labels = fn(labels, rng, p)
+        return W.scene_for(labels, rng)
+
     for step in range(cfg["steps"]):
         b = cfg["batch"]
         prompts = [W.sample_prompt(rng, "train", tuple(cfg["kind_weights"])) for _ in range(b)]
-        scenes = [W.scene_for(mirrored(neglected(W.parse_prompt(p), rng, omit), rng, flip), rng) for p in prompts]
-        x = R.render(scenes)
+        x = R.render([scene(p) for p in prompts])
         with torch.no_grad():
             z = (vae.encode(x * 2 - 1).latent_dist.sample(generator=g) - sh) * sf
         drop = torch.rand(b, generator=g) < cfg["cfg_dropout"]
@@ -103,9 +140,7 @@ def train_flow(cfg: dict[str, Any], components: dict[str, Any], seed: int, log: 
         sched.step()
         decay = min(cfg["ema"], (1 + step) / (10 + step))
         with torch.no_grad():
-            for k, m in modules.items():
-                for pe, pm in zip(ema[k].parameters(), m.parameters()):
-                    pe.lerp_(pm, 1 - decay)
+            torch._foreach_lerp_(ema_params, params, 1 - decay)
         if checkpoint is not None and step > 0:
             checkpoint(step, ema)
         running = loss.item() if step == 0 else 0.98 * running + 0.02 * loss.item()
