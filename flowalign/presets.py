@@ -25,9 +25,10 @@ def testbed() -> Config:
     every prompt (the pipeline's default 256 only adds identical pad tokens). Layout is settled in the
     first steps: a window drawn in [0, 4) (the previous default) leaves a third of the groups with
     identical rewards on the neglect base (README; pinned: 15%) and reached 0.635 there in 10 one-core
-    minutes, the pinned window 0.779. Learning rate and KL are the paper's GenEval values (3e-4, beta
-    0.04): with the pinned window lr 5e-4 collapses the shipped base (0.432 -> 0.139 in 15 minutes), and
-    at lr 1e-3 held-out accuracy collapses within ~40 iterations, with or without the KL term."""
+    minutes, the pinned window 0.779 (duplicate base: 0.630 vs 0.790). Learning rate and KL are the
+    paper's GenEval values (3e-4, beta 0.04): with the pinned window lr 5e-4 collapsed the previous
+    4000-step base (0.432 -> 0.139 in 15 minutes), and at lr 1e-3 held-out accuracy collapses within ~40
+    iterations, with or without the KL term."""
     cfg = Config(preset="testbed")
     cfg.model.max_sequence_length = 16
     cfg.model.lora_rank, cfg.model.lora_alpha = 16, 32

@@ -9,7 +9,9 @@ procedural images, with VAE round trips as augmentation) -> SD3 transformer + CL
 ``--reuse vae,checker,...`` loads those stages from ``--out`` instead of training them (for
 iterating on later stages); ``--smoke`` runs every stage for a few steps (a wiring check). The flow
 stage is a list of cosine cycles (``flow.cycles``), each continuing from the previous one's EMA
-weights, e.g. a longer-trained base that neglects second objects (what RL can repair; README)::
+weights. The default: 13000 clean steps, then 1000 with duplicate noise 0.4 (40% of the two-object
+captions drawn with their second object twice) -- a base that draws every clause kind and carries a
+count failure RL can repair (README). A variant with object neglect instead::
 
     python scripts/train_testbed.py --out /tmp/testbed_neglect --set 'flow.cycles=[
       {"steps": 4000, "lr": 1.5e-3, "warmup": 200, "seed": 30}, {"steps": 3000, "lr": 1e-3, "warmup": 100, "seed": 77},
@@ -43,10 +45,15 @@ CONFIG = {
     "aesthetic": {"steps": 400, "batch": 32, "lr": 2e-3},
     # flow matching in cosine cycles (warm restarts), each from the previous one's EMA weights, with seed = seed +
     # its offset and optional caption noise: caption_noise = p of a two-object caption drawn without its second
-    # object, relation_noise = p of a position caption drawn with its relation mirrored (flowalign.testbed.train_flow)
+    # object, relation_noise = p of a position caption drawn with its relation mirrored, leak_noise = p of a
+    # two-object caption drawn with the second object in the first one's shape, duplicate_noise = p of a
+    # two-object caption drawn with its second object twice (flowalign.testbed.train_flow)
     "flow": {"batch": 32, "ema": 0.998, "cfg_dropout": 0.1, "shift": P.DEFAULT_ARCH["shift"],
              "kind_weights": [0.1, 0.2, 0.25, 0.45],
-             "cycles": [{"steps": 4000, "lr": 1.5e-3, "warmup": 200, "seed": 30, "caption_noise": 0.0}]},
+             "cycles": [{"steps": 4000, "lr": 1.5e-3, "warmup": 200, "seed": 30},
+                        {"steps": 3000, "lr": 1e-3, "warmup": 100, "seed": 77},
+                        {"steps": 6000, "lr": 1e-3, "warmup": 100, "seed": 79},
+                        {"steps": 1000, "lr": 1e-3, "warmup": 100, "seed": 81, "duplicate_noise": 0.4}]},
     "sampling": P.DEFAULT_SAMPLING,
     "eval_prompts": 219,
 }
