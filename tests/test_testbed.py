@@ -72,6 +72,12 @@ def test_relation_noise_mirrors_the_relation_only():
                for r in W.RELATIONS)  # an involution: left<->right, above<->below
 
 
+def test_unknown_caption_noise_is_one_clear_error():
+    from flowalign.testbed.train_flow import train_flow
+    with pytest.raises(ValueError, match=r"unknown caption noise \['duplicat_noise'\]; use one of"):
+        train_flow({"duplicat_noise": 0.4}, {}, 0, lambda m: None)
+
+
 @pytest.mark.parametrize("name, second, verdicts", [
     # judged against the caption: shape leakage keeps both colours, the square's shape and count fail, so does
     # the relation (no blue square); a duplicated square fails its count clause only

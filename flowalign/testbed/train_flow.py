@@ -87,6 +87,9 @@ def logit_normal_sigmas(b: int, g: torch.Generator, shift: float) -> torch.Tenso
 def train_flow(cfg: dict[str, Any], components: dict[str, Any], seed: int, log: Log,
                checkpoint: Callable[[int, dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Train ``transformer`` + ``text_encoder(_2)`` in ``components`` in place; returns EMA copies."""
+    unknown = sorted(k for k in cfg if k.endswith("_noise") and k not in NOISES)
+    if unknown:
+        raise ValueError(f"flow cycle has unknown caption noise {unknown}; use one of {list(NOISES)}")
     rng, g = np.random.default_rng(seed), torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     tok, tok3, vae = components["tokenizer"], components["tokenizer_3"], components["vae"].eval()
