@@ -44,10 +44,7 @@ CONFIG = {
     "artifact": {"steps": 800, "batch": 32, "lr": 2e-3, "p_distort": 0.3},
     "aesthetic": {"steps": 400, "batch": 32, "lr": 2e-3},
     # flow matching in cosine cycles (warm restarts), each from the previous one's EMA weights, with seed = seed +
-    # its offset and optional caption noise: caption_noise = p of a two-object caption drawn without its second
-    # object, relation_noise = p of a position caption drawn with its relation mirrored, leak_noise = p of a
-    # two-object caption drawn with the second object in the first one's shape, duplicate_noise = p of a
-    # two-object caption drawn with its second object twice (flowalign.testbed.train_flow)
+    # its offset and optional caption noises (keys of flowalign.testbed.train_flow.NOISES, each a probability)
     "flow": {"batch": 32, "ema": 0.998, "cfg_dropout": 0.1, "shift": P.DEFAULT_ARCH["shift"],
              "kind_weights": [0.1, 0.2, 0.25, 0.45],
              "cycles": [{"steps": 4000, "lr": 1.5e-3, "warmup": 200, "seed": 30},
