@@ -6,7 +6,8 @@ potential), beam and DTS*, plus exactness on an analytic mixture.
 
 Model: the testbed pipeline (``assets/testbed/pipeline`` or $FLOWALIGN_TESTBED_DIR/pipeline); reward:
 ``compositional`` (fraction of the prompt's clauses the checker finds satisfied) on the held-out
-prompts (``testbed.world.eval_prompts``). A method's point is the mean reward of the one sample it
+prompts (``testbed.world.eval_prompts``; with ``--hardest N`` the N of all 219 the base fails most,
+where best-of-N saturates later). A method's point is the mean reward of the one sample it
 returns per prompt, averaged over prompts and seeds, at its NFE per prompt (model evaluations, CFG
 counted once, look-ahead evaluations included).
 
@@ -14,7 +15,8 @@ Best-of-N uses the pipeline's ODE sampler. Its curve is the unbiased estimate of
 pool of M = ``--bon-max`` x seeds candidates per prompt (sorted rewards r_(1) <= ... <= r_(M):
 E[best of N] = sum_i r_(i) C(i-1, N-1) / C(M, N), the "pass@k" estimator), which has the same mean
 as drawing N fresh samples and a lower variance than one nested run. FK / beam / DTS* use the
-flow_sde sampler (noise level ``--noise``); the FK resampling steps, beam selection steps and DTS*
+flow_sde sampler (noise level ``--noise`` on the steps ``--noise-steps`` / ``--dts-noise-steps``, ODE
+steps elsewhere); the FK resampling steps, beam selection steps and DTS*
 branching steps are ``--fk-steps`` / ``--dts-steps`` (0-based step indices). The headline potential
 and DTS* run ``--seeds`` seeds at each K of ``--ks``; the side curves (other potentials, beam, more
 K) run ``--side-seeds`` seeds, which keeps the full run near 25 min on 2 shared cores.
@@ -24,8 +26,10 @@ Defaults (tuned on the shipped testbed, see the README): FK resamples after step
 x0_pred reward tracks it (earlier resampling only copies noise, later only copies decided images);
 headline potential rt (the current look-ahead reward; max keeps the credit of a look-ahead that
 later went wrong and did worse at K = 8), lam = 10, x0_pred look-ahead (free: its velocity is
-reused); DTS* branches after
-steps 4, 8, 12, 16 with C = 1, alpha = 0.5, c_uct = 0.1, one rollout per tree and round.
+reused); FK and beam sample with noise only on steps 6..15 (around the resampling window: copies need
+noise after they are made, while the 0.7-noise SDE elsewhere only lowers the base's reward, 0.906 ODE
+-> 0.880 SDE at K = 1); DTS* branches after steps 4, 8, 12, 16 (noise on every step) with C = 1,
+alpha = 0.5, c_uct = 0.1, one rollout per tree and round.
 
 Summary numbers (last line, JSON):
 * ``fk_bon_equivalent_n_over_k``: the N (interpolated linearly between integers) at which
@@ -77,7 +81,19 @@ def load(args):
         return model, redness, [f"prompt {i}" for i in range(args.prompts)]
     from flowalign.testbed.world import eval_prompts
 
-    return model, load_reward(args.reward, device=args.device or None), eval_prompts(args.prompts)
+    reward = load_reward(args.reward, device=args.device or None)
+    if not args.hardest:
+        return model, reward, eval_prompts(args.prompts)
+    return model, reward, hardest_prompts(model, reward, eval_prompts(), args)
+
+
+def hardest_prompts(model, reward, prompts: list[str], args) -> list[str]:
+    """The ``--hardest`` held-out prompts with the lowest mean reward over 4 ODE samples each, drawn
+    on selection seed 2000 (the evaluation uses seeds 1000+, so selection and evaluation noise differ)."""
+    res = best_of_n(model=model, prompts=prompts, reward=reward, n=4, num_steps=args.steps, cfg=args.cfg,
+                    generator=torch.Generator().manual_seed(2000))
+    order = res.candidate_rewards.float().mean(1).argsort()
+    return [prompts[i] for i in order[:args.hardest].tolist()]
 
 
 def steps_arg(text: str) -> list[int] | None:
@@ -89,6 +105,14 @@ def steps_arg(text: str) -> list[int] | None:
         lo, _, hi = part.partition("-")
         out += list(range(int(lo), int(hi) + 1)) if hi else [int(lo)]
     return out
+
+
+def noise_window(level: float, steps: str, num_steps: int) -> float | list[float]:
+    """'all' -> the float (that level on every step but the last); '6-15' -> a [T] table, 0 elsewhere."""
+    if steps == "all":
+        return level
+    noisy = set(steps_arg(steps) or [])
+    return [level if j in noisy else 0.0 for j in range(num_steps)]
 
 
 # --- best-of-N curve and equivalences -------------------------------------------------------------
@@ -193,9 +217,14 @@ def main() -> None:
     ap.add_argument("--reward", default="compositional")
     ap.add_argument("--device", default="")
     ap.add_argument("--prompts", type=int, default=32)
+    ap.add_argument("--hardest", type=int, default=0,
+                    help="instead of the first --prompts, the N held-out prompts the base fails most (see hardest_prompts)")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--cfg", type=float, default=4.5)
     ap.add_argument("--noise", type=float, default=0.7, help="flow_sde noise level of FK / beam / DTS*")
+    ap.add_argument("--noise-steps", default="6-15",
+                    help="FK / beam: steps that get --noise (0-based, e.g. '6-15'); the others are ODE steps ('all' = every step)")
+    ap.add_argument("--dts-noise-steps", default="all", help="the same for DTS*")
     ap.add_argument("--lam", type=float, default=10.0)
     ap.add_argument("--bon-max", type=int, default=12, help="best-of-N candidates per prompt and seed (pool M = this x seeds)")
     ap.add_argument("--ks", default="2,4,8", help="K values (FK particles, DTS* budgets in rollouts x T) run with --seeds")
@@ -223,7 +252,7 @@ def main() -> None:
     if args.quick:
         args.seeds, args.side_seeds, args.prompts, args.steps, args.bon_max = 1, 1, min(args.prompts, 4), 10, 16
         args.ks, args.extra_fk_ks, args.other_potential_ks, args.beam_ks = "4", "", "4", "4"
-        args.fk_steps, args.dts_steps = "3-7", "default"
+        args.fk_steps, args.dts_steps, args.noise_steps = "3-7", "default", "2-8"
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     t_start = time.perf_counter()
     model, reward, prompts = load(args)
@@ -231,7 +260,8 @@ def main() -> None:
     ks, extra_ks, other_ks, beam_ks = ints(args.ks), ints(args.extra_fk_ks), ints(args.other_potential_ks), ints(args.beam_ks)
     pots = sorted(POTENTIALS) if args.fk_potentials == "all" else args.fk_potentials.split(",")
     base = dict(model=model, prompts=prompts, reward=reward, num_steps=args.steps, cfg=args.cfg)
-    sde = dict(step="flow_sde", noise_level=args.noise)
+    sde, dts_sde = (dict(step="flow_sde", noise_level=noise_window(args.noise, w, args.steps))
+                    for w in (args.noise_steps, args.dts_noise_steps))
     t = args.steps
     fk_steps, dts_steps = steps_arg(args.fk_steps), steps_arg(args.dts_steps)
     log = lambda *a: print(*a, file=sys.stderr, flush=True)  # noqa: E731  progress on stderr
@@ -275,7 +305,7 @@ def main() -> None:
     for k in ks:
         r = run_method(f"dts_star {k}T", "dts_star", tree_search, args.seeds, log, star=True, nfe_budget=k * t,
                        lam=args.lam, branch_steps=dts_steps, widen_c=c_pw, widen_alpha=alpha, c_uct=args.dts_cuct,
-                       batch=args.dts_batch, **sde, **base)
+                       batch=args.dts_batch, **dts_sde, **base)
         n_eq = equivalent_n(bon, r["reward"])
         r["bon_nfe_ratio"] = None if n_eq is None else n_eq * t / r["nfe"]
         results[("dts_star", k)] = r
@@ -307,16 +337,18 @@ def main() -> None:
         **analytic,
         "rewards": {r["method"]: round(r["reward"], 4) for r in rows},
         "bon_curve": {str(n): round(bon[n - 1], 4) for n in range(1, m + 1)},
-        "model": args.model, "reward": args.reward, "prompts": len(prompts), "seeds": args.seeds,
+        "model": args.model, "reward": args.reward, "prompts": len(prompts), "hardest": args.hardest, "seeds": args.seeds,
         "side_seeds": args.side_seeds, "steps": t,
-        "bon_pool": m, "lam": args.lam, "noise_level": args.noise, "fk_steps": fk_steps, "fk_lookahead": args.fk_lookahead,
+        "bon_pool": m, "lam": args.lam, "noise_level": args.noise,
+        "noise_steps": args.noise_steps, "dts_noise_steps": args.dts_noise_steps, "fk_steps": fk_steps, "fk_lookahead": args.fk_lookahead,
         "dts_steps": dts_steps, "dts_widen": [c_pw, alpha], "dts_c_uct": args.dts_cuct, "dts_batch": args.dts_batch,
         "max_sequence_length": args.max_seq, "seconds": round(time.perf_counter() - t_start, 1), "quick": args.quick,
     }
     if args.plot:
         plot(args.plot, [n * t for n in range(1, m + 1)], bon, rows,
-             f"{os.path.basename(os.path.dirname(args.model.rstrip('/')))}: {len(prompts)} prompts x {args.seeds} seeds, "
-             f"T={t}, lam={args.lam}, noise={args.noise}")
+             f"{os.path.basename(os.path.dirname(args.model.rstrip('/')))}: {len(prompts)} "
+             f"{'hardest ' if args.hardest else ''}prompts x {args.seeds} seeds, "
+             f"T={t}, lam={args.lam}, noise={args.noise} (FK / beam on steps {args.noise_steps})")
         summary["plot"] = args.plot
     if analytic:
         print(f"analytic FK mean err {analytic['analytic_tilted_mean_abs_err']:.4f} (5-sigma "
