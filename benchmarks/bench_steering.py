@@ -58,6 +58,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from flowalign.sampling.schedule import noise_table, window_mask  # noqa: E402
 from flowalign.steering import POTENTIALS, beam_search, best_of_n, fk_steer, tree_search  # noqa: E402
 from flowalign.steering.common import expected_best_of_n  # noqa: E402
 
@@ -107,12 +108,13 @@ def steps_arg(text: str) -> list[int] | None:
     return out
 
 
-def noise_window(level: float, steps: str, num_steps: int) -> float | list[float]:
-    """'all' -> the float (that level on every step but the last); '6-15' -> a [T] table, 0 elsewhere."""
+def noise_window(level: float, steps: str, num_steps: int) -> torch.Tensor:
+    """The [T] noise table: 'all' -> ``level`` on every step but the last; 'LO-HI' -> the SDE window
+    LO..HI (``sampling.schedule.window_mask``), ODE steps elsewhere."""
     if steps == "all":
-        return level
-    noisy = set(steps_arg(steps) or [])
-    return [level if j in noisy else 0.0 for j in range(num_steps)]
+        return noise_table(num_steps, level)
+    lo, _, hi = steps.partition("-")
+    return noise_table(num_steps, level, window_mask(num_steps, int(hi or lo) - int(lo) + 1, int(lo)))
 
 
 # --- best-of-N curve and equivalences -------------------------------------------------------------
@@ -223,7 +225,7 @@ def main() -> None:
     ap.add_argument("--cfg", type=float, default=4.5)
     ap.add_argument("--noise", type=float, default=0.7, help="flow_sde noise level of FK / beam / DTS*")
     ap.add_argument("--noise-steps", default="6-15",
-                    help="FK / beam: steps that get --noise (0-based, e.g. '6-15'); the others are ODE steps ('all' = every step)")
+                    help="FK / beam: the SDE window, steps LO-HI (0-based) that get --noise, ODE elsewhere ('all' = every step but the last)")
     ap.add_argument("--dts-noise-steps", default="all", help="the same for DTS*")
     ap.add_argument("--lam", type=float, default=10.0)
     ap.add_argument("--bon-max", type=int, default=12, help="best-of-N candidates per prompt and seed (pool M = this x seeds)")
