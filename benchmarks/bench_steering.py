@@ -108,6 +108,15 @@ def steps_arg(text: str) -> list[int] | None:
     return out
 
 
+def window_arg(text: str) -> str:
+    """argparse type of --noise-steps: 'all' or one contiguous range 'LO-HI' (or a single step)."""
+    lo, _, hi = text.partition("-")
+    if text != "all" and not (lo.isdigit() and (hi.isdigit() or not _)):
+        raise argparse.ArgumentTypeError(f"{text!r} is not an SDE window; pass 'all' or one range LO-HI of 0-based "
+                                         f"steps, e.g. '6-15'")
+    return text
+
+
 def noise_window(level: float, steps: str, num_steps: int) -> torch.Tensor:
     """The [T] noise table: 'all' -> ``level`` on every step but the last; 'LO-HI' -> the SDE window
     LO..HI (``sampling.schedule.window_mask``), ODE steps elsewhere."""
@@ -224,9 +233,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--cfg", type=float, default=4.5)
     ap.add_argument("--noise", type=float, default=0.7, help="flow_sde noise level of FK / beam / DTS*")
-    ap.add_argument("--noise-steps", default="6-15",
+    ap.add_argument("--noise-steps", default="6-15", type=window_arg,
                     help="FK / beam: the SDE window, steps LO-HI (0-based) that get --noise, ODE elsewhere ('all' = every step but the last)")
-    ap.add_argument("--dts-noise-steps", default="all", help="the same for DTS*")
+    ap.add_argument("--dts-noise-steps", default="all", type=window_arg, help="the same for DTS*")
     ap.add_argument("--lam", type=float, default=10.0)
     ap.add_argument("--bon-max", type=int, default=12, help="best-of-N candidates per prompt and seed (pool M = this x seeds)")
     ap.add_argument("--ks", default="2,4,8", help="K values (FK particles, DTS* budgets in rollouts x T) run with --seeds")
@@ -255,6 +264,11 @@ def main() -> None:
         args.seeds, args.side_seeds, args.prompts, args.steps, args.bon_max = 1, 1, min(args.prompts, 4), 10, 16
         args.ks, args.extra_fk_ks, args.other_potential_ks, args.beam_ks = "4", "", "4", "4"
         args.fk_steps, args.dts_steps, args.noise_steps = "3-7", "default", "2-8"
+    try:  # a window outside the grid: one clear error before anything loads
+        sde, dts_sde = (dict(step="flow_sde", noise_level=noise_window(args.noise, w, args.steps))
+                        for w in (args.noise_steps, args.dts_noise_steps))
+    except ValueError as err:
+        ap.error(f"--noise-steps / --dts-noise-steps with --steps {args.steps}: {err}")
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     t_start = time.perf_counter()
     model, reward, prompts = load(args)
@@ -262,8 +276,6 @@ def main() -> None:
     ks, extra_ks, other_ks, beam_ks = ints(args.ks), ints(args.extra_fk_ks), ints(args.other_potential_ks), ints(args.beam_ks)
     pots = sorted(POTENTIALS) if args.fk_potentials == "all" else args.fk_potentials.split(",")
     base = dict(model=model, prompts=prompts, reward=reward, num_steps=args.steps, cfg=args.cfg)
-    sde, dts_sde = (dict(step="flow_sde", noise_level=noise_window(args.noise, w, args.steps))
-                    for w in (args.noise_steps, args.dts_noise_steps))
     t = args.steps
     fk_steps, dts_steps = steps_arg(args.fk_steps), steps_arg(args.dts_steps)
     log = lambda *a: print(*a, file=sys.stderr, flush=True)  # noqa: E731  progress on stderr
