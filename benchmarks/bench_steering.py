@@ -58,7 +58,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from flowalign.sampling.schedule import noise_table, window_mask  # noqa: E402
+from flowalign.sampling.schedule import parse_steps, steps_noise_table  # noqa: E402
 from flowalign.steering import POTENTIALS, beam_search, best_of_n, fk_steer, tree_search  # noqa: E402
 from flowalign.steering.common import expected_best_of_n  # noqa: E402
 
@@ -99,31 +99,16 @@ def hardest_prompts(model, reward, prompts: list[str], args) -> list[str]:
 
 def steps_arg(text: str) -> list[int] | None:
     """'4-14' -> [4, ..., 14]; '4,8,12' -> [4, 8, 12]; 'default' -> None (the FK schedule)."""
-    if text == "default":
-        return None
-    out: list[int] = []
-    for part in text.split(","):
-        lo, _, hi = part.partition("-")
-        out += list(range(int(lo), int(hi) + 1)) if hi else [int(lo)]
-    return out
+    return None if text == "default" else parse_steps(text, "steps")
 
 
 def window_arg(text: str) -> str:
-    """argparse type of --noise-steps: 'all' or one contiguous range 'LO-HI' (or a single step)."""
-    lo, _, hi = text.partition("-")
-    if text != "all" and not (lo.isdigit() and (hi.isdigit() or not _)):
-        raise argparse.ArgumentTypeError(f"{text!r} is not an SDE window; pass 'all' or one range LO-HI of 0-based "
-                                         f"steps, e.g. '6-15'")
+    """argparse type of --noise-steps: 'all' or steps such as '6-15' (``sampling.schedule.parse_steps``)."""
+    try:
+        parse_steps(text, "noise steps")
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
     return text
-
-
-def noise_window(level: float, steps: str, num_steps: int) -> torch.Tensor:
-    """The [T] noise table: 'all' -> ``level`` on every step but the last; 'LO-HI' -> the SDE window
-    LO..HI (``sampling.schedule.window_mask``), ODE steps elsewhere."""
-    if steps == "all":
-        return noise_table(num_steps, level)
-    lo, _, hi = steps.partition("-")
-    return noise_table(num_steps, level, window_mask(num_steps, int(hi or lo) - int(lo) + 1, int(lo)))
 
 
 # --- best-of-N curve and equivalences -------------------------------------------------------------
@@ -194,7 +179,7 @@ def run_method(name: str, family: str, fn, seeds: int, log=print, **kw) -> dict:
     return out
 
 
-def plot(path: str, bon_nfe: list[float], bon: list[float], rows: list[dict], title: str) -> None:
+def plot(path: str, bon_nfe: list[float], bon: list[float], rows: list[dict], title: str, reward: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -210,7 +195,7 @@ def plot(path: str, bon_nfe: list[float], bon: list[float], rows: list[dict], ti
             ax.plot([p[0] for p in pts], [p[1] for p in pts], style, label=fam.replace("_", " "), ms=6)
     ax.set_xscale("log", base=2)
     ax.set_xlabel("NFE per prompt (model evaluations)")
-    ax.set_ylabel("compositional reward (mean over prompts, seeds)")
+    ax.set_ylabel(f"{reward} reward (mean over prompts, seeds)")
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -265,7 +250,7 @@ def main() -> None:
         args.ks, args.extra_fk_ks, args.other_potential_ks, args.beam_ks = "4", "", "4", "4"
         args.fk_steps, args.dts_steps, args.noise_steps = "3-7", "default", "2-8"
     try:  # a window outside the grid: one clear error before anything loads
-        sde, dts_sde = (dict(step="flow_sde", noise_level=noise_window(args.noise, w, args.steps))
+        sde, dts_sde = (dict(step="flow_sde", noise_level=steps_noise_table(args.steps, args.noise, w))
                         for w in (args.noise_steps, args.dts_noise_steps))
     except ValueError as err:
         ap.error(f"--noise-steps / --dts-noise-steps with --steps {args.steps}: {err}")
@@ -362,7 +347,7 @@ def main() -> None:
         plot(args.plot, [n * t for n in range(1, m + 1)], bon, rows,
              f"{os.path.basename(os.path.dirname(args.model.rstrip('/')))}: {len(prompts)} "
              f"{'hardest ' if args.hardest else ''}prompts x {args.seeds} seeds, "
-             f"T={t}, lam={args.lam}, noise={args.noise} (FK / beam on steps {args.noise_steps})")
+             f"T={t}, lam={args.lam}, noise={args.noise} (FK / beam on steps {args.noise_steps})", args.reward)
         summary["plot"] = args.plot
     if analytic:
         print(f"analytic FK mean err {analytic['analytic_tilted_mean_abs_err']:.4f} (5-sigma "

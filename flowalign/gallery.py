@@ -7,7 +7,7 @@ A method is a spec ``KIND[:key=value,...]`` parsed into a ``MethodSpec``: ``base
 ODE sampler, through the one rollout loop), ``lora:<checkpoint>`` (the same with trained weights
 loaded: a LoRA folder, a checkpoint folder, a run folder or ``<run>/checkpoints/last``), or a
 steering method of ``flowalign.steering`` (fk, bon, beam, svdd, dts, dts_star) with the options of
-``flowalign steer`` (particles, lambda, potential, resample_steps, nfe_budget, step, noise_level, or
+``flowalign steer`` (particles, lambda, potential, resample_steps, nfe_budget, step, noise_level, noise_steps, or
 any other keyword of the method), built by that command's own ``build_kwargs``. Every kind takes
 ``label=``, ``steps=``, ``cfg=`` and ``negative_prompt=`` (SD3 only); steering also ``reward=``
 (default: the first reward) and ``lora=`` (steer the fine-tuned model). A method that cannot run

@@ -4,8 +4,8 @@ settings and their fingerprint (what must match for an output folder to be resum
 ``parse_method("fk:particles=4,potential=max,lambda=10")`` -> ``MethodSpec``: ``KIND[:key=value,...]``
 where KIND is ``base``, ``lora`` (first item: the checkpoint) or a steering method of
 ``flowalign.steering``; a comma starts a new item only when ``key=`` follows it, so
-``resample_steps=3,6,9`` and paths with commas survive. Steering options become the method's
-keyword arguments through ``flowalign steer``'s own ``build_kwargs`` (same aliases and defaults).
+``resample_steps=3,6,9`` (or ``7-14``; ``noise_steps=6-15`` alike) and paths with commas survive. Steering
+options become keyword arguments through ``flowalign steer``'s own ``build_kwargs`` (same aliases, defaults).
 ``resolve_checkpoint`` accepts what ``flowalign train`` writes (see ``flowalign.checkpoint``).
 ``make_settings`` checks every input before anything is loaded or written; ``check_out`` refuses
 an output folder holding another run's settings."""
@@ -30,9 +30,9 @@ KINDS = ("base", "lora", *STEER_METHODS)
 COMMON = ("label", "steps", "cfg", "negative_prompt")  # options every kind takes
 SD3_ONLY = {"negative_prompt": "negative prompts need true CFG, which Flux does not run (it uses distilled guidance)"}
 RESERVED = ("num_steps", "sigmas", "height", "width", "generator", "cond", "x", "prompts", "model")
-STEER_ALIASES = {"particles": "particles", "lambda": "lam", "lam": "lam", "potential": "potential",
-                 "resample_steps": "resample_steps", "nfe_budget": "nfe_budget", "step": "step_kind",
-                 "noise_level": "noise_level"}  # spec key -> `flowalign steer` argument
+STEER_ALIASES = {**{k: k for k in ("particles", "lam", "potential", "resample_steps", "nfe_budget", "noise_level",
+                                   "noise_steps")}, "lambda": "lam", "step": "step_kind"}  # spec key -> steer CLI arg
+RAW_KEYS = ("label", "resample_steps", "noise_steps", "negative_prompt", "reward")  # kept as text, not JSON
 HINT = "e.g. --method base, --method lora:RUN/checkpoints/last or --method fk:particles=4,potential=max,lambda=10"
 _SPLIT = re.compile(r",(?=\s*[A-Za-z_][A-Za-z0-9_]*\s*=)")  # commas that start a new key=value
 _KEY = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)\s*=(.*)$", re.S)
@@ -77,7 +77,7 @@ def parse_method(text: str) -> MethodSpec:
         if key in ("lora", "path"):
             lora = raw
         else:
-            opts[key] = raw if key in ("label", "resample_steps", "negative_prompt", "reward") else _value(raw)
+            opts[key] = raw if key in RAW_KEYS else _value(raw)
     if kind == "lora" and not lora:
         raise ValueError(f"method spec {text!r}: lora needs a checkpoint, e.g. lora:runs/testbed/checkpoints/last.")
     if kind == "base" and lora:

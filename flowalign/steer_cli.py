@@ -34,11 +34,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lam", type=float, default=10.0, help="inverse temperature of the tilt exp(lam r)")
     parser.add_argument("--potential", default="max", help="FK potential: max, diff, sum or rt")
     parser.add_argument("--resample-steps", default=None,
-                        help="comma-separated 0-based steps (FK resampling, beam selection, DTS branching)")
+                        help="0-based steps of FK resampling, beam selection or DTS branching, e.g. 7-14 or 4,8,12")
     parser.add_argument("--nfe-budget", type=int, default=None, help="model evaluations per prompt")
     parser.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's)")
     parser.add_argument("--step-kind", default=None, help="step function (default flow_sde; best-of-N: ode)")
     parser.add_argument("--noise-level", type=float, default=None, help="SDE noise level (default 0.7)")
+    parser.add_argument("--noise-steps", default=None,
+                        help="0-based steps that get SDE noise, ODE elsewhere, e.g. 6-15 (default: all but the last)")
     parser.add_argument("--cfg", type=float, default=None, help="guidance scale (default: the model's)")
     parser.add_argument("--size", type=int, default=None, help="image height = width in pixels")
     parser.add_argument("--max-seq", type=int, default=None,
@@ -76,8 +78,12 @@ def _extra(pairs: list[str]) -> dict[str, Any]:
 
 def build_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     """The method's keyword arguments from the command line (validated by the method itself)."""
+    from .sampling.schedule import parse_steps
+
     kw: dict[str, Any] = {}
-    steps = None if args.resample_steps is None else [int(s) for s in args.resample_steps.split(",") if s.strip()]
+    steps = parse_steps(args.resample_steps, "--resample-steps")
+    if args.resample_steps == "all":
+        steps = "all"
     if args.method == "fk":
         kw.update(num_particles=args.particles, lam=args.lam, potential=args.potential, resample_steps=steps)
     elif args.method == "bon":
@@ -98,6 +104,8 @@ def build_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         kw["step"] = args.step_kind
     if args.noise_level is not None:
         kw["noise_level"] = args.noise_level
+    if args.noise_steps is not None:
+        kw["noise_steps"] = parse_steps(args.noise_steps, "--noise-steps") or "all"
     kw.update(_extra(args.set))
     return kw
 

@@ -113,6 +113,10 @@ def test_method_specs_parse_into_dataclasses_and_steer_kwargs():
     assert fk.options == {"particles": 4, "potential": "max", "lambda": 10, "resample_steps": "3,6,9"}
     kwargs, particles = steering_kwargs(fk)  # flowalign steer's build_kwargs: same names and defaults
     assert kwargs == {"num_particles": 4, "lam": 10, "potential": "max", "resample_steps": [3, 6, 9]} and particles == 4
+    win = parse_method("fk:potential=rt,resample_steps=7-9,noise_steps=6-8,10")  # ranges stay one item each
+    assert win.options == {"potential": "rt", "resample_steps": "7-9", "noise_steps": "6-8,10"}
+    assert steering_kwargs(win)[0] == {"num_particles": 4, "lam": 10.0, "potential": "rt", "resample_steps": [7, 8, 9],
+                                       "noise_steps": [6, 7, 8, 10]}
     lora = parse_method("lora:/runs/a,b/checkpoints/last,label=tuned,steps=8")
     assert (lora.kind, lora.lora, lora.label) == ("lora", "/runs/a,b/checkpoints/last", "tuned")
     assert lora.options == {"steps": 8}

@@ -5,8 +5,8 @@ import pytest
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 
-from flowalign.sampling.schedule import (flux_mu, flux_sigmas, noise_table, progressive_window, random_window,
-                                         shifted_sigmas, window_mask)
+from flowalign.sampling.schedule import (flux_mu, flux_sigmas, noise_table, parse_steps, progressive_window,
+                                         random_window, shifted_sigmas, steps_noise_table, window_mask)
 
 
 @pytest.mark.parametrize("steps", [1, 4, 10, 28])
@@ -53,7 +53,22 @@ def test_noise_table():
     torch.testing.assert_close(noise_table(4, psi, window_mask(4, 2, 1)), torch.tensor([0.0, 0.5, 0.2, 0.0]))
 
 
+def test_step_lists_and_their_noise_tables():
+    assert parse_steps("7-10") == [7, 8, 9, 10]
+    assert parse_steps("4,8, 12") == [4, 8, 12]
+    assert parse_steps("2-4,9,3") == [2, 3, 4, 9]  # union, sorted, unique
+    assert parse_steps([5, 1, 5]) == [1, 5] and parse_steps(3) == [3]
+    assert parse_steps(None) is None and parse_steps("all") is None
+    # noise 0.7 on steps 1-2 of 5, ODE elsewhere; 'all' = noise_table's all-but-last default
+    torch.testing.assert_close(steps_noise_table(5, 0.7, "1-2"), torch.tensor([0.0, 0.7, 0.7, 0.0, 0.0]))
+    torch.testing.assert_close(steps_noise_table(5, 0.7, "all"), noise_table(5, 0.7))
+
+
 @pytest.mark.parametrize("call,match", [
+    (lambda: parse_steps("6,8-"), "'8-' is not a step or a range"),
+    (lambda: parse_steps("9-6"), "'9-6' is not a step or a range"),
+    (lambda: parse_steps([1.5]), "must be ints"),
+    (lambda: steps_noise_table(10, 0.7, "6-12"), r"noise_steps \[10, 11, 12\] lie outside the 10 steps"),
     (lambda: shifted_sigmas(0), "num_steps=0"),
     (lambda: noise_table(4, -0.1), "noise_level must be >= 0"),
     (lambda: window_mask(4, 5), "does not fit in 4 steps"),

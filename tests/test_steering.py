@@ -269,6 +269,24 @@ def test_velocity_cache_serves_remembered_rows_only():
     assert mix.nfe == n0 + 6 and not cache._store
 
 
+def test_step_lists_as_strings_equal_explicit_tables():
+    """noise_steps='3-6' is the [T] table with noise on steps 3..6 only, and resample_steps='4-6' the
+    list [4, 5, 6]: the same particles, bit for bit; ODE steps outside the window draw nothing."""
+    mix, sig = GaussianMixtureFlow(**MIX2D), linear_sigmas(10)
+    table = torch.tensor([0.0, 0.0, 0.0, 0.7, 0.7, 0.7, 0.7, 0.0, 0.0, 0.0])
+    runs = [fk_steer(mix, ["a", "b"], linear(C2D), num_particles=3, sigmas=sig,
+                     generator=torch.Generator().manual_seed(1), **kw)
+            for kw in (dict(noise_level=table, resample_steps=[4, 5, 6]),
+                       dict(noise_level=0.7, noise_steps="3-6", resample_steps="4-6"))]
+    assert torch.equal(runs[0].candidates, runs[1].candidates) and torch.equal(runs[0].latents, runs[1].latents)
+    for method, kw in (("bon", dict(n=2, step="flow_sde")), ("beam", dict(num_children=2)),
+                       ("dts_star", dict(nfe_budget=40))):
+        a, b = (steer(method, mix, ["a"], linear(C2D), sigmas=sig, generator=torch.Generator().manual_seed(2),
+                      **kw, **levels) for levels in (dict(noise_level=table),
+                                                     dict(noise_level=0.7, noise_steps=[3, 4, 5, 6])))
+        assert torch.equal(a.latents, b.latents), method
+
+
 # --- bad input: one clear error each -------------------------------------------------------------
 class _Hard(torch.nn.Module):
     name, differentiable = "hard", False
@@ -292,6 +310,9 @@ class _Hard(torch.nn.Module):
     ("dts", dict(nfe_budget=9), "nfe_budget=9 is smaller than one rollout"),
     ("dts", dict(nfe_budget=40, branch_steps=[12]), r"branch_steps=\[12\] has \[12\] outside the schedule"),
     ("beam", dict(beam_width=0), "beam_width=0 must be an int >= 1"),
+    ("fk", dict(noise_steps="6-12"), r"noise_steps \[10, 11, 12\] lie outside the 10 steps"),
+    ("bon", dict(n=2, noise_steps="2-4"), "noise_steps='2-4' needs a noise level"),
+    ("fk", dict(resample_steps="3-x"), "'3-x' is not a step or a range"),
     ("nope", dict(), "unknown steering method 'nope'"),
 ])
 def test_bad_input_is_one_clear_error(method, kwargs, match):
@@ -324,10 +345,11 @@ def test_steer_cli_writes_images_and_json(tmp_path, monkeypatch):
     out = tmp_path / "run"
     assert main(["steer", "--model", "tiny-sd3", "--prompt", "two red circles", "--prompt", "a blue square",
                  "--method", "fk", "--particles", "3", "--steps", "5", "--resample-steps", "1,3",
-                 "--set", "final=argmax", "--out", str(out)]) == 0
+                 "--noise-steps", "0-2", "--set", "final=argmax", "--out", str(out)]) == 0
     report = json.loads((out / "steer.json").read_text())
     assert report["method"] == "fk_max" and report["nfe"] == 2 * 3 * 5 and len(report["rewards"]) == 2
     assert report["kwargs"]["resample_steps"] == [1, 3] and report["kwargs"]["final"] == "argmax"
+    assert report["kwargs"]["noise_steps"] == [0, 1, 2]
     assert all((out / f).is_file() for f in report["images"])
     from flowalign.steer_cli import add_arguments, build_kwargs
 
@@ -335,3 +357,5 @@ def test_steer_cli_writes_images_and_json(tmp_path, monkeypatch):
     add_arguments(parser)
     with pytest.raises(ValueError, match="must look like key=value"):
         build_kwargs(parser.parse_args(["--set", "oops"]))
+    with pytest.raises(ValueError, match="--noise-steps='6,': '' is not a step or a range"):
+        build_kwargs(parser.parse_args(["--noise-steps", "6,"]))

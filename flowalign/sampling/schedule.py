@@ -9,6 +9,8 @@
   arXiv 2507.21802). The MixGRPO schedule here slides by ``stride`` every ``every`` iterations and
   wraps around; the paper's roll-back variant is not reproduced.
 * A noise table is the per-step noise level ``[T]`` fed to the rollout: 0 means an ODE step.
+  ``steps_noise_table`` builds one from a step list such as ``"6-15"`` (``parse_steps``), the form
+  the command lines and the steering entry point take.
 """
 from __future__ import annotations
 
@@ -114,3 +116,42 @@ def noise_table(num_steps: int, noise_level: float | Tensor, mask: Tensor | None
         raise ValueError(f"noise_level must be >= 0, got {levels.min().item():g}; use 0 for ODE steps.")
     mask = window_mask(num_steps) if mask is None else mask
     return torch.where(mask, levels, torch.zeros_like(levels)).clone()
+
+
+def parse_steps(spec, what: str = "steps") -> list[int] | None:
+    """0-based step indices from ``"7-14"``, ``"4,8,12"``, ``"2-4,9"`` or a list of ints (sorted,
+    unique); ``None`` and ``"all"`` -> None (the caller's default). Only the syntax is checked here;
+    the caller checks the range against its grid."""
+    if spec is None or spec == "all":
+        return None
+    if isinstance(spec, int) and not isinstance(spec, bool):
+        return [spec]
+    if not isinstance(spec, str):
+        items = list(spec)
+        if all(isinstance(i, int) and not isinstance(i, bool) for i in items):
+            return sorted(set(items))
+        raise ValueError(f"{what}={spec!r} must be ints, a string such as '6-15' or '4,8,12', or 'all'.")
+    out: set[int] = set()
+    for part in (p.strip() for p in spec.split(",")):
+        lo, dash, hi = part.partition("-")
+        if not lo.strip().isdigit() or (dash and not hi.strip().isdigit()) or (dash and int(hi) < int(lo)):
+            raise ValueError(f"{what}={spec!r}: {part!r} is not a step or a range LO-HI of 0-based steps; "
+                             f"pass e.g. '6-15', '4,8,12' or 'all'.")
+        out.update(range(int(lo), int(hi) + 1) if dash else [int(lo)])
+    return sorted(out)
+
+
+def steps_noise_table(num_steps: int, noise_level: float | Tensor, steps) -> Tensor:
+    """[T] noise table with ``noise_level`` on the 0-based ``steps`` (``parse_steps`` forms; None or
+    'all' = every step but the last, as ``noise_table``) and ODE steps elsewhere."""
+    idx = parse_steps(steps, "noise_steps")
+    if idx is None:
+        return noise_table(num_steps, noise_level)
+    _check_steps(num_steps)
+    bad = [i for i in idx if not 0 <= i < num_steps]
+    if bad:
+        raise ValueError(f"noise_steps {bad} lie outside the {num_steps} steps (0 .. {num_steps - 1}); "
+                         f"pass steps in that range, e.g. '{num_steps // 3}-{num_steps - 1}'.")
+    mask = torch.zeros(num_steps, dtype=torch.bool)
+    mask[idx] = True
+    return noise_table(num_steps, noise_level, mask)

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from ..sampling.rollout import as_noise_levels
+from ..sampling.schedule import parse_steps, steps_noise_table
 from ..sampling.sde import step_name
 from ..types import Cond
 
@@ -175,10 +176,21 @@ def check_lam(lam: Any) -> float:
     return float(lam)
 
 
-def stochastic_levels(step: Any, noise_level: Any, num_steps: int, method: str) -> Tensor:
-    """The [T] noise table, with one clear error when the sampler is deterministic (a resampled or
+def noise_levels(noise_level: Any, num_steps: int, method: str, noise_steps: Any = None) -> Tensor:
+    """The [T] noise table of ``noise_level`` on ``noise_steps`` (the 0-based steps that get noise, e.g.
+    ``"6-15"``; None = every step but the last) and ODE steps elsewhere."""
+    if noise_steps is None:
+        return as_noise_levels(noise_level, num_steps)
+    if noise_level is None:
+        raise ValueError(f"{method}: noise_steps={noise_steps!r} needs a noise level; pass e.g. step='flow_sde', "
+                         f"noise_level=0.7.")
+    return steps_noise_table(num_steps, noise_level, noise_steps)
+
+
+def stochastic_levels(step: Any, noise_level: Any, num_steps: int, method: str, noise_steps: Any = None) -> Tensor:
+    """``noise_levels``, with one clear error when the sampler is deterministic (a resampled or
     branched copy of a particle would then stay identical to its source forever)."""
-    levels = as_noise_levels(noise_level, num_steps)
+    levels = noise_levels(noise_level, num_steps, method, noise_steps)
     if step_name(step) == "ode" or not bool((levels > 0).any()):
         raise ValueError(f"{method} needs a stochastic sampler, but step={step_name(step)!r} with "
                          f"noise_level={noise_level!r} is deterministic (copies of a particle would "
@@ -196,7 +208,11 @@ def check_budget(nfe_budget: Any, one_rollout: int, method: str) -> int | None:
     return nfe_budget
 
 
-def check_steps_in_grid(steps: Sequence[int], num_steps: int, what: str = "resample_steps") -> list[int]:
+def check_steps_in_grid(steps: Sequence[int] | str, num_steps: int, what: str = "resample_steps") -> list[int]:
+    """0-based steps (ints, or a string such as '7-14', '4,8,12' or 'all') checked against a T-step grid."""
+    if isinstance(steps, str):
+        parsed = parse_steps(steps, what)
+        steps = list(range(num_steps)) if parsed is None else parsed
     steps = list(steps)
     bad = [j for j in steps if isinstance(j, bool) or not isinstance(j, int) or not 0 <= j < num_steps]
     if bad:

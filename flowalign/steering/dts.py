@@ -137,7 +137,7 @@ def _select(forest: Forest, root: int, *, star: bool, lam: float, c_pw: float, a
 def tree_search(model: Any, prompts: Any, reward: Any, *, nfe_budget: int, star: bool = True, lam: float = 1.0,
                 branch_steps: Any = None, widen_c: float = 2.0, widen_alpha: float = 0.8, c_uct: float = 1.0,
                 batch: int | None = None, final: str | None = None, num_steps: int | None = None, sigmas: Any = None,
-                step: str = "flow_sde", noise_level: Any = 0.7, cfg: float | None = None,
+                step: str = "flow_sde", noise_level: Any = 0.7, noise_steps: Any = None, cfg: float | None = None,
                 negative_prompts: Any = None, height: int | None = None, width: int | None = None,
                 generator: Any = None, cond: Any = None) -> SteerResult:
     """DTS (``star=False``) or DTS* (``star=True``) with ``nfe_budget`` model evaluations per prompt.
@@ -160,7 +160,7 @@ def tree_search(model: Any, prompts: Any, reward: Any, *, nfe_budget: int, star:
                     negative_prompts=negative_prompts, height=height, width=width, generator=generator,
                     cond=cond, draw_noise=False)
     t = setup.sigmas.numel() - 1
-    levels = stochastic_levels(step, noise_level, t, method)
+    levels = stochastic_levels(step, noise_level, t, method, noise_steps)
     check_budget(nfe_budget, t, method)
     if batch is None:  # at least ~16 rounds of selections, so that early rollouts inform later ones
         batch = max(1, min(8, nfe_budget // (16 * t)))

@@ -189,15 +189,16 @@ def fk_steer(model: Any, prompts: Any, reward: Any, *, num_particles: int = 4, l
              potential: str = "max", lookahead: str = "x0", lookahead_steps: int | None = None,
              resampler: str = "systematic", resample_steps: Any = None, ess_threshold: float = 1.0,
              final: str = "max_reward", guidance_scale: float = 0.0, num_steps: int | None = None,
-             sigmas: Any = None, step: str = "flow_sde", noise_level: Any = 0.7, cfg: float | None = None,
-             negative_prompts: Any = None, height: int | None = None, width: int | None = None,
+             sigmas: Any = None, step: str = "flow_sde", noise_level: Any = 0.7, noise_steps: Any = None,
+             cfg: float | None = None, negative_prompts: Any = None, height: int | None = None, width: int | None = None,
              generator: Any = None, cond: Any = None, x: Tensor | None = None,
              callback: Callable[[StepContext], None] | None = None, nfe_budget: int | None = None) -> SteerResult:
     """FK steering of P prompts with ``num_particles`` particles each -> one sample per prompt.
 
-    ``resample_steps``: 0-based step indices after which particles are weighted and (if the group's
-    ESS <= ``ess_threshold`` K) resampled; default ``default_schedule(T)``; the last step is always
-    added (final correction). ``guidance_scale`` > 0 turns on the gradient proposal (needs a
+    ``resample_steps``: 0-based step indices (or '7-14') after which particles are weighted and (if the
+    group's ESS <= ``ess_threshold`` K) resampled; default ``default_schedule(T)``; the last step is
+    always added (final correction). ``noise_steps``: the steps that get SDE noise (e.g. '6-15';
+    default all but the last). ``guidance_scale`` > 0 turns on the gradient proposal (needs a
     differentiable reward). ``cfg`` is the model's guidance scale. ``callback(ctx)`` runs after each
     step before the steering logic (the pipelines use it for ``callback_on_step_end``).
     ``nfe_budget`` (per prompt) sets K to the most particles that fit (look-ahead and guidance
@@ -222,7 +223,7 @@ def fk_steer(model: Any, prompts: Any, reward: Any, *, num_particles: int = 4, l
                     negative_prompts=negative_prompts, height=height, width=width, generator=generator,
                     cond=cond, x=x)
     t = setup.sigmas.numel() - 1
-    levels = stochastic_levels(step, noise_level, t, "FK steering")
+    levels = stochastic_levels(step, noise_level, t, "FK steering", noise_steps)
     schedule = default_schedule(t) if resample_steps is None else check_steps_in_grid(resample_steps, t)
     schedule = sorted(set(schedule) | {t - 1})
     if nfe_budget is not None:

@@ -23,7 +23,8 @@ from torch import Tensor
 
 from ..sampling.rollout import StepContext, rollout
 from .common import (LatentReward, SteerResult, VelocityCache, check_budget, check_lam, check_particles,
-                     check_steps_in_grid, default_schedule, prepare, side_generator, stochastic_levels)
+                     check_steps_in_grid, default_schedule, noise_levels, prepare, side_generator,
+                     stochastic_levels)
 from .resample import flat_index
 
 
@@ -35,8 +36,9 @@ def _grid_len(model: Any, num_steps: int | None, sigmas: Any) -> int:
 
 def best_of_n(model: Any, prompts: Any, reward: Any, *, n: int | None = None, nfe_budget: int | None = None,
               num_steps: int | None = None, sigmas: Any = None, step: str = "ode", noise_level: Any = None,
-              cfg: float | None = None, negative_prompts: Any = None, height: int | None = None,
-              width: int | None = None, generator: Any = None, cond: Any = None, max_batch: int = 256,
+              noise_steps: Any = None, cfg: float | None = None, negative_prompts: Any = None,
+              height: int | None = None, width: int | None = None, generator: Any = None, cond: Any = None,
+              max_batch: int = 256,
               callback: Callable[[StepContext], None] | None = None) -> SteerResult:
     """Best of ``n`` samples per prompt (or ``n = nfe_budget // T``); ``callback(ctx)`` runs after
     every step (rows in chunks of ``max_batch``)."""
@@ -50,12 +52,13 @@ def best_of_n(model: Any, prompts: Any, reward: Any, *, n: int | None = None, nf
     rew = LatentReward(reward, model)
     setup = prepare(model, prompts, n, num_steps=num_steps, sigmas=sigmas, guidance=cfg,
                     negative_prompts=negative_prompts, height=height, width=width, generator=generator, cond=cond)
+    levels = noise_levels(noise_level, setup.sigmas.numel() - 1, "best-of-N", noise_steps)
     nfe0, finals = model.nfe, []
     with torch.no_grad():
         for i in range(0, setup.x.shape[0], max_batch):
             rows = list(range(i, min(i + max_batch, setup.x.shape[0])))
             gen = generator[i:i + max_batch] if isinstance(generator, (list, tuple)) else generator
-            ro = rollout(model, setup.cond.select(rows), setup.x[rows], setup.sigmas, step, noise_level,
+            ro = rollout(model, setup.cond.select(rows), setup.x[rows], setup.sigmas, step, levels,
                          generator=gen, on_step=None if callback is None else lambda ctx: callback(ctx))
             finals.append(ro.final)
     final = torch.cat(finals)
@@ -100,8 +103,8 @@ class _BeamHook:
 def beam_search(model: Any, prompts: Any, reward: Any, *, beam_width: int = 2, num_children: int | None = 4,
                 nfe_budget: int | None = None, select_steps: Any = None, lam: float | None = None,
                 num_steps: int | None = None, sigmas: Any = None, step: str = "flow_sde", noise_level: Any = 0.7,
-                cfg: float | None = None, negative_prompts: Any = None, height: int | None = None,
-                width: int | None = None, generator: Any = None, cond: Any = None,
+                noise_steps: Any = None, cfg: float | None = None, negative_prompts: Any = None,
+                height: int | None = None, width: int | None = None, generator: Any = None, cond: Any = None,
                 callback: Callable[[StepContext], None] | None = None) -> SteerResult:
     """Beam search with ``beam_width`` beams x ``num_children`` copies per prompt (or as many
     children as ``nfe_budget`` allows); ``select_steps`` default: the FK schedule; ``"all"`` = SVDD."""
@@ -122,7 +125,7 @@ def beam_search(model: Any, prompts: Any, reward: Any, *, beam_width: int = 2, n
     setup = prepare(model, prompts, w * m, num_steps=num_steps, sigmas=sigmas, guidance=cfg,
                     negative_prompts=negative_prompts, height=height, width=width, generator=generator, cond=cond)
     t = setup.sigmas.numel() - 1
-    levels = stochastic_levels(step, noise_level, t, "beam search")
+    levels = stochastic_levels(step, noise_level, t, "beam search", noise_steps)
     if isinstance(select_steps, str) and select_steps == "all":
         steps = list(range(t - 1))
     else:
