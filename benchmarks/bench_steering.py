@@ -29,7 +29,9 @@ later went wrong and did worse at K = 8), lam = 10, x0_pred look-ahead (free: it
 reused); FK and beam sample with noise only on steps 6..15 (around the resampling window: copies need
 noise after they are made, while the 0.7-noise SDE elsewhere only lowers the base's reward, 0.906 ODE
 -> 0.880 SDE at K = 1); DTS* branches after steps 4, 8, 12, 16 (noise on every step) with C = 1,
-alpha = 0.5, c_uct = 0.1, one rollout per tree and round.
+alpha = 0.5, c_uct = 0.1, one rollout per tree and round. On the graded aesthetic proxy
+(``--reward testbed_aesthetic``) the image improves step by step and FK does best resampling after
+every step with noise on every step (``--noise 1.2 --noise-steps all --fk-steps 1-18``, README).
 
 Summary numbers (last line, JSON):
 * ``fk_bon_equivalent_n_over_k``: the N (interpolated linearly between integers) at which
