@@ -81,9 +81,7 @@ def build_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     from .sampling.schedule import parse_steps
 
     kw: dict[str, Any] = {}
-    steps = parse_steps(args.resample_steps, "--resample-steps")
-    if args.resample_steps == "all":
-        steps = "all"
+    steps = "all" if args.resample_steps == "all" else parse_steps(args.resample_steps, "--resample-steps")
     if args.method == "fk":
         kw.update(num_particles=args.particles, lam=args.lam, potential=args.potential, resample_steps=steps)
     elif args.method == "bon":

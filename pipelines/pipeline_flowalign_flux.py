@@ -15,7 +15,8 @@ best-of-N samples / beams x children / DTS rollouts when no budget), ``lam`` (in
 ``potential`` (FK: "max" | "diff" | "sum" | "rt"), ``resample_steps`` (FK resampling, beam selection
 or DTS branching steps, 0-based), ``step`` / ``noise_level`` (the stochastic sampler, default
 flow_sde 0.7; best-of-N defaults to the ODE), ``nfe_budget`` (model evaluations per image) and
-``steering_kwargs`` (any other keyword of the method in ``flowalign.steering``). The output is a
+``steering_kwargs`` (any other keyword of the method in ``flowalign.steering``, e.g.
+``{"noise_steps": "6-15"}``: noise on those steps only). The output is a
 ``FluxPipelineOutput`` with an extra ``steering`` dict (method, nfe, rewards, result).
 """
 

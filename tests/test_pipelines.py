@@ -131,6 +131,7 @@ def test_steered_pipeline_methods_and_budget(sd3_pair):
     (dict(steering="fk", reward=redness, lam=-2.0), "lam=-2.0 must be a finite float >= 0"),
     (dict(steering="fk", reward=redness, noise_level=0.0), "needs a stochastic sampler"),
     (dict(steering="fk", reward=redness, resample_steps=[7]), "outside the schedule"),
+    (dict(steering="fk", reward=redness, steering_kwargs={"noise_steps": "2-5"}), r"\[4, 5\] lie outside the 4 steps"),
     (dict(steering="fk"), "needs reward="),
     (dict(steering="fk", reward=redness, latents=torch.zeros(1, 4, 16, 16)), "`latents` is not supported"),
     (dict(steering="bon", reward=redness, nfe_budget=3), "smaller than one rollout"),

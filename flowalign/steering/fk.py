@@ -190,8 +190,8 @@ def fk_steer(model: Any, prompts: Any, reward: Any, *, num_particles: int = 4, l
              resampler: str = "systematic", resample_steps: Any = None, ess_threshold: float = 1.0,
              final: str = "max_reward", guidance_scale: float = 0.0, num_steps: int | None = None,
              sigmas: Any = None, step: str = "flow_sde", noise_level: Any = 0.7, noise_steps: Any = None,
-             cfg: float | None = None, negative_prompts: Any = None, height: int | None = None, width: int | None = None,
-             generator: Any = None, cond: Any = None, x: Tensor | None = None,
+             cfg: float | None = None, negative_prompts: Any = None, height: int | None = None,
+             width: int | None = None, generator: Any = None, cond: Any = None, x: Tensor | None = None,
              callback: Callable[[StepContext], None] | None = None, nfe_budget: int | None = None) -> SteerResult:
     """FK steering of P prompts with ``num_particles`` particles each -> one sample per prompt.
 
