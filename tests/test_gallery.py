@@ -308,6 +308,7 @@ def test_index_html_in_headless_chromium(gallery):
         pytest.skip("headless Chromium not installed (Debian: apt-get install chromium chromium-driver)")
     webdriver = pytest.importorskip("selenium.webdriver", reason="selenium not installed (pip install selenium)")
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
 
     opts = webdriver.ChromeOptions()
     opts.binary_location = chromium
@@ -323,6 +324,10 @@ def test_index_html_in_headless_chromium(gallery):
 
     try:
         driver.get(url)
+        # the load event can fire before every <img> has decoded on a busy machine: wait (bounded) until
+        # each image is either loaded or failed, then check that none failed
+        WebDriverWait(driver, 60).until(
+            lambda d: d.execute_script("return Array.from(document.images).every(i => i.complete)"))
         images = driver.execute_script("return Array.from(document.images).map(i => [i.getAttribute('src'), "
                                        "i.complete && i.naturalWidth > 0])")
         assert len(images) == 12 + 3 and all(ok for _, ok in images), images  # 12 samples + 3 plots, none broken
