@@ -126,10 +126,7 @@ def beam_search(model: Any, prompts: Any, reward: Any, *, beam_width: int = 2, n
                     negative_prompts=negative_prompts, height=height, width=width, generator=generator, cond=cond)
     t = setup.sigmas.numel() - 1
     levels = stochastic_levels(step, noise_level, t, "beam search", noise_steps)
-    if isinstance(select_steps, str) and select_steps == "all":
-        steps = list(range(t - 1))
-    else:
-        steps = default_schedule(t)[:-1] if select_steps is None else check_steps_in_grid(select_steps, t, "select_steps")
+    steps = default_schedule(t)[:-1] if select_steps is None else check_steps_in_grid(select_steps, t, "select_steps")
     p = len(setup.prompts)
     hook = _BeamHook(cached, rew, p, w, m, set(steps) - {t - 1}, t - 1, lam, side_generator(generator, 31337), callback)
     nfe0 = model.nfe
