@@ -15,11 +15,13 @@ Best-of-N uses the pipeline's ODE sampler. Its curve is the unbiased estimate of
 pool of M = ``--bon-max`` x seeds candidates per prompt (sorted rewards r_(1) <= ... <= r_(M):
 E[best of N] = sum_i r_(i) C(i-1, N-1) / C(M, N), the "pass@k" estimator), which has the same mean
 as drawing N fresh samples and a lower variance than one nested run. FK / beam / DTS* use the
-flow_sde sampler (noise level ``--noise`` on the steps ``--noise-steps`` / ``--dts-noise-steps``, ODE
-steps elsewhere); the FK resampling steps, beam selection steps and DTS*
+flow_sde sampler (noise level ``--noise`` / ``--dts-noise`` on the steps ``--noise-steps`` /
+``--dts-noise-steps``, ODE steps elsewhere); the FK resampling steps, beam selection steps and DTS*
 branching steps are ``--fk-steps`` / ``--dts-steps`` (0-based step indices). The headline potential
-and DTS* run ``--seeds`` seeds at each K of ``--ks``; the side curves (other potentials, beam, more
-K) run ``--side-seeds`` seeds, which keeps the full run near 25 min on 2 shared cores.
+runs ``--seeds`` seeds at each K of ``--ks``, DTS* at each budget of ``--dts-ks`` (default ``--ks``) x T;
+the side curves (other potentials, beam, more K) run ``--side-seeds`` seeds, which keeps the full run
+near 25 min on 2 shared cores. Flags that cannot work together (a window outside the grid, a DTS*
+branch depth with only ODE steps below it) are one argparse error before anything loads.
 
 Defaults (tuned on the shipped testbed, see the README): FK resamples after steps 7..14 of 20
 (sigma 0.78 -> 0.38), the window where the state starts to fix the compositional outcome and the
@@ -40,7 +42,8 @@ Summary numbers (last line, JSON):
   ``fk_bon_equivalent_nfe_ratio`` is the same N x T divided by FK's NFE (differs from N / K when the
   look-ahead costs evaluations). ``null`` + ``*_censored`` when best-of-N never reaches it within M.
 * ``dts_star_nfe_ratio_vs_bon``: NFE best-of-N needs to match DTS*'s reward, divided by DTS*'s NFE
-  (headline at the budget headline_k x T; every budget in ``dts_star_ratios``).
+  (headline at the budget headline_k x T if ``--dts-ks`` lists it, else at the largest; every budget in
+  ``dts_star_ratios``). Measuring a ratio R at budget B x T needs a pool M >= R x B.
 * ``*_ci90``: 5th / 95th percentiles of the headline ratios over 2000 bootstrap resamples of the
   prompts (an upper end of null = censored in more than 5% of resamples).
 * ``analytic_tilted_mean_abs_err``: max |mean error| of FK (diff potential, 2 x 1500 particles, 100
@@ -63,6 +66,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from flowalign.sampling.schedule import parse_steps, steps_noise_table  # noqa: E402
 from flowalign.steering import POTENTIALS, beam_search, best_of_n, fk_steer, tree_search  # noqa: E402
 from flowalign.steering.common import expected_best_of_n  # noqa: E402
+from flowalign.steering.dts import branch_depths  # noqa: E402
 
 
 def redness(images, prompts):  # smoke-mode proxy reward for models without the testbed checker
@@ -222,10 +226,13 @@ def main() -> None:
     ap.add_argument("--noise", type=float, default=0.7, help="flow_sde noise level of FK / beam / DTS*")
     ap.add_argument("--noise-steps", default="6-15", type=window_arg,
                     help="FK / beam: the SDE window, steps LO-HI (0-based) that get --noise, ODE elsewhere ('all' = every step but the last)")
+    ap.add_argument("--dts-noise", type=float, default=None, help="flow_sde noise level of DTS* (default: --noise)")
     ap.add_argument("--dts-noise-steps", default="all", type=window_arg, help="the same for DTS*")
     ap.add_argument("--lam", type=float, default=10.0)
     ap.add_argument("--bon-max", type=int, default=12, help="best-of-N candidates per prompt and seed (pool M = this x seeds)")
     ap.add_argument("--ks", default="2,4,8", help="K values (FK particles, DTS* budgets in rollouts x T) run with --seeds")
+    ap.add_argument("--dts-ks", default=None,
+                    help="DTS* budgets in rollouts x T (default: --ks; headline: --headline-k if listed, else the largest)")
     ap.add_argument("--side-seeds", type=int, default=1,
                     help="seeds of the side curves: other potentials, beam, --extra-fk-ks (keeps the run short)")
     ap.add_argument("--extra-fk-ks", default="", help="more K values for the headline potential, run with --side-seeds")
@@ -251,16 +258,19 @@ def main() -> None:
         args.seeds, args.side_seeds, args.prompts, args.steps, args.bon_max = 1, 1, min(args.prompts, 4), 10, 16
         args.ks, args.extra_fk_ks, args.other_potential_ks, args.beam_ks = "4", "", "4", "4"
         args.fk_steps, args.dts_steps, args.noise_steps = "3-7", "default", "2-8"
-    try:  # a window outside the grid: one clear error before anything loads
-        sde, dts_sde = (dict(step="flow_sde", noise_level=steps_noise_table(args.steps, args.noise, w))
-                        for w in (args.noise_steps, args.dts_noise_steps))
+    dts_noise = args.noise if args.dts_noise is None else args.dts_noise
+    try:  # a window outside the grid, or DTS* branches with only ODE steps below: one clear error before loading
+        sde, dts_sde = (dict(step="flow_sde", noise_level=steps_noise_table(args.steps, lvl, w))
+                        for lvl, w in ((args.noise, args.noise_steps), (dts_noise, args.dts_noise_steps)))
+        branch_depths(steps_arg(args.dts_steps), dts_sde["noise_level"], args.steps, "--dts-steps")
     except ValueError as err:
-        ap.error(f"--noise-steps / --dts-noise-steps with --steps {args.steps}: {err}")
+        ap.error(f"--noise-steps / --dts-steps / --dts-noise-steps with --steps {args.steps}: {err}")
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     t_start = time.perf_counter()
     model, reward, prompts = load(args)
     ints = lambda text: [int(k) for k in text.split(",") if k.strip()]  # noqa: E731
     ks, extra_ks, other_ks, beam_ks = ints(args.ks), ints(args.extra_fk_ks), ints(args.other_potential_ks), ints(args.beam_ks)
+    dts_ks = ks if args.dts_ks is None else ints(args.dts_ks)
     pots = sorted(POTENTIALS) if args.fk_potentials == "all" else args.fk_potentials.split(",")
     base = dict(model=model, prompts=prompts, reward=reward, num_steps=args.steps, cfg=args.cfg)
     t = args.steps
@@ -303,7 +313,7 @@ def main() -> None:
     for k in beam_ks:
         rows.append(run_method(f"beam K={k}", "beam", beam_search, args.side_seeds, log, beam_width=min(2, k),
                                num_children=max(1, k // 2), select_steps=fk_steps, **sde, **base))
-    for k in ks:
+    for k in dts_ks:
         r = run_method(f"dts_star {k}T", "dts_star", tree_search, args.seeds, log, star=True, nfe_budget=k * t,
                        lam=args.lam, branch_steps=dts_steps, widen_c=c_pw, widen_alpha=alpha, c_uct=args.dts_cuct,
                        batch=args.dts_batch, **dts_sde, **base)
@@ -324,7 +334,8 @@ def main() -> None:
         print(f"{r['method']:<22}{r['nfe']:>11.0f}{r['reward']:>9.4f}{r.get('reward_sd', 0.0):>11.4f}"
               f"{r['seconds']:>8.2f}  {extra}")
     hk = args.headline_k if args.headline_k in ks else ks[0]
-    fk_r, dts_r = results[(args.headline_potential, hk)], results[("dts_star", hk)]
+    dts_hk = hk if hk in dts_ks else max(dts_ks)
+    fk_r, dts_r = results[(args.headline_potential, hk)], results[("dts_star", dts_hk)]
     fk_head, dts_head = fk_r["bon_equivalent_n_over_k"], dts_r["bon_nfe_ratio"]
     analytic = {} if args.no_analytic else analytic_errors()
     summary = {
@@ -332,15 +343,15 @@ def main() -> None:
         "fk_censored": fk_head is None, "fk_bon_equivalent_nfe_ratio": fk_r["bon_equivalent_nfe_ratio"],
         "fk_bon_equivalent_n_over_k_ci90": bootstrap_ci(per_prompt_curve, fk_r["per_prompt"], 1.0 / hk),
         "fk_equivalent": fk_eq, "fk_equivalent_nfe_ratio": fk_eq_nfe,
-        "dts_star_nfe_ratio_vs_bon": dts_head, "dts_star_headline": f"{hk}T", "dts_star_censored": dts_head is None,
+        "dts_star_nfe_ratio_vs_bon": dts_head, "dts_star_headline": f"{dts_hk}T", "dts_star_censored": dts_head is None,
         "dts_star_nfe_ratio_ci90": bootstrap_ci(per_prompt_curve, dts_r["per_prompt"], t / dts_r["nfe"]),
-        "dts_star_ratios": {f"{k}T": results[("dts_star", k)]["bon_nfe_ratio"] for k in ks},
+        "dts_star_ratios": {f"{k}T": results[("dts_star", k)]["bon_nfe_ratio"] for k in dts_ks},
         **analytic,
         "rewards": {r["method"]: round(r["reward"], 4) for r in rows},
         "bon_curve": {str(n): round(bon[n - 1], 4) for n in range(1, m + 1)},
         "model": args.model, "reward": args.reward, "prompts": len(prompts), "hardest": args.hardest, "seeds": args.seeds,
         "side_seeds": args.side_seeds, "steps": t,
-        "bon_pool": m, "lam": args.lam, "noise_level": args.noise,
+        "bon_pool": m, "lam": args.lam, "noise_level": args.noise, "dts_noise_level": dts_noise,
         "noise_steps": args.noise_steps, "dts_noise_steps": args.dts_noise_steps, "fk_steps": fk_steps, "fk_lookahead": args.fk_lookahead,
         "dts_steps": dts_steps, "dts_widen": [c_pw, alpha], "dts_c_uct": args.dts_cuct, "dts_batch": args.dts_batch,
         "max_sequence_length": args.max_seq, "seconds": round(time.perf_counter() - t_start, 1), "quick": args.quick,
@@ -348,8 +359,9 @@ def main() -> None:
     if args.plot:
         plot(args.plot, [n * t for n in range(1, m + 1)], bon, rows,
              f"{os.path.basename(os.path.dirname(args.model.rstrip('/')))}: {len(prompts)} "
-             f"{'hardest ' if args.hardest else ''}prompts x {args.seeds} seeds, "
-             f"T={t}, lam={args.lam}, noise={args.noise} (FK / beam on steps {args.noise_steps})", args.reward)
+             f"{'hardest ' if args.hardest else ''}prompts x {args.seeds} seeds,\n"
+             f"T={t}, lam={args.lam}, noise={args.noise} (FK / beam on steps {args.noise_steps}), "
+             f"DTS* {dts_noise} on {args.dts_noise_steps}", args.reward)
         summary["plot"] = args.plot
     if analytic:
         print(f"analytic FK mean err {analytic['analytic_tilted_mean_abs_err']:.4f} (5-sigma "

@@ -18,10 +18,11 @@ import torch
 
 from flowalign.models.analytic import GaussianMixtureFlow
 from flowalign.sampling.rollout import StepContext, rollout
-from flowalign.sampling.schedule import linear_sigmas
+from flowalign.sampling.schedule import linear_sigmas, steps_noise_table
 from flowalign.sampling.sde import flow_sde
 from flowalign.steering import POTENTIALS, RESAMPLERS, SEARCH, steer
 from flowalign.steering.common import LatentReward, VelocityCache, default_schedule
+from flowalign.steering.dts import branch_depths
 from flowalign.steering.fk import FKSteering, fk_steer
 from flowalign.steering.resample import ess, flat_index, normalize
 from flowalign.types import Cond, StepOut
@@ -309,6 +310,8 @@ class _Hard(torch.nn.Module):
     ("beam", dict(nfe_budget=5), "nfe_budget=5 is smaller than one rollout"),
     ("dts", dict(nfe_budget=9), "nfe_budget=9 is smaller than one rollout"),
     ("dts", dict(nfe_budget=40, branch_steps=[12]), r"branch_steps=\[12\] has \[12\] outside the schedule"),
+    ("dts", dict(nfe_budget=40, branch_steps=[8]), r"grid indices \[9\] .* \(the last step is always noise-free\)"),
+    ("dts_star", dict(nfe_budget=40, branch_steps=[4], noise_steps="0-2"), r"grid indices \[5\] up to the next branch"),
     ("beam", dict(beam_width=0), "beam_width=0 must be an int >= 1"),
     ("fk", dict(noise_steps="6-12"), r"noise_steps \[10, 11, 12\] lie outside the 10 steps"),
     ("bon", dict(n=2, noise_steps="2-4"), "noise_steps='2-4' needs a noise level"),
@@ -320,6 +323,14 @@ def test_bad_input_is_one_clear_error(method, kwargs, match):
     reward = kwargs.pop("reward", linear(C2D))
     with pytest.raises(ValueError, match=match):
         steer(method, mix, ["p"], reward, num_steps=10, **kwargs)
+
+
+def test_default_branch_depths_skip_ode_tails():
+    # 10 steps, noise on steps 0-4: the default depths are grid 3, 5, 7, 9 (after steps 2, 4, 6, 8); below 5, 7
+    # and 9 only ODE steps follow, so they are dropped one by one and only grid 3 (and the root) branch
+    assert branch_depths(None, steps_noise_table(10, 0.7, "0-4"), 10) == [3]
+    assert branch_depths(None, steps_noise_table(10, 0.7, "all"), 10) == [3, 5, 7]  # the last step is an ODE step
+    assert branch_depths("1,5", steps_noise_table(10, 0.7, "2,6"), 10) == [2, 6]
 
 
 def test_registries_and_default_schedule():

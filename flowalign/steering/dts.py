@@ -134,6 +134,31 @@ def _select(forest: Forest, root: int, *, star: bool, lam: float, c_pw: float, a
         path.append(node)
 
 
+def branch_depths(branch_steps: Any, levels: Tensor, t: int, method: str = "dts") -> list[int]:
+    """Sorted grid indices of the branching nodes for 0-based ``branch_steps`` (None: the FK
+    schedule without the last step, minus depths with only ODE steps below them up to the next
+    depth) on a T-step grid with the [T] noise ``levels``. One clear error when a chosen depth's
+    children would all be equal (no noisy step before the next depth). Needs no model, so a
+    command line can check its flags before loading one."""
+    steps = default_schedule(t)[:-1] if branch_steps is None else \
+        check_steps_in_grid(branch_steps, t - 1, "branch_steps")
+    depths = sorted({j + 1 for j in steps})
+
+    def dead_segments(ds: list[int]) -> list[int]:
+        return [g for g, nxt in zip([0, *ds], [*ds, t]) if g > 0 and not bool((levels[g:nxt] > 0).any())]
+
+    if branch_steps is None:  # drop default depths whose children would all be equal (ODE-only tail)
+        while dead_segments(depths):
+            depths.remove(dead_segments(depths)[0])
+    dead = dead_segments(depths)
+    if dead:
+        last = " (the last step is always noise-free)" if t - 1 in dead else ""
+        raise ValueError(f"{method}: the steps after grid indices {dead} up to the next branch depth are all "
+                         f"deterministic (noise level 0), so sibling nodes would be identical; raise the "
+                         f"noise there or move branch_steps{last}.")
+    return depths
+
+
 def tree_search(model: Any, prompts: Any, reward: Any, *, nfe_budget: int, star: bool = True, lam: float = 1.0,
                 branch_steps: Any = None, widen_c: float = 2.0, widen_alpha: float = 0.8, c_uct: float = 1.0,
                 batch: int | None = None, final: str | None = None, num_steps: int | None = None, sigmas: Any = None,
@@ -164,20 +189,7 @@ def tree_search(model: Any, prompts: Any, reward: Any, *, nfe_budget: int, star:
     check_budget(nfe_budget, t, method)
     if batch is None:  # at least ~16 rounds of selections, so that early rollouts inform later ones
         batch = max(1, min(8, nfe_budget // (16 * t)))
-    steps = default_schedule(t)[:-1] if branch_steps is None else check_steps_in_grid(branch_steps, t - 1, "branch_steps")
-    depths = sorted({j + 1 for j in steps})  # grid indices of branching nodes
-
-    def dead_segments(ds: list[int]) -> list[int]:
-        return [g for g, nxt in zip([0, *ds], [*ds, t]) if g > 0 and not bool((levels[g:nxt] > 0).any())]
-
-    if branch_steps is None:  # drop default depths whose children would all be equal (ODE-only tail)
-        while dead_segments(depths):
-            depths.remove(dead_segments(depths)[0])
-    dead = dead_segments(depths)
-    if dead:
-        raise ValueError(f"{method}: the steps after grid indices {dead} up to the next branch depth are all "
-                         f"deterministic (noise level 0), so sibling nodes would be identical; raise the "
-                         f"noise there or move branch_steps.")
+    depths = branch_depths(branch_steps, levels, t, method)
     p, gen = len(setup.prompts), side_generator(generator, 104729)
     stops = set(depths) | {t}
     forest, spent, nfe0 = Forest(p), [0] * p, model.nfe
