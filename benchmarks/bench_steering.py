@@ -259,12 +259,13 @@ def main() -> None:
         args.ks, args.extra_fk_ks, args.other_potential_ks, args.beam_ks = "4", "", "4", "4"
         args.fk_steps, args.dts_steps, args.noise_steps = "3-7", "default", "2-8"
     dts_noise = args.noise if args.dts_noise is None else args.dts_noise
-    try:  # a window outside the grid, or DTS* branches with only ODE steps below: one clear error before loading
+    try:  # a bad step list, a window outside the grid, DTS* branches with only ODE below: one error before loading
+        fk_steps, dts_steps = steps_arg(args.fk_steps), steps_arg(args.dts_steps)
         sde, dts_sde = (dict(step="flow_sde", noise_level=steps_noise_table(args.steps, lvl, w))
                         for lvl, w in ((args.noise, args.noise_steps), (dts_noise, args.dts_noise_steps)))
-        branch_depths(steps_arg(args.dts_steps), dts_sde["noise_level"], args.steps, "--dts-steps")
+        branch_depths(dts_steps, dts_sde["noise_level"], args.steps, "--dts-steps")
     except ValueError as err:
-        ap.error(f"--noise-steps / --dts-steps / --dts-noise-steps with --steps {args.steps}: {err}")
+        ap.error(f"--fk-steps / --dts-steps / --noise-steps / --dts-noise-steps with --steps {args.steps}: {err}")
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     t_start = time.perf_counter()
     model, reward, prompts = load(args)
@@ -274,7 +275,6 @@ def main() -> None:
     pots = sorted(POTENTIALS) if args.fk_potentials == "all" else args.fk_potentials.split(",")
     base = dict(model=model, prompts=prompts, reward=reward, num_steps=args.steps, cfg=args.cfg)
     t = args.steps
-    fk_steps, dts_steps = steps_arg(args.fk_steps), steps_arg(args.dts_steps)
     log = lambda *a: print(*a, file=sys.stderr, flush=True)  # noqa: E731  progress on stderr
 
     # best-of-N: one pool of bon_max x seeds ODE candidates per prompt

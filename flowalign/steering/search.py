@@ -38,8 +38,7 @@ def best_of_n(model: Any, prompts: Any, reward: Any, *, n: int | None = None, nf
               num_steps: int | None = None, sigmas: Any = None, step: str = "ode", noise_level: Any = None,
               noise_steps: Any = None, cfg: float | None = None, negative_prompts: Any = None,
               height: int | None = None, width: int | None = None, generator: Any = None, cond: Any = None,
-              max_batch: int = 256,
-              callback: Callable[[StepContext], None] | None = None) -> SteerResult:
+              max_batch: int = 256, callback: Callable[[StepContext], None] | None = None) -> SteerResult:
     """Best of ``n`` samples per prompt (or ``n = nfe_budget // T``); ``callback(ctx)`` runs after
     every step (rows in chunks of ``max_batch``)."""
     t = _grid_len(model, num_steps, sigmas)
