@@ -32,9 +32,12 @@ def test_sigkill_at_random_point_then_resume_is_bitwise_exact(tmp_path):
     full = train_cli.main(cfg, reward_fn=brightness, prompts=PROMPTS)
     assert full.state.optimizer_step == 2 * ITERATIONS
 
-    # the same run in a subprocess, killed (SIGKILL) a random moment after a random checkpoint
-    kill_after = random.Random().randint(1, ITERATIONS - 2)
-    delay = random.Random().uniform(0.0, 0.4)
+    # the same run in a subprocess, killed (SIGKILL) a random moment after a random checkpoint: the moment
+    # is a random fraction (< 0.9) of the last iteration's duration, so the kill lands before the run could
+    # finish however fast this machine iterates (a fixed delay let a fast machine save checkpoint 5 first)
+    rng = random.Random()
+    kill_after, frac = rng.randint(2, ITERATIONS - 2), rng.uniform(0.0, 0.9)
+    saved_at: dict[int, float] = {}
     runner = tmp_path / "runner.py"
     runner.write_text(RUNNER)
     env = {**os.environ, "FA_THREADS": str(torch.get_num_threads()), "PYTHONUNBUFFERED": "1"}
@@ -44,7 +47,10 @@ def test_sigkill_at_random_point_then_resume_is_bitwise_exact(tmp_path):
     for line in proc.stdout:
         lines.append(line)
         m = re.search(r"saved .*checkpoint-(\d+)", line)
+        if m:
+            saved_at[int(m.group(1))] = time.perf_counter()
         if m and int(m.group(1)) == kill_after:
+            delay = frac * (saved_at[kill_after] - saved_at.get(kill_after - 1, saved_at[kill_after]))
             time.sleep(delay)
             proc.send_signal(signal.SIGKILL)
             break
