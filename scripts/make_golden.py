@@ -86,7 +86,7 @@ def run_case(name: str, out: Path) -> dict:
     if lora.is_file():
         record["lora_export"] = digest_tensors(load_file(str(lora)))
     record["metrics"], rows = digest_metrics(out / "metrics.jsonl")
-    record["final_reward_mean"] = rows[-1].get("reward/total_mean")
+    record["final_reward_mean"] = [r for r in rows if "reward/total_mean" in r][-1]["reward/total_mean"]
     return record
 
 
