@@ -16,6 +16,7 @@ checker's strict all-clauses verdict, the GenEval analogue). Writes ``<out>/arti
 (three panels over training, both runs) and ``<out>/artifact_reg.json`` (the curves); prints a table
 and, as the last line, a JSON summary (first / last value of each metric per run and the paths).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,12 +34,29 @@ import torch  # noqa: E402
 
 from flowalign.config import apply_overrides, get_preset  # noqa: E402
 
-BASE = ["sample.num_steps=6", "sample.group_size=8", "sample.groups_per_iteration=2", "sample.batch_size=8",
-        "sample.window=random", "sample.window_size=3", "sample.window_range=[0,5]", "sample.share_prefix=true",
-        "optim.steps_per_iteration=2", "optim.lr=2e-3", "eval.num_steps=6", "eval.batch_size=32", "log.progress=false",
-        "train.save_every=1000000", "train.ema=false", "reward.weights={\"testbed_aesthetic\": 1.0}"]
-METRICS = {"aesthetic": {"reward": "testbed_aesthetic"}, "artifact": {"reward": "testbed_artifact"},
-           "accuracy": {"reward": "compositional", "output": "strict"}}
+BASE = [
+    "sample.num_steps=6",
+    "sample.group_size=8",
+    "sample.groups_per_iteration=2",
+    "sample.batch_size=8",
+    "sample.window=random",
+    "sample.window_size=3",
+    "sample.window_range=[0,5]",
+    "sample.share_prefix=true",
+    "optim.steps_per_iteration=2",
+    "optim.lr=2e-3",
+    "eval.num_steps=6",
+    "eval.batch_size=32",
+    "log.progress=false",
+    "train.save_every=1000000",
+    "train.ema=false",
+    'reward.weights={"testbed_aesthetic": 1.0}',
+]
+METRICS = {
+    "aesthetic": {"reward": "testbed_aesthetic"},
+    "artifact": {"reward": "testbed_artifact"},
+    "accuracy": {"reward": "compositional", "output": "strict"},
+}
 
 
 def plot(curves: dict[str, list[dict]], path: Path, title: str) -> None:
@@ -47,8 +65,11 @@ def plot(curves: dict[str, list[dict]], path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [("aesthetic", "proxy reward (testbed_aesthetic)"), ("artifact_prob", "detector P(artifact)"),
-              ("accuracy", "compositional accuracy (strict)")]
+    panels = [
+        ("aesthetic", "proxy reward (testbed_aesthetic)"),
+        ("artifact_prob", "detector P(artifact)"),
+        ("accuracy", "compositional accuracy (strict)"),
+    ]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
     for ax, (key, label) in zip(axes, panels):
         for name, style in (("proxy", "-o"), ("regularized", "-s")):
@@ -85,18 +106,29 @@ def main(argv: list[str] | None = None) -> int:
 
     t_start = time.time()
     iters, every, n_eval = (3, 3, 8) if args.quick else (args.iterations, args.eval_every, args.eval_prompts)
-    base = BASE + [f"train.iterations={iters}", f"eval.every={every}", f"eval.num_prompts={n_eval}",
-                   f"train.seed={args.seed}", *args.overrides]
+    base = BASE + [
+        f"train.iterations={iters}",
+        f"eval.every={every}",
+        f"eval.num_prompts={n_eval}",
+        f"train.seed={args.seed}",
+        *args.overrides,
+    ]
     cfg0 = apply_overrides(get_preset("testbed"), base)
     cfg0.eval.metrics = dict(METRICS)
     model = build_model(cfg0)[0]
     init = {n: p.detach().clone() for n, p in model.transformer.named_parameters() if p.requires_grad}
     metrics = build_eval_metrics(cfg0)
     proxy = load_reward("testbed_aesthetic")
-    runs = {"proxy": (proxy, 0.0),
-            "regularized": (MultiReward({"testbed_aesthetic": 1.0, "testbed_artifact": args.artifact_weight},
-                                        rewards={"testbed_aesthetic": proxy, "testbed_artifact": load_reward("testbed_artifact")}),
-                            args.beta)}
+    runs = {
+        "proxy": (proxy, 0.0),
+        "regularized": (
+            MultiReward(
+                {"testbed_aesthetic": 1.0, "testbed_artifact": args.artifact_weight},
+                rewards={"testbed_aesthetic": proxy, "testbed_artifact": load_reward("testbed_artifact")},
+            ),
+            args.beta,
+        ),
+    }
     train_prompts = load_prompt_source("testbed:train")
     test = load_prompt_source("testbed:test")
     eval_prompts = PromptSet(test.prompts[:n_eval], test.metadata[:n_eval])
@@ -110,12 +142,21 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             cfg = apply_overrides(get_preset("testbed"), base + [f"loss.beta={beta}", f"train.output_dir={tmp}/run"])
             t = time.time()
-            res = train(cfg, model, reward, train_prompts, eval_prompts=eval_prompts, run_dir=f"{tmp}/run",
-                        eval_metrics=metrics)
+            res = train(
+                cfg, model, reward, train_prompts, eval_prompts=eval_prompts, run_dir=f"{tmp}/run", eval_metrics=metrics
+            )
             walls[name] = time.time() - t
-        curves[name] = [{"iteration": e["iteration"], "nfe": e["nfe"], "aesthetic": e["eval/aesthetic"],
-                         "artifact_prob": 1.0 - e["eval/artifact"], "accuracy": e["eval/accuracy"],
-                         "train_reward": None} for e in res.evals]
+        curves[name] = [
+            {
+                "iteration": e["iteration"],
+                "nfe": e["nfe"],
+                "aesthetic": e["eval/aesthetic"],
+                "artifact_prob": 1.0 - e["eval/artifact"],
+                "accuracy": e["eval/accuracy"],
+                "train_reward": None,
+            }
+            for e in res.evals
+        ]
         for e in curves[name]:
             h = [x for x in res.history if x["iteration"] < e["iteration"]]
             e["train_reward"] = h[-1]["reward/total_mean"] if h else None
@@ -123,21 +164,45 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     fig, data = out / "artifact_reg.png", out / "artifact_reg.json"
-    title = (f"testbed: Flow-GRPO on the aesthetic proxy, with / without the artifact regulariser "
-             f"(weight {args.artifact_weight}, KL beta {args.beta}); {n_eval} held-out prompts, seed {args.seed}")
+    title = (
+        f"testbed: Flow-GRPO on the aesthetic proxy, with / without the artifact regulariser "
+        f"(weight {args.artifact_weight}, KL beta {args.beta}); {n_eval} held-out prompts, seed {args.seed}"
+    )
     plot(curves, fig, title)
-    data.write_text(json.dumps({"config": {"iterations": iters, "eval_every": every, "eval_prompts": n_eval,
-                                           "artifact_weight": args.artifact_weight, "beta": args.beta,
-                                           "seed": args.seed, "overrides": base},
-                                "curves": curves, "wall_s": walls}, indent=1))
+    data.write_text(
+        json.dumps(
+            {
+                "config": {
+                    "iterations": iters,
+                    "eval_every": every,
+                    "eval_prompts": n_eval,
+                    "artifact_weight": args.artifact_weight,
+                    "beta": args.beta,
+                    "seed": args.seed,
+                    "overrides": base,
+                },
+                "curves": curves,
+                "wall_s": walls,
+            },
+            indent=1,
+        )
+    )
     print(f"\n{'run':<12} {'iteration':>9} {'NFE':>7} {'proxy':>8} {'P(artifact)':>12} {'accuracy':>9}")
     for name, pts in curves.items():
         for p in pts:
-            print(f"{name:<12} {p['iteration']:9d} {p['nfe']:7d} {p['aesthetic']:8.3f} {p['artifact_prob']:12.3f} "
-                  f"{p['accuracy']:9.3f}")
+            print(
+                f"{name:<12} {p['iteration']:9d} {p['nfe']:7d} {p['aesthetic']:8.3f} {p['artifact_prob']:12.3f} "
+                f"{p['accuracy']:9.3f}"
+            )
     print(f"figure: {fig}\ncurves: {data}\ntotal {time.time() - t_start:.0f} s")
-    summary = {name: {f"{k}_{w}": round(pts[i][k], 4) for k in ("aesthetic", "artifact_prob", "accuracy")
-                      for w, i in (("first", 0), ("last", -1))} for name, pts in curves.items()}
+    summary = {
+        name: {
+            f"{k}_{w}": round(pts[i][k], 4)
+            for k in ("aesthetic", "artifact_prob", "accuracy")
+            for w, i in (("first", 0), ("last", -1))
+        }
+        for name, pts in curves.items()
+    }
     print(json.dumps({**summary, "figure": str(fig), "json": str(data)}))
     return 0
 

@@ -22,6 +22,7 @@ than wall time to other jobs on a shared machine.
 Prints a table, then one JSON object as the last line:
 {variant: {"final_reward_mean", "final_reward_std", "nfe", "wall_s", "cpu_s", "nfe_to_reach_flow_grpo_final"}}.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,12 +50,33 @@ VARIANTS = {
     "branchgrpo": ["credit.name=branchgrpo", *TREE],
     "treegrpo": ["credit.name=treegrpo", *TREE],
 }
-BASE = ["eval.metrics={}", "sample.num_steps=6", "sample.group_size=8", "sample.groups_per_iteration=2",
-        "sample.batch_size=8", *WINDOW, "sample.same_noise=true", "sample.share_prefix=true",
-        "optim.steps_per_iteration=2", "optim.lr=2e-3", "loss.beta=0", "eval.every=0", "eval.num_steps=6", "eval.batch_size=16",
-        "log.progress=false", "train.iterations=1000000", "train.save_every=1000000", "train.ema=false"]
-QUICK = ["sample.num_steps=4", "sample.groups_per_iteration=1", "sample.window_range=[0,4]",
-         "optim.steps_per_iteration=1", "eval.num_steps=4"]
+BASE = [
+    "eval.metrics={}",
+    "sample.num_steps=6",
+    "sample.group_size=8",
+    "sample.groups_per_iteration=2",
+    "sample.batch_size=8",
+    *WINDOW,
+    "sample.same_noise=true",
+    "sample.share_prefix=true",
+    "optim.steps_per_iteration=2",
+    "optim.lr=2e-3",
+    "loss.beta=0",
+    "eval.every=0",
+    "eval.num_steps=6",
+    "eval.batch_size=16",
+    "log.progress=false",
+    "train.iterations=1000000",
+    "train.save_every=1000000",
+    "train.ema=false",
+]
+QUICK = [
+    "sample.num_steps=4",
+    "sample.groups_per_iteration=1",
+    "sample.window_range=[0,4]",
+    "optim.steps_per_iteration=1",
+    "eval.num_steps=4",
+]
 QUICK_G2RPO = ["sample.window_range=[0,2]", "credit.strides=[1,2]"]
 
 
@@ -103,13 +125,20 @@ def main(argv: list[str] | None = None) -> int:
     bad = [v for v in names if v not in VARIANTS]
     if bad or "flow_grpo" not in names:
         ap.error(f"--variants must include flow_grpo and name only {list(VARIANTS)} (got {bad or names}).")
-    base = BASE + (QUICK if args.quick else []) + [f"reward.weights={{\"{args.reward}\": 1.0}}",
-                                                    f"eval.num_prompts={4 if args.quick else args.eval_prompts}",
-                                                    f"train.max_nfe={budget}", f"eval.every_nfe={max(1, budget // (2 if args.quick else 4))}"]
+    base = (
+        BASE
+        + (QUICK if args.quick else [])
+        + [
+            f'reward.weights={{"{args.reward}": 1.0}}',
+            f"eval.num_prompts={4 if args.quick else args.eval_prompts}",
+            f"train.max_nfe={budget}",
+            f"eval.every_nfe={max(1, budget // (2 if args.quick else 4))}",
+        ]
+    )
     reward = load_reward(args.reward)
     train_prompts = load_prompt_source("testbed:train")
     test = load_prompt_source("testbed:test")
-    eval_prompts = PromptSet(test.prompts[:args.eval_prompts], test.metadata[:args.eval_prompts])
+    eval_prompts = PromptSet(test.prompts[: args.eval_prompts], test.metadata[: args.eval_prompts])
     runs: dict[str, list[dict]] = {v: [] for v in names}
     for seed in range(seeds):
         cfg0 = apply_overrides(get_preset("testbed"), base + [f"train.seed={seed}", *args.overrides])
@@ -122,18 +151,33 @@ def main(argv: list[str] | None = None) -> int:
                         p.copy_(init[n])
             extra = VARIANTS[v] + (QUICK_G2RPO if args.quick and v == "g2rpo" else [])
             with tempfile.TemporaryDirectory() as tmp:
-                cfg = apply_overrides(get_preset("testbed"), base + extra + [f"train.seed={seed}",
-                                                                             f"train.output_dir={tmp}/run", *args.overrides])
+                cfg = apply_overrides(
+                    get_preset("testbed"),
+                    base + extra + [f"train.seed={seed}", f"train.output_dir={tmp}/run", *args.overrides],
+                )
                 t, cpu = time.time(), time.process_time()
                 res = train(cfg, model, reward, train_prompts, eval_prompts=eval_prompts, run_dir=f"{tmp}/run")
                 wall = time.time() - t - sum(e.get("time/eval", 0.0) for e in res.evals)
                 cpu = time.process_time() - cpu
             pts = [(float(e["nfe"]), float(e["eval/reward"])) for e in res.evals]
-            runs[v].append({"seed": seed, "nfe": res.nfe, "iterations": res.state.iteration, "wall_s": wall, "cpu_s": cpu,
-                            "final": pts[-1][1], "points": pts, "train_first": res.history[0]["reward/total_mean"],
-                            "train_last": res.history[-1]["reward/total_mean"]})
-            print(f"seed {seed} {v:<14} {res.state.iteration:4d} it  {res.nfe:6d} NFE  {wall:6.1f} s  {cpu:6.1f} cpu s  eval "
-                  + " ".join(f"{y:.4f}@{x:.0f}" for x, y in pts), flush=True)
+            runs[v].append(
+                {
+                    "seed": seed,
+                    "nfe": res.nfe,
+                    "iterations": res.state.iteration,
+                    "wall_s": wall,
+                    "cpu_s": cpu,
+                    "final": pts[-1][1],
+                    "points": pts,
+                    "train_first": res.history[0]["reward/total_mean"],
+                    "train_last": res.history[-1]["reward/total_mean"],
+                }
+            )
+            print(
+                f"seed {seed} {v:<14} {res.state.iteration:4d} it  {res.nfe:6d} NFE  {wall:6.1f} s  {cpu:6.1f} cpu s  eval "
+                + " ".join(f"{y:.4f}@{x:.0f}" for x, y in pts),
+                flush=True,
+            )
     grid = [budget * k / 4 for k in range(5)]
     curves = {}
     for v in names:  # the last eval counts as the budget point (it lies at >= budget)
@@ -144,24 +188,32 @@ def main(argv: list[str] | None = None) -> int:
     for v in names:
         finals = [r["final"] for r in runs[v]]
         reach = first_reach(grid, curves[v], target)
-        out[v] = {"final_reward_mean": round(statistics.mean(finals), 4),
-                  "final_reward_std": round(statistics.stdev(finals), 4) if len(finals) > 1 else 0.0,
-                  "nfe": round(statistics.mean(r["nfe"] for r in runs[v]), 1),
-                  "wall_s": round(statistics.mean(r["wall_s"] for r in runs[v]), 1),
-                  "cpu_s": round(statistics.mean(r["cpu_s"] for r in runs[v]), 1),
-                  "nfe_to_reach_flow_grpo_final": None if reach is None else round(reach, 1)}
-    print(f"\n{args.reward} on {len(eval_prompts.prompts)} held-out prompts (ODE, {cfg0.eval.num_steps} steps), "
-          f"{seeds} seed(s), budget {budget} sampler NFEs; eval reward (mean over seeds) at NFE = "
-          + ", ".join(f"{x:.0f}" for x in grid))
-    head = f"{'variant':<14} {'iters':>6} {'NFE/it':>7} {'wall s':>7} {'cpu s':>7} " + " ".join(f"{'@' + format(x, '.0f'):>8}" for x in grid)
+        out[v] = {
+            "final_reward_mean": round(statistics.mean(finals), 4),
+            "final_reward_std": round(statistics.stdev(finals), 4) if len(finals) > 1 else 0.0,
+            "nfe": round(statistics.mean(r["nfe"] for r in runs[v]), 1),
+            "wall_s": round(statistics.mean(r["wall_s"] for r in runs[v]), 1),
+            "cpu_s": round(statistics.mean(r["cpu_s"] for r in runs[v]), 1),
+            "nfe_to_reach_flow_grpo_final": None if reach is None else round(reach, 1),
+        }
+    print(
+        f"\n{args.reward} on {len(eval_prompts.prompts)} held-out prompts (ODE, {cfg0.eval.num_steps} steps), "
+        f"{seeds} seed(s), budget {budget} sampler NFEs; eval reward (mean over seeds) at NFE = "
+        + ", ".join(f"{x:.0f}" for x in grid)
+    )
+    head = f"{'variant':<14} {'iters':>6} {'NFE/it':>7} {'wall s':>7} {'cpu s':>7} " + " ".join(
+        f"{'@' + format(x, '.0f'):>8}" for x in grid
+    )
     print(head + f" {'final':>15} {'NFE to FG final':>16}")
     for v in names:
         o, rs = out[v], runs[v]
         iters = statistics.mean(r["iterations"] for r in rs)
         reach = o["nfe_to_reach_flow_grpo_final"]
-        print(f"{v:<14} {iters:6.1f} {o['nfe'] / max(iters, 1):7.1f} {o['wall_s']:7.1f} {o['cpu_s']:7.1f} "
-              + " ".join(f"{y:8.4f}" for y in curves[v])
-              + f" {o['final_reward_mean']:8.4f}±{o['final_reward_std']:.4f} {'never' if reach is None else format(reach, '.0f'):>16}")
+        print(
+            f"{v:<14} {iters:6.1f} {o['nfe'] / max(iters, 1):7.1f} {o['wall_s']:7.1f} {o['cpu_s']:7.1f} "
+            + " ".join(f"{y:8.4f}" for y in curves[v])
+            + f" {o['final_reward_mean']:8.4f}±{o['final_reward_std']:.4f} {'never' if reach is None else format(reach, '.0f'):>16}"
+        )
     print(f"total {time.time() - t_start:.0f} s")
     print(json.dumps(out))
     return 0

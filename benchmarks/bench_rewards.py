@@ -14,6 +14,7 @@
    tiny towers with --quick, the published architectures otherwise.
 Prints a table, then one JSON object as the last line.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,8 +31,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-PROMPTS = ["a red circle left of two blue squares", "a photo of a cat on the hill",
-           "three green triangles", "a red circle"]
+PROMPTS = [
+    "a red circle left of two blue squares",
+    "a photo of a cat on the hill",
+    "three green triangles",
+    "a red circle",
+]
 
 
 def equivalence(quick: bool) -> dict:
@@ -86,22 +91,29 @@ def ladder_scenarios() -> dict:
     for name, (levels, shared, keep, kw) in cases.items():
         x = model.initial_noise(1 if shared else b, generator=torch.Generator().manual_seed(1))
         x = x.repeat(b, 1) if shared else x
-        ro = rollout(model, cond, x, sigmas, "flow_sde", levels, generator=torch.Generator().manual_seed(2),
-                     keep_x0=keep)
+        ro = rollout(
+            model, cond, x, sigmas, "flow_sde", levels, generator=torch.Generator().manual_seed(2), keep_x0=keep
+        )
         calls0 = model.calls
         out = RewardLadder(model, reward, **kw)(ro, cond)
         calls = model.calls - calls0
         calls0, nfe0, naive = model.calls, model.nfe, torch.empty(b, t + 1)
         for bi in range(b):  # the naive ladder: each state of each sample completed on its own
             for j in range(t + 1):
-                xs, _ = complete(model, cond.select([bi]), ro.latents[bi:bi + 1, j], sigmas, j)
+                xs, _ = complete(model, cond.select([bi]), ro.latents[bi : bi + 1, j], sigmas, j)
                 naive[bi, j] = reward(xs, None)[0]
         naive_calls, naive_nfe = model.calls - calls0, model.nfe - nfe0
         assert naive_nfe == out.naive_nfe, (naive_nfe, out.naive_nfe)
-        res[name] = {"nfe": out.nfe, "naive_nfe": naive_nfe, "ratio": out.nfe / naive_nfe,
-                     "max_abs_diff_vs_exact": float((out.rewards - naive).abs().max()),
-                     "reward_spread": float(naive.std()), "model_calls": calls, "naive_model_calls": naive_calls,
-                     "scored": out.scored}
+        res[name] = {
+            "nfe": out.nfe,
+            "naive_nfe": naive_nfe,
+            "ratio": out.nfe / naive_nfe,
+            "max_abs_diff_vs_exact": float((out.rewards - naive).abs().max()),
+            "reward_spread": float(naive.std()),
+            "model_calls": calls,
+            "naive_model_calls": naive_calls,
+            "scored": out.scored,
+        }
     return res
 
 
@@ -133,32 +145,46 @@ def main() -> None:
     lad = ladder_scenarios()
     ips = throughput(args.quick)
     cfg = "tiny" if args.quick else "full"
-    print(f"equivalence ({cfg} configs): max |ours - reference|  HPSv2 {eq['hpsv2']:.2e}   "
-          f"ImageReward {eq['imagereward']:.2e}")
+    print(
+        f"equivalence ({cfg} configs): max |ours - reference|  HPSv2 {eq['hpsv2']:.2e}   "
+        f"ImageReward {eq['imagereward']:.2e}"
+    )
     print("\nreward ladder, group of 8 x 10 steps (analytic flow); naive = every state completed separately")
-    print("(max|r - exact|: error against exact all-remaining-step completions, reward std "
-          f"{next(iter(lad.values()))['reward_spread']:.2f}; calls: batched model invocations)")
-    print(f"{'setting':28s} {'NFE':>5s} {'naive':>6s} {'ratio':>6s} {'max|r - exact|':>15s} {'calls':>6s} "
-          f"{'naive calls':>12s}")
+    print(
+        "(max|r - exact|: error against exact all-remaining-step completions, reward std "
+        f"{next(iter(lad.values()))['reward_spread']:.2f}; calls: batched model invocations)"
+    )
+    print(
+        f"{'setting':28s} {'NFE':>5s} {'naive':>6s} {'ratio':>6s} {'max|r - exact|':>15s} {'calls':>6s} "
+        f"{'naive calls':>12s}"
+    )
     for name, r in lad.items():
-        print(f"{name:28s} {r['nfe']:5d} {r['naive_nfe']:6d} {r['ratio']:6.3f} {r['max_abs_diff_vs_exact']:15.2e} "
-              f"{r['model_calls']:6d} {r['naive_model_calls']:12d}")
+        print(
+            f"{name:28s} {r['nfe']:5d} {r['naive_nfe']:6d} {r['ratio']:6.3f} {r['max_abs_diff_vs_exact']:15.2e} "
+            f"{r['model_calls']:6d} {r['naive_model_calls']:12d}"
+        )
     print(f"\nimages/s ({cfg} towers, random weights, batch 4 @ 256px, no grad, {torch.get_num_threads()} threads)")
     for name, v in ips.items():
         print(f"  {name:12s} {v:8.2f}")
     print(f"\ntotal {time.perf_counter() - t0:.1f} s")
-    print(json.dumps({
-        "hpsv2_vs_reference_max_abs_diff": eq["hpsv2"],
-        "imagereward_vs_reference_max_abs_diff": eq["imagereward"],
-        "equivalence_config": cfg,
-        "ladder_nfe_vs_naive": lad["fast_window_exact"]["ratio"],
-        "ladder_headline_setting": "fast_window_exact: SDE window of 4 of 10 steps, all remaining steps, "
-                                   "x0_preds kept",
-        "ladder": {k: {kk: round(vv, 6) if isinstance(vv, float) else vv for kk, vv in v.items()}
-                   for k, v in lad.items()},
-        "images_per_s": {k: round(v, 3) for k, v in ips.items()},
-        "scorer_config": cfg,
-    }))
+    print(
+        json.dumps(
+            {
+                "hpsv2_vs_reference_max_abs_diff": eq["hpsv2"],
+                "imagereward_vs_reference_max_abs_diff": eq["imagereward"],
+                "equivalence_config": cfg,
+                "ladder_nfe_vs_naive": lad["fast_window_exact"]["ratio"],
+                "ladder_headline_setting": "fast_window_exact: SDE window of 4 of 10 steps, all remaining steps, "
+                "x0_preds kept",
+                "ladder": {
+                    k: {kk: round(vv, 6) if isinstance(vv, float) else vv for kk, vv in v.items()}
+                    for k, v in lad.items()
+                },
+                "images_per_s": {k: round(v, 3) for k, v in ips.items()},
+                "scorer_config": cfg,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ Prints a table, then as its last line one JSON object with
   recomputed_logprob_max_abs_diff    log_prob_at vs sampling time, every stochastic step (SD3 + Flux)
 Times are medians over interleaved repeats (A, B, A, B, ...), so machine noise hits both sides.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,8 +30,16 @@ PROMPT = "a red circle left of a blue square"
 
 
 def pipeline_latents(pipe, steps, size, guidance, seed, **kw):
-    out = pipe(PROMPT, num_inference_steps=steps, height=size, width=size, guidance_scale=guidance,
-               generator=torch.Generator().manual_seed(seed), output_type="latent", **kw)
+    out = pipe(
+        PROMPT,
+        num_inference_steps=steps,
+        height=size,
+        width=size,
+        guidance_scale=guidance,
+        generator=torch.Generator().manual_seed(seed),
+        output_type="latent",
+        **kw,
+    )
     return out.images
 
 
@@ -38,8 +47,9 @@ def ours(model, steps, size, guidance, seed, kind="ode", level=0.0, decode=False
     g = torch.Generator().manual_seed(seed)
     x = model.initial_noise(1, size, size, g)
     cond = model.encode([PROMPT], guidance)
-    ro = rollout(model, cond, x, model.sigmas(steps, size, size), kind,
-                 noise_table(steps, level) if level else None, generator=g)
+    ro = rollout(
+        model, cond, x, model.sigmas(steps, size, size), kind, noise_table(steps, level) if level else None, generator=g
+    )
     if decode:
         model.decode(ro.final, size, size)
     return ro, cond
@@ -92,26 +102,46 @@ def main() -> None:
     recompute = max(recompute_diff(sd3, 10, size, guidance), recompute_diff(flux, 10, size, 3.5))
 
     # timing on a larger tiny SD3 (compute comparable to the Python overhead of a real model step)
-    big_pipe = tiny_sd3_pipeline(seed=0, transformer_kwargs=dict(num_layers=4, attention_head_dim=16,
-                                                                  num_attention_heads=4, caption_projection_dim=64,
-                                                                  sample_size=32))
+    big_pipe = tiny_sd3_pipeline(
+        seed=0,
+        transformer_kwargs=dict(
+            num_layers=4, attention_head_dim=16, num_attention_heads=4, caption_projection_dim=64, sample_size=32
+        ),
+    )
     big_pipe.set_progress_bar_config(disable=True)
     big = SD3Model(big_pipe)
     big_size = 64
-    t = interleaved({
-        "diffusers": lambda: big_pipe(PROMPT, num_inference_steps=steps, height=big_size, width=big_size,
-                                      guidance_scale=guidance, generator=torch.Generator().manual_seed(0),
-                                      output_type="pt"),
-        "ode": lambda: ours(big, steps, big_size, guidance, 0, decode=True),
-        "sde": lambda: ours(big, steps, big_size, guidance, 0, kind="flow_sde", level=0.7, decode=True),
-    }, repeats)
+    t = interleaved(
+        {
+            "diffusers": lambda: big_pipe(
+                PROMPT,
+                num_inference_steps=steps,
+                height=big_size,
+                width=big_size,
+                guidance_scale=guidance,
+                generator=torch.Generator().manual_seed(0),
+                output_type="pt",
+            ),
+            "ode": lambda: ours(big, steps, big_size, guidance, 0, decode=True),
+            "sde": lambda: ours(big, steps, big_size, guidance, 0, kind="flow_sde", level=0.7, decode=True),
+        },
+        repeats,
+    )
 
     # tree vs flat NFE: binary splits at steps 2, 4, 6, 8 of 10 -> 16 leaves
     spec = TreeSpec((2, 4, 6, 8), 2)
     cond = sd3.encode([PROMPT], guidance)
     g = torch.Generator().manual_seed(0)
-    tree = tree_rollout(sd3, cond, sd3.initial_noise(1, size, size, g), sd3.sigmas(10, size, size), spec,
-                        "flow_sde", noise_table(10, 0.7), generator=g)
+    tree = tree_rollout(
+        sd3,
+        cond,
+        sd3.initial_noise(1, size, size, g),
+        sd3.sigmas(10, size, size),
+        spec,
+        "flow_sde",
+        noise_table(10, 0.7),
+        generator=g,
+    )
     flat_nfe_per_leaf = 10.0
     tree_ratio = tree.nfe / len(tree.leaves) / flat_nfe_per_leaf
 

@@ -50,6 +50,7 @@ Summary numbers (last line, JSON):
   steps) against the exact tilted 2-D Gaussian mixture (its 5-sigma bound beside it);
   ``dts_analytic_mean_abs_err`` the same for the DTS read-out (1-D, 200 trees).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -97,10 +98,17 @@ def load(args):
 def hardest_prompts(model, reward, prompts: list[str], args) -> list[str]:
     """The ``--hardest`` held-out prompts with the lowest mean reward over 4 ODE samples each, drawn
     on selection seed 2000 (the evaluation uses seeds 1000+, so selection and evaluation noise differ)."""
-    res = best_of_n(model=model, prompts=prompts, reward=reward, n=4, num_steps=args.steps, cfg=args.cfg,
-                    generator=torch.Generator().manual_seed(2000))
+    res = best_of_n(
+        model=model,
+        prompts=prompts,
+        reward=reward,
+        n=4,
+        num_steps=args.steps,
+        cfg=args.cfg,
+        generator=torch.Generator().manual_seed(2000),
+    )
     order = res.candidate_rewards.float().mean(1).argsort()
-    return [prompts[i] for i in order[:args.hardest].tolist()]
+    return [prompts[i] for i in order[: args.hardest].tolist()]
 
 
 def steps_arg(text: str) -> list[int] | None:
@@ -148,23 +156,46 @@ def analytic_errors() -> dict[str, float]:
     from flowalign.models.analytic import GaussianMixtureFlow
     from flowalign.steering.resample import ess, normalize
 
-    mix = GaussianMixtureFlow(means=[[-2.0, 0.5], [1.5, -1.0], [0.5, 2.0]], stds=[[0.5, 0.3], [0.4, 0.6], [0.3, 0.3]],
-                              weights=[0.3, 0.5, 0.2])
+    mix = GaussianMixtureFlow(
+        means=[[-2.0, 0.5], [1.5, -1.0], [0.5, 2.0]], stds=[[0.5, 0.3], [0.4, 0.6], [0.3, 0.3]], weights=[0.3, 0.5, 0.2]
+    )
     c, lam = torch.tensor([1.0, 0.5]), 1.0
-    res = fk_steer(mix, ["p"] * 2, lambda x: x @ c, num_particles=1500, lam=lam, potential="diff", num_steps=100,
-                   generator=torch.Generator().manual_seed(0))
+    res = fk_steer(
+        mix,
+        ["p"] * 2,
+        lambda x: x @ c,
+        num_particles=1500,
+        lam=lam,
+        potential="diff",
+        num_steps=100,
+        generator=torch.Generator().manual_seed(0),
+    )
     w = (normalize(res.log_weights) / 2).reshape(-1, 1)
     mean = (w * res.candidates.reshape(-1, 2).double()).sum(0)
     target = mix.tilt_linear(c, lam)
     n_eff = float(ess(res.log_weights).sum())
     bound = float((5 * (target.cov().diagonal() / n_eff).sqrt()).max())
     one = GaussianMixtureFlow(means=[[-1.0], [1.0]], stds=[[0.5], [0.5]])
-    dts = tree_search(one, ["p"] * 200, lambda x: x[:, 0], star=False, lam=0.5, nfe_budget=32 * 50, num_steps=50,
-                      batch=8, generator=torch.Generator().manual_seed(0))
-    m1 = torch.stack([(p * x.double()[:, 0]).sum() for p, x in zip(dts.info["readout_probs"], dts.info["leaf_latents"])])
-    return {"analytic_tilted_mean_abs_err": float((mean - target.mean()).abs().max()), "analytic_5sigma_bound": bound,
-            "dts_analytic_mean_abs_err": abs(float(m1.mean()) - float(one.tilt_linear(torch.tensor([1.0]), 0.5).mean())),
-            "dts_analytic_5sigma_bound": 5 * float(m1.std()) / math.sqrt(200)}
+    dts = tree_search(
+        one,
+        ["p"] * 200,
+        lambda x: x[:, 0],
+        star=False,
+        lam=0.5,
+        nfe_budget=32 * 50,
+        num_steps=50,
+        batch=8,
+        generator=torch.Generator().manual_seed(0),
+    )
+    m1 = torch.stack(
+        [(p * x.double()[:, 0]).sum() for p, x in zip(dts.info["readout_probs"], dts.info["leaf_latents"])]
+    )
+    return {
+        "analytic_tilted_mean_abs_err": float((mean - target.mean()).abs().max()),
+        "analytic_5sigma_bound": bound,
+        "dts_analytic_mean_abs_err": abs(float(m1.mean()) - float(one.tilt_linear(torch.tensor([1.0]), 0.5).mean())),
+        "dts_analytic_5sigma_bound": 5 * float(m1.std()) / math.sqrt(200),
+    }
 
 
 # --- one method over seeds ------------------------------------------------------------------------
@@ -178,9 +209,15 @@ def run_method(name: str, family: str, fn, seeds: int, log=print, **kw) -> dict:
         nfe.append(res.nfe / res.rewards.numel())
     pp = torch.stack(per_prompt)  # [seeds, P]
     seed_means = pp.mean(1)
-    out = {"method": name, "family": family, "reward": float(pp.mean()),
-           "reward_sd": float(seed_means.std()) if seeds > 1 else 0.0, "nfe": sum(nfe) / seeds,
-           "seconds": secs / seeds, "per_prompt": pp.mean(0)}
+    out = {
+        "method": name,
+        "family": family,
+        "reward": float(pp.mean()),
+        "reward_sd": float(seed_means.std()) if seeds > 1 else 0.0,
+        "nfe": sum(nfe) / seeds,
+        "seconds": secs / seeds,
+        "per_prompt": pp.mean(0),
+    }
     log(f"  {name:<20} reward {out['reward']:.4f} nfe {out['nfe']:.0f} ({secs:.0f} s)")
     return out
 
@@ -193,8 +230,14 @@ def plot(path: str, bon_nfe: list[float], bon: list[float], rows: list[dict], ti
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     ax.plot(bon_nfe, bon, "k-", lw=2, label="best-of-N (ODE)")
-    styles = {"fk_max": "C0o-", "fk_diff": "C1s-", "fk_sum": "C2^-", "fk_rt": "C3v-", "beam": "C4D--",
-              "dts_star": "C5*-"}
+    styles = {
+        "fk_max": "C0o-",
+        "fk_diff": "C1s-",
+        "fk_sum": "C2^-",
+        "fk_rt": "C3v-",
+        "beam": "C4D--",
+        "dts_star": "C5*-",
+    }
     for fam, style in styles.items():
         pts = sorted((r["nfe"], r["reward"]) for r in rows if r["family"] == fam)
         if pts:
@@ -219,27 +262,48 @@ def main() -> None:
     ap.add_argument("--reward", default="compositional")
     ap.add_argument("--device", default="")
     ap.add_argument("--prompts", type=int, default=32)
-    ap.add_argument("--hardest", type=int, default=0,
-                    help="instead of the first --prompts, the N held-out prompts the base fails most (see hardest_prompts)")
+    ap.add_argument(
+        "--hardest",
+        type=int,
+        default=0,
+        help="instead of the first --prompts, the N held-out prompts the base fails most (see hardest_prompts)",
+    )
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--cfg", type=float, default=4.5)
     ap.add_argument("--noise", type=float, default=0.7, help="flow_sde noise level of FK / beam / DTS*")
-    ap.add_argument("--noise-steps", default="6-15", type=window_arg,
-                    help="FK / beam: the SDE window, steps LO-HI (0-based) that get --noise, ODE elsewhere ('all' = every step but the last)")
+    ap.add_argument(
+        "--noise-steps",
+        default="6-15",
+        type=window_arg,
+        help="FK / beam: the SDE window, steps LO-HI (0-based) that get --noise, ODE elsewhere ('all' = every step but the last)",
+    )
     ap.add_argument("--dts-noise", type=float, default=None, help="flow_sde noise level of DTS* (default: --noise)")
     ap.add_argument("--dts-noise-steps", default="all", type=window_arg, help="the same for DTS*")
     ap.add_argument("--lam", type=float, default=10.0)
-    ap.add_argument("--bon-max", type=int, default=12, help="best-of-N candidates per prompt and seed (pool M = this x seeds)")
-    ap.add_argument("--ks", default="2,4,8", help="K values (FK particles, DTS* budgets in rollouts x T) run with --seeds")
-    ap.add_argument("--dts-ks", default=None,
-                    help="DTS* budgets in rollouts x T (default: --ks; headline: --headline-k if listed, else the largest)")
-    ap.add_argument("--side-seeds", type=int, default=1,
-                    help="seeds of the side curves: other potentials, beam, --extra-fk-ks (keeps the run short)")
+    ap.add_argument(
+        "--bon-max", type=int, default=12, help="best-of-N candidates per prompt and seed (pool M = this x seeds)"
+    )
+    ap.add_argument(
+        "--ks", default="2,4,8", help="K values (FK particles, DTS* budgets in rollouts x T) run with --seeds"
+    )
+    ap.add_argument(
+        "--dts-ks",
+        default=None,
+        help="DTS* budgets in rollouts x T (default: --ks; headline: --headline-k if listed, else the largest)",
+    )
+    ap.add_argument(
+        "--side-seeds",
+        type=int,
+        default=1,
+        help="seeds of the side curves: other potentials, beam, --extra-fk-ks (keeps the run short)",
+    )
     ap.add_argument("--extra-fk-ks", default="", help="more K values for the headline potential, run with --side-seeds")
     ap.add_argument("--fk-potentials", default="all", help="comma-separated FK potentials or 'all'")
     ap.add_argument("--other-potential-ks", default="2,4", help="K values of the non-headline potentials ('' = none)")
     ap.add_argument("--beam-ks", default="2,4", help="beam particles (2 beams x K/2 children; '' = none)")
-    ap.add_argument("--fk-steps", default="7-14", help="FK resampling / beam selection steps ('default' = FK's 20/40/60/80%%)")
+    ap.add_argument(
+        "--fk-steps", default="7-14", help="FK resampling / beam selection steps ('default' = FK's 20/40/60/80%%)"
+    )
     ap.add_argument("--fk-lookahead", default="x0", choices=["x0", "x0_prev", "ode"])
     ap.add_argument("--fk-lookahead-steps", type=int, default=None)
     ap.add_argument("--headline-k", type=int, default=4)
@@ -248,9 +312,13 @@ def main() -> None:
     ap.add_argument("--dts-widen", default="1.0,0.5", help="DTS* progressive widening C,alpha")
     ap.add_argument("--dts-cuct", type=float, default=0.1)
     ap.add_argument("--dts-batch", type=int, default=1, help="DTS* rollouts per tree and round")
-    ap.add_argument("--max-seq", type=int, default=16,
-                    help="T5 max_sequence_length: the testbed's T5 stream is padding only beyond 12 tokens and was "
-                         "trained with 16..512 pads, so 16 gives the same images ~5x faster than the default 256")
+    ap.add_argument(
+        "--max-seq",
+        type=int,
+        default=16,
+        help="T5 max_sequence_length: the testbed's T5 stream is padding only beyond 12 tokens and was "
+        "trained with 16..512 pads, so 16 gives the same images ~5x faster than the default 256",
+    )
     ap.add_argument("--plot", default=None, help="save reward-vs-NFE curves (PNG) here")
     ap.add_argument("--no-analytic", action="store_true")
     args = ap.parse_args()
@@ -261,8 +329,10 @@ def main() -> None:
     dts_noise = args.noise if args.dts_noise is None else args.dts_noise
     try:  # a bad step list, a window outside the grid, DTS* branches with only ODE below: one error before loading
         fk_steps, dts_steps = steps_arg(args.fk_steps), steps_arg(args.dts_steps)
-        sde, dts_sde = (dict(step="flow_sde", noise_level=steps_noise_table(args.steps, lvl, w))
-                        for lvl, w in ((args.noise, args.noise_steps), (dts_noise, args.dts_noise_steps)))
+        sde, dts_sde = (
+            dict(step="flow_sde", noise_level=steps_noise_table(args.steps, lvl, w))
+            for lvl, w in ((args.noise, args.noise_steps), (dts_noise, args.dts_noise_steps))
+        )
         branch_depths(dts_steps, dts_sde["noise_level"], args.steps, "--dts-steps")
     except ValueError as err:
         ap.error(f"--fk-steps / --dts-steps / --noise-steps / --dts-noise-steps with --steps {args.steps}: {err}")
@@ -270,7 +340,12 @@ def main() -> None:
     t_start = time.perf_counter()
     model, reward, prompts = load(args)
     ints = lambda text: [int(k) for k in text.split(",") if k.strip()]  # noqa: E731
-    ks, extra_ks, other_ks, beam_ks = ints(args.ks), ints(args.extra_fk_ks), ints(args.other_potential_ks), ints(args.beam_ks)
+    ks, extra_ks, other_ks, beam_ks = (
+        ints(args.ks),
+        ints(args.extra_fk_ks),
+        ints(args.other_potential_ks),
+        ints(args.beam_ks),
+    )
     dts_ks = ks if args.dts_ks is None else ints(args.dts_ks)
     pots = sorted(POTENTIALS) if args.fk_potentials == "all" else args.fk_potentials.split(",")
     base = dict(model=model, prompts=prompts, reward=reward, num_steps=args.steps, cfg=args.cfg)
@@ -288,10 +363,16 @@ def main() -> None:
     per_prompt_curve = expected_best_of_n(pool)  # [P, M]
     bon = per_prompt_curve.mean(0).tolist()
     m = len(bon)
-    log(f"  best-of-N pool M={m} ({bon_secs:.0f} s): " + " ".join(f"N={n}:{bon[n - 1]:.4f}" for n in (1, 2, 4, 8, 16, 32, 64, 128) if n <= m))
+    log(
+        f"  best-of-N pool M={m} ({bon_secs:.0f} s): "
+        + " ".join(f"N={n}:{bon[n - 1]:.4f}" for n in (1, 2, 4, 8, 16, 32, 64, 128) if n <= m)
+    )
     sec_per_sample = bon_secs / (args.bon_max * args.seeds)
-    rows = [{"method": f"bon N={n}", "family": "bon", "reward": bon[n - 1], "nfe": n * t, "seconds": n * sec_per_sample}
-            for n in (1, 2, 4, 8, 16, 32, 64, 128) if n <= m]
+    rows = [
+        {"method": f"bon N={n}", "family": "bon", "reward": bon[n - 1], "nfe": n * t, "seconds": n * sec_per_sample}
+        for n in (1, 2, 4, 8, 16, 32, 64, 128)
+        if n <= m
+    ]
 
     results: dict = {}
     fk_eq, fk_eq_nfe = {}, {}
@@ -300,9 +381,21 @@ def main() -> None:
     plan = [(hp, k, args.seeds) for k in ks] + [(hp, k, args.side_seeds) for k in extra_ks if k not in ks]
     plan += [(pot, k, args.side_seeds) for pot in pots if pot != hp for k in other_ks]
     for pot, k, seeds in sorted(plan, key=lambda x: (x[1], x[0])):
-        r = run_method(f"fk_{pot} K={k}", f"fk_{pot}", fk_steer, seeds, log, num_particles=k, lam=args.lam,
-                       potential=pot, resample_steps=fk_steps, lookahead=args.fk_lookahead,
-                       lookahead_steps=args.fk_lookahead_steps, **sde, **base)
+        r = run_method(
+            f"fk_{pot} K={k}",
+            f"fk_{pot}",
+            fk_steer,
+            seeds,
+            log,
+            num_particles=k,
+            lam=args.lam,
+            potential=pot,
+            resample_steps=fk_steps,
+            lookahead=args.fk_lookahead,
+            lookahead_steps=args.fk_lookahead_steps,
+            **sde,
+            **base,
+        )
         n_eq = equivalent_n(bon, r["reward"])
         r["bon_equivalent_n_over_k"] = None if n_eq is None else n_eq / k
         r["bon_equivalent_nfe_ratio"] = None if n_eq is None else n_eq * t / r["nfe"]
@@ -311,18 +404,46 @@ def main() -> None:
         rows.append(r)
         results[(pot, k)] = r
     for k in beam_ks:
-        rows.append(run_method(f"beam K={k}", "beam", beam_search, args.side_seeds, log, beam_width=min(2, k),
-                               num_children=max(1, k // 2), select_steps=fk_steps, **sde, **base))
+        rows.append(
+            run_method(
+                f"beam K={k}",
+                "beam",
+                beam_search,
+                args.side_seeds,
+                log,
+                beam_width=min(2, k),
+                num_children=max(1, k // 2),
+                select_steps=fk_steps,
+                **sde,
+                **base,
+            )
+        )
     for k in dts_ks:
-        r = run_method(f"dts_star {k}T", "dts_star", tree_search, args.seeds, log, star=True, nfe_budget=k * t,
-                       lam=args.lam, branch_steps=dts_steps, widen_c=c_pw, widen_alpha=alpha, c_uct=args.dts_cuct,
-                       batch=args.dts_batch, **dts_sde, **base)
+        r = run_method(
+            f"dts_star {k}T",
+            "dts_star",
+            tree_search,
+            args.seeds,
+            log,
+            star=True,
+            nfe_budget=k * t,
+            lam=args.lam,
+            branch_steps=dts_steps,
+            widen_c=c_pw,
+            widen_alpha=alpha,
+            c_uct=args.dts_cuct,
+            batch=args.dts_batch,
+            **dts_sde,
+            **base,
+        )
         n_eq = equivalent_n(bon, r["reward"])
         r["bon_nfe_ratio"] = None if n_eq is None else n_eq * t / r["nfe"]
         results[("dts_star", k)] = r
         rows.append(r)
 
-    print(f"{'method':<22}{'NFE/prompt':>11}{'reward':>9}{'sd(seeds)':>11}{'s/run':>8}  BoN-equivalent (N/K | NFE ratio)")
+    print(
+        f"{'method':<22}{'NFE/prompt':>11}{'reward':>9}{'sd(seeds)':>11}{'s/run':>8}  BoN-equivalent (N/K | NFE ratio)"
+    )
     for r in rows:
         if "bon_equivalent_n_over_k" in r:
             a, b = r["bon_equivalent_n_over_k"], r["bon_equivalent_nfe_ratio"]
@@ -331,42 +452,73 @@ def main() -> None:
             extra = f"> {m * t / r['nfe']:.2f}" if r["bon_nfe_ratio"] is None else f"     | {r['bon_nfe_ratio']:.2f}"
         else:
             extra = ""
-        print(f"{r['method']:<22}{r['nfe']:>11.0f}{r['reward']:>9.4f}{r.get('reward_sd', 0.0):>11.4f}"
-              f"{r['seconds']:>8.2f}  {extra}")
+        print(
+            f"{r['method']:<22}{r['nfe']:>11.0f}{r['reward']:>9.4f}{r.get('reward_sd', 0.0):>11.4f}"
+            f"{r['seconds']:>8.2f}  {extra}"
+        )
     hk = args.headline_k if args.headline_k in ks else ks[0]
     dts_hk = hk if hk in dts_ks else max(dts_ks)
     fk_r, dts_r = results[(args.headline_potential, hk)], results[("dts_star", dts_hk)]
     fk_head, dts_head = fk_r["bon_equivalent_n_over_k"], dts_r["bon_nfe_ratio"]
     analytic = {} if args.no_analytic else analytic_errors()
     summary = {
-        "fk_bon_equivalent_n_over_k": fk_head, "fk_headline": f"{args.headline_potential} K={hk}",
-        "fk_censored": fk_head is None, "fk_bon_equivalent_nfe_ratio": fk_r["bon_equivalent_nfe_ratio"],
+        "fk_bon_equivalent_n_over_k": fk_head,
+        "fk_headline": f"{args.headline_potential} K={hk}",
+        "fk_censored": fk_head is None,
+        "fk_bon_equivalent_nfe_ratio": fk_r["bon_equivalent_nfe_ratio"],
         "fk_bon_equivalent_n_over_k_ci90": bootstrap_ci(per_prompt_curve, fk_r["per_prompt"], 1.0 / hk),
-        "fk_equivalent": fk_eq, "fk_equivalent_nfe_ratio": fk_eq_nfe,
-        "dts_star_nfe_ratio_vs_bon": dts_head, "dts_star_headline": f"{dts_hk}T", "dts_star_censored": dts_head is None,
+        "fk_equivalent": fk_eq,
+        "fk_equivalent_nfe_ratio": fk_eq_nfe,
+        "dts_star_nfe_ratio_vs_bon": dts_head,
+        "dts_star_headline": f"{dts_hk}T",
+        "dts_star_censored": dts_head is None,
         "dts_star_nfe_ratio_ci90": bootstrap_ci(per_prompt_curve, dts_r["per_prompt"], t / dts_r["nfe"]),
         "dts_star_ratios": {f"{k}T": results[("dts_star", k)]["bon_nfe_ratio"] for k in dts_ks},
         **analytic,
         "rewards": {r["method"]: round(r["reward"], 4) for r in rows},
         "bon_curve": {str(n): round(bon[n - 1], 4) for n in range(1, m + 1)},
-        "model": args.model, "reward": args.reward, "prompts": len(prompts), "hardest": args.hardest, "seeds": args.seeds,
-        "side_seeds": args.side_seeds, "steps": t,
-        "bon_pool": m, "lam": args.lam, "noise_level": args.noise, "dts_noise_level": dts_noise,
-        "noise_steps": args.noise_steps, "dts_noise_steps": args.dts_noise_steps, "fk_steps": fk_steps, "fk_lookahead": args.fk_lookahead,
-        "dts_steps": dts_steps, "dts_widen": [c_pw, alpha], "dts_c_uct": args.dts_cuct, "dts_batch": args.dts_batch,
-        "max_sequence_length": args.max_seq, "seconds": round(time.perf_counter() - t_start, 1), "quick": args.quick,
+        "model": args.model,
+        "reward": args.reward,
+        "prompts": len(prompts),
+        "hardest": args.hardest,
+        "seeds": args.seeds,
+        "side_seeds": args.side_seeds,
+        "steps": t,
+        "bon_pool": m,
+        "lam": args.lam,
+        "noise_level": args.noise,
+        "dts_noise_level": dts_noise,
+        "noise_steps": args.noise_steps,
+        "dts_noise_steps": args.dts_noise_steps,
+        "fk_steps": fk_steps,
+        "fk_lookahead": args.fk_lookahead,
+        "dts_steps": dts_steps,
+        "dts_widen": [c_pw, alpha],
+        "dts_c_uct": args.dts_cuct,
+        "dts_batch": args.dts_batch,
+        "max_sequence_length": args.max_seq,
+        "seconds": round(time.perf_counter() - t_start, 1),
+        "quick": args.quick,
     }
     if args.plot:
-        plot(args.plot, [n * t for n in range(1, m + 1)], bon, rows,
-             f"{os.path.basename(os.path.dirname(args.model.rstrip('/')))}: {len(prompts)} "
-             f"{'hardest ' if args.hardest else ''}prompts x {args.seeds} seeds,\n"
-             f"T={t}, lam={args.lam}, noise={args.noise} (FK / beam on steps {args.noise_steps}), "
-             f"DTS* {dts_noise} on {args.dts_noise_steps}", args.reward)
+        plot(
+            args.plot,
+            [n * t for n in range(1, m + 1)],
+            bon,
+            rows,
+            f"{os.path.basename(os.path.dirname(args.model.rstrip('/')))}: {len(prompts)} "
+            f"{'hardest ' if args.hardest else ''}prompts x {args.seeds} seeds,\n"
+            f"T={t}, lam={args.lam}, noise={args.noise} (FK / beam on steps {args.noise_steps}), "
+            f"DTS* {dts_noise} on {args.dts_noise_steps}",
+            args.reward,
+        )
         summary["plot"] = args.plot
     if analytic:
-        print(f"analytic FK mean err {analytic['analytic_tilted_mean_abs_err']:.4f} (5-sigma "
-              f"{analytic['analytic_5sigma_bound']:.4f}); DTS read-out mean err "
-              f"{analytic['dts_analytic_mean_abs_err']:.4f} (5-sigma {analytic['dts_analytic_5sigma_bound']:.4f})")
+        print(
+            f"analytic FK mean err {analytic['analytic_tilted_mean_abs_err']:.4f} (5-sigma "
+            f"{analytic['analytic_5sigma_bound']:.4f}); DTS read-out mean err "
+            f"{analytic['dts_analytic_mean_abs_err']:.4f} (5-sigma {analytic['dts_analytic_5sigma_bound']:.4f})"
+        )
     print(json.dumps(summary))
 
 

@@ -14,6 +14,7 @@ Measures, with the stock ``StableDiffusion3Pipeline.__call__`` at the default st
   * ``assets_mb``: size of ``assets/testbed``.
 Prints a table, then one JSON object as the last line.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,15 +50,29 @@ def main(argv: list[str] | None = None) -> dict:
     metrics["wall_s"] = round(time.time() - t0, 1)
     metrics["quick"] = bool(args.quick)
     print(format_table(metrics))
-    goals = {"color_acc": metrics["color_acc"] >= 0.9, "shape_acc": metrics["shape_acc"] >= 0.7,
-             "compositional_acc": 0.3 <= metrics["compositional_acc"] <= 0.7,
-             "checker_heldout_acc": metrics["checker_heldout_acc"] >= 0.98,
-             "artifact_detector_acc": metrics["artifact_detector_acc"] >= 0.95,
-             "assets_mb": metrics["assets_mb"] <= 30}
+    goals = {
+        "color_acc": metrics["color_acc"] >= 0.9,
+        "shape_acc": metrics["shape_acc"] >= 0.7,
+        "compositional_acc": 0.3 <= metrics["compositional_acc"] <= 0.7,
+        "checker_heldout_acc": metrics["checker_heldout_acc"] >= 0.98,
+        "artifact_detector_acc": metrics["artifact_detector_acc"] >= 0.95,
+        "assets_mb": metrics["assets_mb"] <= 30,
+    }
     print("targets met: " + ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in goals.items()))
-    keys = MAIN_KEYS + ("kind_single_acc", "kind_count_acc", "kind_pair_acc", "kind_position_acc",
-                        "clause_fraction", "n_prompts", "num_inference_steps", "guidance_scale",
-                        "generated_artifact_prob", "generated_aesthetic", "wall_s", "quick")
+    keys = MAIN_KEYS + (
+        "kind_single_acc",
+        "kind_count_acc",
+        "kind_pair_acc",
+        "kind_position_acc",
+        "clause_fraction",
+        "n_prompts",
+        "num_inference_steps",
+        "guidance_scale",
+        "generated_artifact_prob",
+        "generated_aesthetic",
+        "wall_s",
+        "quick",
+    )
     out = {k: metrics[k] for k in keys if k in metrics}
     print(json.dumps(out))
     return out

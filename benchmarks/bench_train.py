@@ -9,6 +9,7 @@ sampler and fixed noise, and judges every image with the testbed checker (GenEva
 counts as correct when every clause of its prompt holds). Goal: after >= before + (1 - before) / 2.
 Prints a table, then one JSON object as the last line.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,10 +43,17 @@ def compositional_accuracy(model, cfg, prompts: list[str], seeds: int) -> dict[s
     correct, mask = [], []
     bs = cfg.eval.batch_size
     for s in range(0, len(texts), bs):
-        chunk = texts[s:s + bs]
+        chunk = texts[s : s + bs]
         gens = _generators(cfg.eval.seed, 0, list(range(s, s + len(chunk))), model.device)
-        _, _, images = generate(model, chunk, cfg, gens, num_steps=cfg.eval.num_steps,
-                                guidance_scale=cfg.eval.guidance_scale, noise_levels=None)
+        _, _, images = generate(
+            model,
+            chunk,
+            cfg,
+            gens,
+            num_steps=cfg.eval.num_steps,
+            guidance_scale=cfg.eval.guidance_scale,
+            noise_levels=None,
+        )
         res = checker(images, [W.parse_prompt(p) for p in chunk])
         correct.append(res.correct.cpu())
         mask.append(res.mask.cpu())
@@ -78,44 +86,90 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for seed in range(args.seeds):
         with tempfile.TemporaryDirectory() as tmp:
-            cfg = apply_overrides(get_preset(args.preset), [
-                "train.iterations=100000", f"train.max_minutes={args.minutes}", f"train.seed={seed}",
-                "eval.every=0", "log.progress=false", f"train.output_dir={tmp}/run", "train.save_every=1000000",
-                *args.overrides])
+            cfg = apply_overrides(
+                get_preset(args.preset),
+                [
+                    "train.iterations=100000",
+                    f"train.max_minutes={args.minutes}",
+                    f"train.seed={seed}",
+                    "eval.every=0",
+                    "log.progress=false",
+                    f"train.output_dir={tmp}/run",
+                    "train.save_every=1000000",
+                    *args.overrides,
+                ],
+            )
             t = time.time()
             res = train_cli.main(cfg)
             minutes = (time.time() - t) / 60
             after = compositional_accuracy(res.model, cfg, prompts, args.eval_seeds)
             hist = res.history
-            rows.append({"seed": seed, "iterations": res.state.iteration, "minutes": minutes,
-                         "reward_first": hist[0]["reward/total_mean"], "reward_last": hist[-1]["reward/total_mean"],
-                         **{f"after_{k}": v for k, v in after.items()}})
-            print(f"seed {seed}: {res.state.iteration} iterations in {minutes:.1f} min, compositional_acc "
-                  f"{before['compositional_acc']:.3f} -> {after['compositional_acc']:.3f}", flush=True)
+            rows.append(
+                {
+                    "seed": seed,
+                    "iterations": res.state.iteration,
+                    "minutes": minutes,
+                    "reward_first": hist[0]["reward/total_mean"],
+                    "reward_last": hist[-1]["reward/total_mean"],
+                    **{f"after_{k}": v for k, v in after.items()},
+                }
+            )
+            print(
+                f"seed {seed}: {res.state.iteration} iterations in {minutes:.1f} min, compositional_acc "
+                f"{before['compositional_acc']:.3f} -> {after['compositional_acc']:.3f}",
+                flush=True,
+            )
     accs = [r["after_compositional_acc"] for r in rows]
     b = before["compositional_acc"]
     goal = b + (1 - b) / 2
     print(f"\nheld-out prompts: {len(prompts)} x {args.eval_seeds} seeds ({eval_s:.0f} s per eval)")
-    keys = ["compositional_acc", "color_acc", "shape_acc", "count_acc", "position_acc",
-            "kind_count_acc", "kind_pair_acc", "kind_position_acc"]
+    keys = [
+        "compositional_acc",
+        "color_acc",
+        "shape_acc",
+        "count_acc",
+        "position_acc",
+        "kind_count_acc",
+        "kind_pair_acc",
+        "kind_position_acc",
+    ]
     print(f"{'metric':<20} {'before':>8} " + " ".join(f"{'seed ' + str(r['seed']):>8}" for r in rows))
     for k in keys:
-        print(f"{k:<20} {before.get(k, float('nan')):8.3f} " + " ".join(f"{r.get('after_' + k, float('nan')):8.3f}" for r in rows))
+        print(
+            f"{k:<20} {before.get(k, float('nan')):8.3f} "
+            + " ".join(f"{r.get('after_' + k, float('nan')):8.3f}" for r in rows)
+        )
     for k in ("iterations", "minutes", "reward_first", "reward_last"):
         print(f"{k:<20} {'':>8} " + " ".join(f"{r[k]:8.3f}" if isinstance(r[k], float) else f"{r[k]:8d}" for r in rows))
     mean = statistics.mean(accs)
-    out = {"compositional_acc_before": round(b, 4), "compositional_acc_after_mean": round(mean, 4),
-           "compositional_acc_after_std": round(statistics.pstdev(accs) if len(accs) > 1 else 0.0, 4),
-           "minutes": args.minutes, "seeds": args.seeds, "preset": args.preset, "goal": round(goal, 4), "goal_met": mean >= goal,
-           "iterations_mean": statistics.mean(r["iterations"] for r in rows),
-           "eval_images": len(prompts) * args.eval_seeds}
+    out = {
+        "compositional_acc_before": round(b, 4),
+        "compositional_acc_after_mean": round(mean, 4),
+        "compositional_acc_after_std": round(statistics.pstdev(accs) if len(accs) > 1 else 0.0, 4),
+        "minutes": args.minutes,
+        "seeds": args.seeds,
+        "preset": args.preset,
+        "goal": round(goal, 4),
+        "goal_met": mean >= goal,
+        "iterations_mean": statistics.mean(r["iterations"] for r in rows),
+        "eval_images": len(prompts) * args.eval_seeds,
+    }
     print(json.dumps(out))
     return 0
 
 
-QUICK = ["reward.weights={\"testbed_aesthetic\": 1.0}", "eval.metrics={}", "sample.num_steps=6",
-         "sample.groups_per_iteration=1", "sample.group_size=8", "sample.batch_size=8",
-         "sample.window_range=0,2", "optim.steps_per_iteration=1", "optim.lr=2e-3", "train.max_minutes=0.6"]
+QUICK = [
+    'reward.weights={"testbed_aesthetic": 1.0}',
+    "eval.metrics={}",
+    "sample.num_steps=6",
+    "sample.groups_per_iteration=1",
+    "sample.group_size=8",
+    "sample.batch_size=8",
+    "sample.window_range=0,2",
+    "optim.steps_per_iteration=1",
+    "optim.lr=2e-3",
+    "train.max_minutes=0.6",
+]
 
 
 def quick(args: argparse.Namespace) -> int:
@@ -126,9 +180,19 @@ def quick(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         with open(f"{tmp}/prompts.txt", "w") as f:
             f.write("two blue squares\n")
-        cfg = apply_overrides(get_preset("testbed"), [
-            "train.iterations=100000", "eval.every=0", "log.progress=false", f"train.output_dir={tmp}/run",
-            "train.save_every=1000000", f"data.train={tmp}/prompts.txt", *QUICK, *args.overrides])
+        cfg = apply_overrides(
+            get_preset("testbed"),
+            [
+                "train.iterations=100000",
+                "eval.every=0",
+                "log.progress=false",
+                f"train.output_dir={tmp}/run",
+                "train.save_every=1000000",
+                f"data.train={tmp}/prompts.txt",
+                *QUICK,
+                *args.overrides,
+            ],
+        )
         t = time.time()
         res = train_cli.main(cfg)
         seconds = time.time() - t
@@ -139,9 +203,19 @@ def quick(args: argparse.Namespace) -> int:
     for i, v in enumerate(r):
         print(f"{i:9d} {v:8.4f}")
     print(f"mean reward ({list(cfg.reward.weights)[0]}), first {k} vs last {k} iterations: {first:.4f} -> {last:.4f}")
-    print(json.dumps({"quick": True, "reward": list(cfg.reward.weights)[0], "iterations": len(r),
-                      "seconds": round(seconds, 1), "reward_first": round(first, 4), "reward_last": round(last, 4),
-                      "rising": last > first}))
+    print(
+        json.dumps(
+            {
+                "quick": True,
+                "reward": list(cfg.reward.weights)[0],
+                "iterations": len(r),
+                "seconds": round(seconds, 1),
+                "reward_first": round(first, 4),
+                "reward_last": round(last, 4),
+                "rising": last > first,
+            }
+        )
+    )
     return 0
 
 

@@ -2,4 +2,5 @@
 
 Importing the package is cheap; heavy dependencies are imported by the functions that need them.
 """
+
 __version__ = "0.1.0"

@@ -16,6 +16,7 @@ into place with ``os.replace``; a directory named ``checkpoint-*`` is therefore 
 a run killed mid-save leaves only a temp directory that is ignored and cleaned up. Weights are
 checked for NaN/inf before anything is written: a corrupt state never replaces a good checkpoint.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,8 +24,9 @@ import os
 import random
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -47,9 +49,15 @@ def flatten(obj: Any, prefix: str = "") -> tuple[Any, dict[str, Tensor]]:
             tensors[path] = x.detach().cpu().contiguous()
             return {"__tensor__": path}
         if isinstance(x, dict):
-            return {"__dict__": [[walk(k, join(path, f"key{i}")), walk(v, join(path, k))] for i, (k, v) in enumerate(x.items())]}
+            return {
+                "__dict__": [
+                    [walk(k, join(path, f"key{i}")), walk(v, join(path, k))] for i, (k, v) in enumerate(x.items())
+                ]
+            }
         if isinstance(x, (list, tuple)):
-            return {"__list__" if isinstance(x, list) else "__tuple__": [walk(v, join(path, i)) for i, v in enumerate(x)]}
+            return {
+                "__list__" if isinstance(x, list) else "__tuple__": [walk(v, join(path, i)) for i, v in enumerate(x)]
+            }
         if x is None or isinstance(x, (bool, int, float, str)):
             return x
         raise TypeError(f"cannot checkpoint a {type(x).__name__} at {path!r}")
@@ -73,8 +81,11 @@ def unflatten(skeleton: Any, tensors: dict[str, Tensor]) -> Any:
 # --- RNG states ------------------------------------------------------------------------------------
 def rng_state() -> dict[str, Any]:
     np_state = np.random.get_state()
-    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
-             "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]]}
+    state = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+    }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state()
     return state
@@ -109,8 +120,9 @@ def _write_tensors(path: Path, tensors: dict[str, Tensor]) -> None:
 def check_finite(tensors: dict[str, Tensor], what: str) -> None:
     bad = [k for k, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
     if bad:
-        raise RuntimeError(f"refusing to checkpoint {what}: non-finite values in {bad[:5]}; the previous "
-                           f"checkpoint is kept.")
+        raise RuntimeError(
+            f"refusing to checkpoint {what}: non-finite values in {bad[:5]}; the previous checkpoint is kept."
+        )
 
 
 def checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
@@ -129,9 +141,18 @@ def latest(run_dir: str | Path) -> Path | None:
     return found[-1][1] if found else None
 
 
-def save(run_dir: str | Path, iteration: int, parts: dict[str, Any], scalars: dict[str, Any], *,
-         rank_parts: dict[str, Any] | None = None, rank: int = 0, barrier: Callable[[], None] = lambda: None,
-         keep_last: int = 3, export: Callable[[Path], None] | None = None) -> Path:
+def save(
+    run_dir: str | Path,
+    iteration: int,
+    parts: dict[str, Any],
+    scalars: dict[str, Any],
+    *,
+    rank_parts: dict[str, Any] | None = None,
+    rank: int = 0,
+    barrier: Callable[[], None] = lambda: None,
+    keep_last: int = 3,
+    export: Callable[[Path], None] | None = None,
+) -> Path:
     """Write checkpoint ``iteration`` atomically. Call on every rank: ``parts`` / ``scalars`` /
     ``export`` are written by rank 0, ``rank_parts`` (e.g. a sharded optimizer) by every rank as
     ``<name>_<rank>``, next to each rank's RNG state. Returns the final directory."""
@@ -156,12 +177,14 @@ def save(run_dir: str | Path, iteration: int, parts: dict[str, Any], scalars: di
         if export is not None:
             export(tmp)
         skeletons = {name: sk for name, (sk, _) in flat.items()}
-        _write_json(tmp / "state.json", {"iteration": iteration, "scalars": scalars, "parts": skeletons,
-                                         "rank_parts": sorted(mine)})
+        _write_json(
+            tmp / "state.json",
+            {"iteration": iteration, "scalars": scalars, "parts": skeletons, "rank_parts": sorted(mine)},
+        )
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
-        for _, old in checkpoints(run_dir)[:-max(1, keep_last)]:
+        for _, old in checkpoints(run_dir)[: -max(1, keep_last)]:
             shutil.rmtree(old, ignore_errors=True)
         for stale in root.glob(f".tmp-{PREFIX}*"):
             shutil.rmtree(stale, ignore_errors=True)
@@ -177,17 +200,21 @@ def load(path: str | Path, rank: int = 0) -> tuple[dict[str, Any], dict[str, Any
     path = Path(path)
     state_file = path / "state.json"
     if not state_file.is_file():
-        raise ValueError(f"{path} is not a complete checkpoint (no state.json); pass a "
-                         f"'{PREFIX}NNNNNN' directory or a run directory holding checkpoints/.")
+        raise ValueError(
+            f"{path} is not a complete checkpoint (no state.json); pass a "
+            f"'{PREFIX}NNNNNN' directory or a run directory holding checkpoints/."
+        )
     state = json.loads(state_file.read_text())
-    parts = {name: unflatten(sk, load_file(str(path / f"{name}.safetensors")))
-             for name, sk in state["parts"].items()}
+    parts = {name: unflatten(sk, load_file(str(path / f"{name}.safetensors"))) for name, sk in state["parts"].items()}
     for name in state.get("rank_parts", []):
         if not (path / f"{name}_{rank}.json").is_file():
-            raise ValueError(f"{path} has no {name}_{rank}: it was saved by fewer processes; resume a "
-                             f"sharded run (FSDP / DeepSpeed) with the same number of processes.")
-        parts[name] = unflatten(json.loads((path / f"{name}_{rank}.json").read_text()),
-                                load_file(str(path / f"{name}_{rank}.safetensors")))
+            raise ValueError(
+                f"{path} has no {name}_{rank}: it was saved by fewer processes; resume a "
+                f"sharded run (FSDP / DeepSpeed) with the same number of processes."
+            )
+        parts[name] = unflatten(
+            json.loads((path / f"{name}_{rank}.json").read_text()), load_file(str(path / f"{name}_{rank}.safetensors"))
+        )
     return parts, state["scalars"]
 
 
@@ -200,8 +227,10 @@ def resolve_resume(spec: str, run_dir: str | Path | None, runs_dir: str | Path, 
             return path
         found = latest(path)
         if found is None:
-            raise ValueError(f"--resume {spec}: no complete checkpoint there (expected a "
-                             f"'{PREFIX}NNNNNN' directory or a run directory with checkpoints/).")
+            raise ValueError(
+                f"--resume {spec}: no complete checkpoint there (expected a "
+                f"'{PREFIX}NNNNNN' directory or a run directory with checkpoints/)."
+            )
         return found
     candidates = [Path(run_dir)] if run_dir else sorted(Path(runs_dir).glob(f"{preset}-*"), key=os.path.getmtime)
     for run in reversed(candidates):
@@ -209,8 +238,10 @@ def resolve_resume(spec: str, run_dir: str | Path | None, runs_dir: str | Path, 
         if found is not None:
             return found
     where = run_dir or f"{runs_dir}/{preset}-*"
-    raise ValueError(f"--resume auto: no complete checkpoint found in {where}; start without --resume "
-                     f"or pass --resume <run or checkpoint dir>.")
+    raise ValueError(
+        f"--resume auto: no complete checkpoint found in {where}; start without --resume "
+        f"or pass --resume <run or checkpoint dir>."
+    )
 
 
 # --- export ------------------------------------------------------------------------------------------
@@ -221,5 +252,6 @@ def export_lora(pipeline_class: type, transformer: torch.nn.Module, directory: s
 
     layers = get_peft_model_state_dict(transformer)
     meta = transformer.peft_config["default"].to_dict()
-    pipeline_class.save_lora_weights(str(directory), transformer_lora_layers=layers,
-                                     transformer_lora_adapter_metadata=meta)
+    pipeline_class.save_lora_weights(
+        str(directory), transformer_lora_layers=layers, transformer_lora_adapter_metadata=meta
+    )

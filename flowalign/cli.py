@@ -3,18 +3,22 @@
 Subcommand modules are imported only when chosen, so ``flowalign --help`` stays fast. A module
 provides ``add_arguments(parser)`` and ``run(args) -> int``.
 """
+
 from __future__ import annotations
 
 import argparse
 import importlib
 import os
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 SUBCOMMANDS = {
     "train": ("flowalign.train_cli", "Flow-GRPO training (default: the testbed preset on CPU)"),
     "steer": ("flowalign.steer_cli", "inference-time steering / search: FK particles, best-of-N, beam, DTS / DTS*"),
-    "gallery": ("flowalign.gallery", "prompts x seeds x methods (base, LoRA, steering) -> images, reward tables, HTML gallery, plots"),
+    "gallery": (
+        "flowalign.gallery",
+        "prompts x seeds x methods (base, LoRA, steering) -> images, reward tables, HTML gallery, plots",
+    ),
     "testbed": ("flowalign.testbed.cli", "the shapes-world testbed: sample images, evaluate the base pipeline"),
     "info": ("flowalign.cli", "versions, step kinds and registered components"),
 }
@@ -60,7 +64,9 @@ def guarded(prog: str, job: Callable[[], int], interrupted: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="flowalign", description="Align flow-matching text-to-image models with rewards.")
+    parser = argparse.ArgumentParser(
+        prog="flowalign", description="Align flow-matching text-to-image models with rewards."
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     chosen = (argv if argv is not None else sys.argv[1:])[:1]
     for name, (module, help_text) in SUBCOMMANDS.items():

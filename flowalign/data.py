@@ -10,6 +10,7 @@ rank ``r`` takes its contiguous slice, so members of a group are spread over ran
 computes the same global assignment without communication. Departure: the draw is a pure function
 of (seed, iteration), so a resumed run continues exactly where it stopped.
 """
+
 from __future__ import annotations
 
 import json
@@ -39,8 +40,10 @@ def load_prompts(path: str | Path) -> PromptSet:
     """Read a .txt or .jsonl prompt file; one clear error if it is missing, unreadable or empty."""
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"prompt file {str(path)!r} does not exist; pass a .txt (one prompt per line) "
-                         f"or .jsonl (objects with a 'prompt' key) file.")
+        raise ValueError(
+            f"prompt file {str(path)!r} does not exist; pass a .txt (one prompt per line) "
+            f"or .jsonl (objects with a 'prompt' key) file."
+        )
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
@@ -70,23 +73,29 @@ def check_group_arithmetic(per_rank: int, k: int, world: int) -> int:
     if k < 1 or per_rank < 1:
         raise ValueError(f"group size k={k} and per-rank batch {per_rank} must be >= 1.")
     if total % k:
-        raise ValueError(f"{world} rank(s) x {per_rank} images per rank = {total} images is not divisible "
-                         f"by the group size k={k}; choose a per-rank batch such that world * batch is a "
-                         f"multiple of k (e.g. per_rank={k // math.gcd(k, world)}).")
+        raise ValueError(
+            f"{world} rank(s) x {per_rank} images per rank = {total} images is not divisible "
+            f"by the group size k={k}; choose a per-rank batch such that world * batch is a "
+            f"multiple of k (e.g. per_rank={k // math.gcd(k, world)})."
+        )
     return total // k
 
 
-def group_batch(num_prompts: int, k: int, per_rank: int, world: int, rank: int, seed: int,
-                iteration: int) -> tuple[list[int], list[int]]:
+def group_batch(
+    num_prompts: int, k: int, per_rank: int, world: int, rank: int, seed: int, iteration: int
+) -> tuple[list[int], list[int]]:
     """(prompt indices, global group ids) of this rank's ``per_rank`` slots at ``iteration``.
     The group id of a slot is its position in the global list of m distinct prompts of the step."""
     m = check_group_arithmetic(per_rank, k, world)
     g = torch.Generator().manual_seed(seed * 1_000_003 + iteration)
-    chosen = torch.randperm(num_prompts, generator=g)[:m] if m <= num_prompts else \
-        torch.randint(num_prompts, (m,), generator=g)
+    chosen = (
+        torch.randperm(num_prompts, generator=g)[:m]
+        if m <= num_prompts
+        else torch.randint(num_prompts, (m,), generator=g)
+    )
     slots = torch.arange(m).repeat_interleave(k)
     slots = slots[torch.randperm(m * k, generator=g)]
-    mine = slots[rank * per_rank:(rank + 1) * per_rank]
+    mine = slots[rank * per_rank : (rank + 1) * per_rank]
     return chosen[mine].tolist(), (mine + iteration * m).tolist()
 
 
@@ -100,7 +109,9 @@ def _testbed_split(split: str) -> PromptSet:
         return PromptSet(world.eval_prompts(), [{} for _ in world.eval_prompts()])
     table = world.prompt_splits()[split]
     total = 20 * max(len(v) for v in table.values())  # list length; each kind gets weight x total rows
-    prompts = [p for k in world.KINDS for p in table[k] * max(1, round(TRAIN_KIND_WEIGHTS[k] * total / max(1, len(table[k]))))]
+    prompts = [
+        p for k in world.KINDS for p in table[k] * max(1, round(TRAIN_KIND_WEIGHTS[k] * total / max(1, len(table[k]))))
+    ]
     return PromptSet(prompts, [{} for _ in prompts])
 
 

@@ -4,10 +4,11 @@
 steps, on the trainable (LoRA) parameters only; the shadow is fp32. ``swapped`` temporarily puts
 the EMA weights into the model (eval, LoRA export) and restores the live weights bit for bit.
 """
+
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 from torch import Tensor

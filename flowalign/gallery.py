@@ -22,19 +22,28 @@ Output folder: ``settings.json`` (the fingerprint), ``images/p<i>_s<seed>_<metho
 ``summary.md`` / ``summary.json``, ``index.html`` and ``plots/``. A re-run skips images already
 recorded; a folder holding another run's settings is refused before anything is written.
 """
+
 from __future__ import annotations
 
 import argparse
 import contextlib
 import json
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from .gallery_html import append_row, read_results, save_png, write_atomic, write_reports
-from .gallery_specs import (SD3_ONLY, Checkpoint, GallerySettings, MethodSpec, check_out, make_settings,  # noqa: F401
-                            parse_method, parse_methods, steering_kwargs)
+from .gallery_specs import (
+    SD3_ONLY,
+    Checkpoint,
+    GallerySettings,
+    MethodSpec,
+    check_out,
+    make_settings,  # noqa: F401
+    steering_kwargs,
+)
 
 
 # --- running one method -------------------------------------------------------------------------------
@@ -45,10 +54,15 @@ def unavailable_reason(spec: MethodSpec, model: Any, steer_reward: Any) -> str |
     for key, why in SD3_ONLY.items():
         if key in spec.options and isinstance(model, FluxModel):
             return f"{key}= is an SD3 option: {why}"
-    if spec.steering and float(spec.options.get("guidance_scale", 0) or 0) > 0 \
-            and getattr(steer_reward, "differentiable", None) is False:
-        return (f"the gradient proposal (guidance_scale>0) needs a differentiable reward; "
-                f"{getattr(steer_reward, 'name', 'this reward')!r} is not")
+    if (
+        spec.steering
+        and float(spec.options.get("guidance_scale", 0) or 0) > 0
+        and getattr(steer_reward, "differentiable", None) is False
+    ):
+        return (
+            f"the gradient proposal (guidance_scale>0) needs a differentiable reward; "
+            f"{getattr(steer_reward, 'name', 'this reward')!r} is not"
+        )
     return None
 
 
@@ -94,8 +108,9 @@ def weights(model: Any, ckpt: Checkpoint | None) -> Iterator[None]:
             model.transformer = model.pipe.transformer = base
 
 
-def generate(model: Any, spec: MethodSpec, prompt: str, seed: int, reward: Any, steps: int,
-             cfg: float | None, size: int) -> tuple[Any, dict[str, Any]]:
+def generate(
+    model: Any, spec: MethodSpec, prompt: str, seed: int, reward: Any, steps: int, cfg: float | None, size: int
+) -> tuple[Any, dict[str, Any]]:
     """One image [3, H, W] in [0, 1] for (prompt, seed) and its row fields (nfe, ...)."""
     import torch
 
@@ -111,14 +126,25 @@ def generate(model: Any, spec: MethodSpec, prompt: str, seed: int, reward: Any, 
             kwargs["nfe_budget"] = particles * steps
         if neg is not None:
             kwargs["negative_prompts"] = [neg]
-        res = steer(spec.kind, model, [prompt], reward, num_steps=steps, cfg=cfg, height=size, width=size,
-                    generator=gen, **kwargs)
+        res = steer(
+            spec.kind,
+            model,
+            [prompt],
+            reward,
+            num_steps=steps,
+            cfg=cfg,
+            height=size,
+            width=size,
+            generator=gen,
+            **kwargs,
+        )
         with torch.no_grad():
             image = model.decode(res.latents, size, size)[0]
         extra = {"reward_calls": int(res.reward_calls), "steer_reward": float(res.rewards[0])}
     else:
-        image = model.sample([prompt], num_steps=steps, guidance_scale=cfg, height=size, width=size,
-                             generator=gen, negative_prompts=neg).images[0]
+        image = model.sample(
+            [prompt], num_steps=steps, guidance_scale=cfg, height=size, width=size, generator=gen, negative_prompts=neg
+        ).images[0]
     return image, {"nfe": int(model.nfe - nfe0), **extra}
 
 
@@ -134,8 +160,10 @@ def score(scorers: dict[str, Any], settings: GallerySettings, i: int, pixels: An
 def _load_reward(name: str) -> Any:
     if ":" in name:
         from .train_cli import import_factory
+
         return import_factory(name)()
     from .rewards import load_reward
+
     return load_reward(name)
 
 
@@ -149,8 +177,14 @@ class GalleryResult:
     table: str  # the summary table as printed
 
 
-def run_gallery(settings: GallerySettings, out: str | Path, *, plots: bool = True, progress: bool = True,
-                on_image: Callable[[dict[str, Any]], None] | None = None) -> GalleryResult:
+def run_gallery(
+    settings: GallerySettings,
+    out: str | Path,
+    *,
+    plots: bool = True,
+    progress: bool = True,
+    on_image: Callable[[dict[str, Any]], None] | None = None,
+) -> GalleryResult:
     """Make every missing image of ``settings`` in ``out``, then the tables, HTML and plots.
     ``on_image(row)`` is called after each new image is recorded (progress hooks, tests)."""
     from tqdm.auto import tqdm
@@ -163,6 +197,7 @@ def run_gallery(settings: GallerySettings, out: str | Path, *, plots: bool = Tru
     max_seq = settings.max_sequence_length
     if max_seq is None and settings.model == "testbed":
         from .config import get_preset
+
         max_seq = get_preset("testbed").model.max_sequence_length
     with quiet_hf():
         model, default_steps, default_cfg = load_model_with_defaults(settings.model, max_seq)
@@ -179,12 +214,20 @@ def run_gallery(settings: GallerySettings, out: str | Path, *, plots: bool = Tru
     results = out / "results.jsonl"
     done = {k: r for k, r in read_results(results).items() if (out / r["image"]).is_file()}
     plan = [(m, i, s) for m in settings.methods for i in range(len(settings.prompts)) for s in settings.seeds]
-    unavailable = {m.label: why for m in settings.methods
-                   if (why := unavailable_reason(m, model, scorers[m.options.get("reward", settings.steer_reward)]))}
+    unavailable = {
+        m.label: why
+        for m in settings.methods
+        if (why := unavailable_reason(m, model, scorers[m.options.get("reward", settings.steer_reward)]))
+    }
     plan = [(m, i, s) for m, i, s in plan if m.label not in unavailable]
     made = 0
-    bar = tqdm(total=len(plan), initial=sum(_key(i, s, m) in done for m, i, s in plan), disable=not progress,
-               unit="img", desc="gallery")
+    bar = tqdm(
+        total=len(plan),
+        initial=sum(_key(i, s, m) in done for m, i, s in plan),
+        disable=not progress,
+        unit="img",
+        desc="gallery",
+    )
     try:
         for m in settings.methods:
             todo = [(i, s) for mm, i, s in plan if mm is m and _key(i, s, m) not in done]
@@ -198,9 +241,17 @@ def run_gallery(settings: GallerySettings, out: str | Path, *, plots: bool = Tru
                         t0, key, prompt = time.perf_counter(), _key(i, seed, m), settings.prompts[i]
                         image, fields = generate(model, m, prompt, seed, steer_reward, steps, cfg, size)
                         pixels = save_png(image, out / "images" / f"{key}.png")
-                        row = {"key": key, "prompt_index": i, "prompt": prompt, "seed": seed, "method": m.label,
-                               "image": f"images/{key}.png", "rewards": score(scorers, settings, i, pixels),
-                               **fields, "seconds": round(time.perf_counter() - t0, 4)}
+                        row = {
+                            "key": key,
+                            "prompt_index": i,
+                            "prompt": prompt,
+                            "seed": seed,
+                            "method": m.label,
+                            "image": f"images/{key}.png",
+                            "rewards": score(scorers, settings, i, pixels),
+                            **fields,
+                            "seconds": round(time.perf_counter() - t0, 4),
+                        }
                         append_row(results, row)
                         done[key] = row
                         made += 1
@@ -211,8 +262,13 @@ def run_gallery(settings: GallerySettings, out: str | Path, *, plots: bool = Tru
                 unavailable[m.label] = f"missing optional dependency: {err}"
     finally:
         bar.close()
-    rows = [done[_key(i, s, m)] for i in range(len(settings.prompts)) for s in settings.seeds
-            for m in settings.methods if _key(i, s, m) in done]
+    rows = [
+        done[_key(i, s, m)]
+        for i in range(len(settings.prompts))
+        for s in settings.seeds
+        for m in settings.methods
+        if _key(i, s, m) in done
+    ]
     resolved = {"steps": steps, "cfg": cfg, "size": size, "max_sequence_length": max_seq}
     summary, table = write_reports(out, fp, resolved, settings, rows, unavailable, plots=plots)
     return GalleryResult(out, rows, summary, unavailable, made, table)
@@ -224,30 +280,45 @@ def _key(prompt_index: int, seed: int, method: MethodSpec) -> str:
 
 # --- command line ---------------------------------------------------------------------------------------
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="testbed",
-                        help="'testbed' (default), a registered name (tiny-sd3, tiny-flux), a saved pipeline "
-                             "folder or a hub id")
-    parser.add_argument("--method", action="append", default=None, metavar="SPEC",
-                        help="repeatable: base | lora:CHECKPOINT | fk:particles=4,potential=max,lambda=10 | "
-                             "bon:particles=8 | beam | svdd | dts | dts_star (options: see flowalign steer); "
-                             "every kind takes label=, steps=, cfg=; default: base")
-    parser.add_argument("--prompts-file", default=None,
-                        help="prompt file (.txt or .jsonl); default for the testbed: "
-                             "assets/prompts/gallery_testbed.txt")
+    parser.add_argument(
+        "--model",
+        default="testbed",
+        help="'testbed' (default), a registered name (tiny-sd3, tiny-flux), a saved pipeline folder or a hub id",
+    )
+    parser.add_argument(
+        "--method",
+        action="append",
+        default=None,
+        metavar="SPEC",
+        help="repeatable: base | lora:CHECKPOINT | fk:particles=4,potential=max,lambda=10 | "
+        "bon:particles=8 | beam | svdd | dts | dts_star (options: see flowalign steer); "
+        "every kind takes label=, steps=, cfg=; default: base",
+    )
+    parser.add_argument(
+        "--prompts-file",
+        default=None,
+        help="prompt file (.txt or .jsonl); default for the testbed: assets/prompts/gallery_testbed.txt",
+    )
     parser.add_argument("--prompt", action="append", default=None, help="a prompt (repeatable)")
     parser.add_argument("--num-prompts", type=int, default=None, help="use the first N prompts only")
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds, one image per prompt and seed")
-    parser.add_argument("--reward", action="append", default=None,
-                        help="reward to score every image with (repeatable; a name in flowalign.rewards.REWARDS or "
-                             "'package.module:factory'); default for the testbed: compositional, testbed_aesthetic, "
-                             "testbed_artifact")
-    parser.add_argument("--steer-reward", default=None,
-                        help="reward the steering methods use (default: the first --reward)")
+    parser.add_argument(
+        "--reward",
+        action="append",
+        default=None,
+        help="reward to score every image with (repeatable; a name in flowalign.rewards.REWARDS or "
+        "'package.module:factory'); default for the testbed: compositional, testbed_aesthetic, "
+        "testbed_artifact",
+    )
+    parser.add_argument(
+        "--steer-reward", default=None, help="reward the steering methods use (default: the first --reward)"
+    )
     parser.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's)")
     parser.add_argument("--cfg", type=float, default=None, help="guidance scale (default: the model's)")
     parser.add_argument("--size", type=int, default=None, help="image height = width (default: the model's)")
-    parser.add_argument("--max-seq", type=int, default=None,
-                        help="T5 max_sequence_length (default: 16 for the testbed)")
+    parser.add_argument(
+        "--max-seq", type=int, default=None, help="T5 max_sequence_length (default: 16 for the testbed)"
+    )
     parser.add_argument("--no-plots", action="store_true", help="skip the matplotlib plots")
     parser.add_argument("--out", default="runs/gallery", help="output folder (re-run the same command to resume)")
 
@@ -263,14 +334,27 @@ def run(args: argparse.Namespace) -> int:
     from .cli import guarded
 
     def job() -> int:
-        settings = make_settings(args.model, args.method or ["base"], prompts=args.prompt,
-                                 prompts_file=args.prompts_file, num_prompts=args.num_prompts,
-                                 seeds=_seeds(args.seeds), rewards=args.reward, steer_reward=args.steer_reward,
-                                 steps=args.steps, cfg=args.cfg, size=args.size, max_sequence_length=args.max_seq)
+        settings = make_settings(
+            args.model,
+            args.method or ["base"],
+            prompts=args.prompt,
+            prompts_file=args.prompts_file,
+            num_prompts=args.num_prompts,
+            seeds=_seeds(args.seeds),
+            rewards=args.reward,
+            steer_reward=args.steer_reward,
+            steps=args.steps,
+            cfg=args.cfg,
+            size=args.size,
+            max_sequence_length=args.max_seq,
+        )
         t0 = time.perf_counter()
         res = run_gallery(settings, args.out, plots=not args.no_plots)
         print(res.table)
-        print(f"{res.generated} new image(s), {len(res.rows)} in all, {time.perf_counter() - t0:.1f} s -> "
-              f"{Path(args.out) / 'index.html'}")
+        print(
+            f"{res.generated} new image(s), {len(res.rows)} in all, {time.perf_counter() - t0:.1f} s -> "
+            f"{Path(args.out) / 'index.html'}"
+        )
         return 0
+
     return guarded("gallery", job, f"interrupted; run the same command again to resume into {args.out}")

@@ -11,6 +11,7 @@ crash). Everything else is rebuilt from those rows at the end of every run:
   sorted view can be linked.
 * ``plots/`` (``gallery_plots.py``): reward per method, reward vs NFE, training curves.
 """
+
 from __future__ import annotations
 
 import csv
@@ -77,8 +78,9 @@ def save_png(image: Any, path: Path) -> Any:
 
 
 # --- tables -------------------------------------------------------------------------------------------
-def summarize(rows: list[dict], methods: list[str], rewards: list[str],
-              unavailable: dict[str, str] | None = None) -> dict[str, dict[str, Any]]:
+def summarize(
+    rows: list[dict], methods: list[str], rewards: list[str], unavailable: dict[str, str] | None = None
+) -> dict[str, dict[str, Any]]:
     """method -> {"n", "rewards": {name: [mean, std]}, "nfe", "seconds"} (or {"n": 0, "unavailable"})."""
     out: dict[str, dict[str, Any]] = {}
     for m in methods:
@@ -86,8 +88,12 @@ def summarize(rows: list[dict], methods: list[str], rewards: list[str],
             out[m] = {"n": 0, "unavailable": unavailable[m]}
             continue
         mine = [r for r in rows if r["method"] == m]
-        out[m] = {"n": len(mine), "rewards": {k: list(mean_std([r["rewards"][k] for r in mine])) for k in rewards},
-                  "nfe": mean_std([r["nfe"] for r in mine])[0], "seconds": mean_std([r["seconds"] for r in mine])[0]}
+        out[m] = {
+            "n": len(mine),
+            "rewards": {k: list(mean_std([r["rewards"][k] for r in mine])) for k in rewards},
+            "nfe": mean_std([r["nfe"] for r in mine])[0],
+            "seconds": mean_std([r["seconds"] for r in mine])[0],
+        }
     return out
 
 
@@ -112,8 +118,15 @@ def format_table(summary: dict[str, dict[str, Any]], rewards: list[str]) -> str:
     return "\n".join(lines)
 
 
-def write_reports(out: Path, fingerprint: dict, resolved: dict, settings: Any, rows: list[dict],
-                  unavailable: dict[str, str], plots: bool = True) -> tuple[dict, str]:
+def write_reports(
+    out: Path,
+    fingerprint: dict,
+    resolved: dict,
+    settings: Any,
+    rows: list[dict],
+    unavailable: dict[str, str],
+    plots: bool = True,
+) -> tuple[dict, str]:
     """results.csv, summary.{json,md}, plots/*.png and index.html -> (summary, table)."""
     methods = [m.label for m in settings.methods]
     rewards = list(settings.rewards)
@@ -123,13 +136,24 @@ def write_reports(out: Path, fingerprint: dict, resolved: dict, settings: Any, r
         w = csv.writer(f)
         w.writerow(["prompt_index", "prompt", "seed", "method", *rewards, "nfe", "seconds", "image"])
         for r in rows:
-            w.writerow([r["prompt_index"], r["prompt"], r["seed"], r["method"], *(r["rewards"][k] for k in rewards),
-                        r["nfe"], r["seconds"], r["image"]])
+            w.writerow(
+                [
+                    r["prompt_index"],
+                    r["prompt"],
+                    r["seed"],
+                    r["method"],
+                    *(r["rewards"][k] for k in rewards),
+                    r["nfe"],
+                    r["seconds"],
+                    r["image"],
+                ]
+            )
     (out / "summary.json").write_text(json.dumps({"summary": summary, "resolved": resolved}, indent=1))
     (out / "summary.md").write_text(table + "\n")
     figures = write_plots(out, summary, rows, settings) if plots else []
-    (out / "index.html").write_text(render_html(fingerprint, resolved, settings, rows, summary, figures),
-                                    encoding="utf-8")
+    (out / "index.html").write_text(
+        render_html(fingerprint, resolved, settings, rows, summary, figures), encoding="utf-8"
+    )
     return summary, table
 
 
@@ -173,26 +197,39 @@ boxes.forEach(b=>b.addEventListener('change',render));
 window.addEventListener('hashchange',fromHash);fromHash();"""
 
 
-def render_html(fingerprint: dict, resolved: dict, settings: Any, rows: list[dict], summary: dict,
-                figures: list[str]) -> str:
+def render_html(
+    fingerprint: dict, resolved: dict, settings: Any, rows: list[dict], summary: dict, figures: list[str]
+) -> str:
     e = html.escape
     methods, rewards = [m.label for m in settings.methods], list(settings.rewards)
     by_key = {(r["prompt_index"], r["seed"], r["method"]): r for r in rows}
     grid = [(i, s) for i in range(len(settings.prompts)) for s in settings.seeds]
-    data = {"rewards": rewards, "methods": methods,
-            "rows": [{"prompt_index": i, "seed": s, "scores": {m: by_key[(i, s, m)]["rewards"]
-                                                               for m in methods if (i, s, m) in by_key}}
-                     for i, s in grid]}
+    data = {
+        "rewards": rewards,
+        "methods": methods,
+        "rows": [
+            {
+                "prompt_index": i,
+                "seed": s,
+                "scores": {m: by_key[(i, s, m)]["rewards"] for m in methods if (i, s, m) in by_key},
+            }
+            for i, s in grid
+        ],
+    }
     spec = {m.label: m.spec for m in settings.methods}
     srows = []
     for m, s in summary.items():
         if "unavailable" in s:
-            srows.append(f"<tr><td>{e(m)}</td><td>0</td><td class=na colspan={len(rewards) + 2}>unavailable: "
-                         f"{e(s['unavailable'])}</td></tr>")
+            srows.append(
+                f"<tr><td>{e(m)}</td><td>0</td><td class=na colspan={len(rewards) + 2}>unavailable: "
+                f"{e(s['unavailable'])}</td></tr>"
+            )
         else:
             cells = "".join(f"<td>{s['rewards'][k][0]:.3f} ± {s['rewards'][k][1]:.3f}</td>" for k in rewards)
-            srows.append(f"<tr><td title='{e(spec[m])}'>{e(m)}</td><td>{s['n']}</td>{cells}<td>{s['nfe']:.0f}</td>"
-                         f"<td>{s['seconds']:.2f}</td></tr>")
+            srows.append(
+                f"<tr><td title='{e(spec[m])}'>{e(m)}</td><td>{s['n']}</td>{cells}<td>{s['nfe']:.0f}</td>"
+                f"<td>{s['seconds']:.2f}</td></tr>"
+            )
     shead = "".join(f"<th>{e(k)}</th>" for k in rewards)
     body = []
     for n, (i, s) in enumerate(grid):
@@ -205,29 +242,42 @@ def render_html(fingerprint: dict, resolved: dict, settings: Any, rows: list[dic
                 cells.append(f"<td data-method='{e(m)}' class=na>not made</td>")
             else:
                 sc = "<br>".join(f"{e(k)}: {r['rewards'][k]:.3f}" for k in rewards)
-                cells.append(f"<td data-method='{e(m)}'><img src='{e(r['image'])}' alt='{e(r['key'])}' "
-                             f"title='{e(r['prompt'])} | seed {s} | {e(m)}'><div class=scores>{sc}<br>NFE {r['nfe']}"
-                             f"</div></td>")
+                cells.append(
+                    f"<td data-method='{e(m)}'><img src='{e(r['image'])}' alt='{e(r['key'])}' "
+                    f"title='{e(r['prompt'])} | seed {s} | {e(m)}'><div class=scores>{sc}<br>NFE {r['nfe']}"
+                    f"</div></td>"
+                )
         means = "".join(f"<td class=mean data-reward='{e(k)}'></td>" for k in rewards)
-        body.append(f"<tr data-row={n} data-key='p{i:03d}_s{s}'><td>{i}</td><td>{e(settings.prompts[i])}</td>"
-                    f"<td>{s}</td>{means}{''.join(cells)}</tr>")
-    heads = "".join(f"<th class=sort data-reward='{e(k)}' title='sort by {e(k)}: mean over the shown methods'>"
-                    f"{e(k)}</th>" for k in rewards)
-    mheads = "".join(f"<th data-method='{e(m)}' title='{e(spec[m])}'>{e(m)}"
-                     + ("<br><small class=na>unavailable</small>" if "unavailable" in summary.get(m, {}) else "")
-                     + "</th>" for m in methods)
+        body.append(
+            f"<tr data-row={n} data-key='p{i:03d}_s{s}'><td>{i}</td><td>{e(settings.prompts[i])}</td>"
+            f"<td>{s}</td>{means}{''.join(cells)}</tr>"
+        )
+    heads = "".join(
+        f"<th class=sort data-reward='{e(k)}' title='sort by {e(k)}: mean over the shown methods'>{e(k)}</th>"
+        for k in rewards
+    )
+    mheads = "".join(
+        f"<th data-method='{e(m)}' title='{e(spec[m])}'>{e(m)}"
+        + ("<br><small class=na>unavailable</small>" if "unavailable" in summary.get(m, {}) else "")
+        + "</th>"
+        for m in methods
+    )
     boxes = "".join(f"<label><input type=checkbox data-method='{e(m)}' checked> {e(m)}</label>" for m in methods)
     plots = "".join(f"<img src='{e(f)}' alt='{e(f)}'>" for f in figures)
-    info = (f"model <b>{e(str(fingerprint['model']))}</b> ({e(str(fingerprint['model_path']))}), "
-            f"{resolved['steps']} steps, "
-            f"cfg {resolved['cfg']}, {resolved['size']} px, {len(settings.prompts)} prompts x seeds {settings.seeds}. "
-            f"Rows: prompt x seed; columns: methods. Click a reward header to sort the rows by its mean over the "
-            f"methods shown; link a view as <code>#sort=&lt;reward&gt;&amp;dir=desc&amp;methods=a,b</code>.")
+    info = (
+        f"model <b>{e(str(fingerprint['model']))}</b> ({e(str(fingerprint['model_path']))}), "
+        f"{resolved['steps']} steps, "
+        f"cfg {resolved['cfg']}, {resolved['size']} px, {len(settings.prompts)} prompts x seeds {settings.seeds}. "
+        f"Rows: prompt x seed; columns: methods. Click a reward header to sort the rows by its mean over the "
+        f"methods shown; link a view as <code>#sort=&lt;reward&gt;&amp;dir=desc&amp;methods=a,b</code>."
+    )
     blob = json.dumps(data).replace("</", "<\\/")
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>flowalign gallery</title><style>{CSS}</style>"
-            f"</head><body><h1>flowalign gallery</h1><p>{info}</p><h2>Summary (mean ± std)</h2><table id=summary>"
-            f"<thead><tr><th>method</th><th>n</th>{shead}<th>NFE/image</th><th>s/image</th></tr></thead><tbody>"
-            f"{''.join(srows)}</tbody></table><div id=plots>{plots}</div><div id=filter>Methods: {boxes}</div>"
-            f"<table id=gallery><thead><tr><th>#</th><th>prompt</th><th>seed</th>{heads}{mheads}</tr></thead>"
-            f"<tbody>{''.join(body)}</tbody></table><script type='application/json' id='gallery-data'>{blob}</script>"
-            f"<script>{JS}</script></body></html>\n")
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>flowalign gallery</title><style>{CSS}</style>"
+        f"</head><body><h1>flowalign gallery</h1><p>{info}</p><h2>Summary (mean ± std)</h2><table id=summary>"
+        f"<thead><tr><th>method</th><th>n</th>{shead}<th>NFE/image</th><th>s/image</th></tr></thead><tbody>"
+        f"{''.join(srows)}</tbody></table><div id=plots>{plots}</div><div id=filter>Methods: {boxes}</div>"
+        f"<table id=gallery><thead><tr><th>#</th><th>prompt</th><th>seed</th>{heads}{mheads}</tr></thead>"
+        f"<tbody>{''.join(body)}</tbody></table><script type='application/json' id='gallery-data'>{blob}</script>"
+        f"<script>{JS}</script></body></html>\n"
+    )

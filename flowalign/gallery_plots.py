@@ -1,6 +1,7 @@
 """The ``plots/`` of ``flowalign gallery`` (matplotlib, Agg backend): reward per method, reward vs NFE
 per image, and the training curves of each fine-tuned method read from its run's tensorboard logs.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -64,14 +65,17 @@ def write_plots(out: Path, summary: dict, rows: list[dict], settings: Any) -> li
         tb = Path(ck.run_dir) / "tb" if ck is not None and ck.run_dir else None
         if tb is None or not tb.is_dir():
             continue
-        scalars = {t: v for t, v in read_scalars(tb).items()
-                   if t.startswith("eval/") or t in ("reward/total_mean", "train/loss")}
+        scalars = {
+            t: v
+            for t, v in read_scalars(tb).items()
+            if t.startswith("eval/") or t in ("reward/total_mean", "train/loss")
+        }
         if not scalars:
             continue
         cols = min(3, len(scalars))
         rows_n = -(-len(scalars) // cols)
         fig, axes = plt.subplots(rows_n, cols, figsize=(3.0 * cols + 0.5, 2.6 * rows_n + 0.4), squeeze=False)
-        for ax in axes.flat[len(scalars):]:
+        for ax in axes.flat[len(scalars) :]:
             ax.axis("off")
         for ax, (tag, points) in zip(axes.flat, sorted(scalars.items())):
             ax.plot([p[0] for p in points], [p[1] for p in points], "o-", ms=3)

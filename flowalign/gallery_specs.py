@@ -9,6 +9,7 @@ options become keyword arguments through ``flowalign steer``'s own ``build_kwarg
 ``resolve_checkpoint`` accepts what ``flowalign train`` writes (see ``flowalign.checkpoint``).
 ``make_settings`` checks every input before anything is loaded or written; ``check_out`` refuses
 an output folder holding another run's settings."""
+
 from __future__ import annotations
 
 import argparse
@@ -30,8 +31,11 @@ KINDS = ("base", "lora", *STEER_METHODS)
 COMMON = ("label", "steps", "cfg", "negative_prompt")  # options every kind takes
 SD3_ONLY = {"negative_prompt": "negative prompts need true CFG, which Flux does not run (it uses distilled guidance)"}
 RESERVED = ("num_steps", "sigmas", "height", "width", "generator", "cond", "x", "prompts", "model")
-STEER_ALIASES = {**{k: k for k in ("particles", "lam", "potential", "resample_steps", "nfe_budget", "noise_level",
-                                   "noise_steps")}, "lambda": "lam", "step": "step_kind"}  # spec key -> steer CLI arg
+STEER_ALIASES = {
+    **{k: k for k in ("particles", "lam", "potential", "resample_steps", "nfe_budget", "noise_level", "noise_steps")},
+    "lambda": "lam",
+    "step": "step_kind",
+}  # spec key -> steer CLI arg
 RAW_KEYS = ("label", "resample_steps", "noise_steps", "negative_prompt", "reward")  # kept as text, not JSON
 HINT = "e.g. --method base, --method lora:RUN/checkpoints/last or --method fk:particles=4,potential=max,lambda=10"
 _SPLIT = re.compile(r",(?=\s*[A-Za-z_][A-Za-z0-9_]*\s*=)")  # commas that start a new key=value
@@ -110,8 +114,10 @@ def parse_methods(texts: list[str | MethodSpec]) -> list[MethodSpec]:
     slugs = [s.slug for s in specs]
     dup = sorted({s.label for s in specs if slugs.count(s.slug) > 1})
     if dup:
-        raise ValueError(f"methods {dup} share a label (or its file name); give each a unique label=..., "
-                         f"e.g. --method fk:particles=8,label=fk8.")
+        raise ValueError(
+            f"methods {dup} share a label (or its file name); give each a unique label=..., "
+            f"e.g. --method fk:particles=8,label=fk8."
+        )
     return specs
 
 
@@ -148,9 +154,11 @@ def check_steering(spec: MethodSpec) -> None:
     params = inspect.signature(SEARCH[spec.kind]).parameters
     bad = [k for k in kwargs if k not in params or k in RESERVED]
     if bad:
-        raise ValueError(f"method spec {spec.spec!r}: {spec.kind} takes no option(s) {bad} (steps, cfg and "
-                         f"the image size are set with steps=, cfg=, --size); its keywords: "
-                         f"{sorted(k for k in params if k not in RESERVED and k not in ('reward',))}.")
+        raise ValueError(
+            f"method spec {spec.spec!r}: {spec.kind} takes no option(s) {bad} (steps, cfg and "
+            f"the image size are set with steps=, cfg=, --size); its keywords: "
+            f"{sorted(k for k in params if k not in RESERVED and k not in ('reward',))}."
+        )
 
 
 # --- checkpoints ------------------------------------------------------------------------------------
@@ -179,10 +187,15 @@ def resolve_checkpoint(path: str) -> Checkpoint:
         marker = "pytorch_lora_weights.safetensors" if kind == "lora" else "config.json"
         if (d / marker).is_file():
             return Checkpoint(kind, str(d.resolve()), run_dir)
-    what = "does not exist" if not p.exists() else \
-        "holds no LoRA (pytorch_lora_weights.safetensors) or transformer/ weights"
-    raise ValueError(f"checkpoint {path!r} {what}; pass a LoRA folder, a training checkpoint folder "
-                     f"(RUN/checkpoints/checkpoint-NNNNNN), a run folder or RUN/checkpoints/last.")
+    what = (
+        "does not exist"
+        if not p.exists()
+        else "holds no LoRA (pytorch_lora_weights.safetensors) or transformer/ weights"
+    )
+    raise ValueError(
+        f"checkpoint {path!r} {what}; pass a LoRA folder, a training checkpoint folder "
+        f"(RUN/checkpoints/checkpoint-NNNNNN), a run folder or RUN/checkpoints/last."
+    )
 
 
 def digest(path: str | Path) -> str | None:
@@ -225,22 +238,50 @@ class GallerySettings:
         from .train_cli import resolve_model_path
 
         path = resolve_model_path(self.model)
-        methods = [{"label": m.label, "kind": m.kind, "options": m.options,
-                    "checkpoint": None if m.label not in self.checkpoints else
-                    {"path": self.checkpoints[m.label].path, "digest": digest(self.checkpoints[m.label].path)}}
-                   for m in self.methods]
-        return {"format": 1, "model": self.model, "model_path": path, "model_digest": digest(path),
-                "methods": methods, "prompts": self.prompts, "seeds": self.seeds, "rewards": self.rewards,
-                "steer_reward": self.steer_reward, "steps": self.steps, "cfg": self.cfg, "size": self.size,
-                "max_sequence_length": self.max_sequence_length,
-                "metadata": self.metadata if any(self.metadata) else None}
+        methods = [
+            {
+                "label": m.label,
+                "kind": m.kind,
+                "options": m.options,
+                "checkpoint": None
+                if m.label not in self.checkpoints
+                else {"path": self.checkpoints[m.label].path, "digest": digest(self.checkpoints[m.label].path)},
+            }
+            for m in self.methods
+        ]
+        return {
+            "format": 1,
+            "model": self.model,
+            "model_path": path,
+            "model_digest": digest(path),
+            "methods": methods,
+            "prompts": self.prompts,
+            "seeds": self.seeds,
+            "rewards": self.rewards,
+            "steer_reward": self.steer_reward,
+            "steps": self.steps,
+            "cfg": self.cfg,
+            "size": self.size,
+            "max_sequence_length": self.max_sequence_length,
+            "metadata": self.metadata if any(self.metadata) else None,
+        }
 
 
-def make_settings(model: str = "testbed", methods: list[str | MethodSpec] = ("base",), *,
-                  prompts: list[str] | None = None, prompts_file: str | None = None, num_prompts: int | None = None,
-                  seeds: list[int] = (0, 1, 2), rewards: list[str] | None = None, steer_reward: str | None = None,
-                  steps: int | None = None, cfg: float | None = None, size: int | None = None,
-                  max_sequence_length: int | None = None) -> GallerySettings:
+def make_settings(
+    model: str = "testbed",
+    methods: list[str | MethodSpec] = ("base",),
+    *,
+    prompts: list[str] | None = None,
+    prompts_file: str | None = None,
+    num_prompts: int | None = None,
+    seeds: list[int] = (0, 1, 2),
+    rewards: list[str] | None = None,
+    steer_reward: str | None = None,
+    steps: int | None = None,
+    cfg: float | None = None,
+    size: int | None = None,
+    max_sequence_length: int | None = None,
+) -> GallerySettings:
     """Validate every input (nothing heavy is loaded, nothing written) -> GallerySettings."""
     from .data import load_prompts
     from .rewards import REWARDS
@@ -269,16 +310,19 @@ def make_settings(model: str = "testbed", methods: list[str | MethodSpec] = ("ba
         if ":" in name:
             import_factory(name)
         elif name not in REWARDS:
-            raise ValueError(f"unknown reward {name!r}; choose one of {sorted(REWARDS)} or give your own as "
-                             f"'package.module:factory'.")
+            raise ValueError(
+                f"unknown reward {name!r}; choose one of {sorted(REWARDS)} or give your own as "
+                f"'package.module:factory'."
+            )
     if len(set(rewards)) != len(rewards):
         raise ValueError(f"rewards {rewards} name one reward twice.")
     for m in specs:
         if m.steering:
             check_steering(m)
     ckpts = {m.label: resolve_checkpoint(m.lora) for m in specs if m.lora}
-    return GallerySettings(model, specs, texts, seeds, rewards, steer_reward, steps, cfg, size,
-                           max_sequence_length, ckpts, meta)
+    return GallerySettings(
+        model, specs, texts, seeds, rewards, steer_reward, steps, cfg, size, max_sequence_length, ckpts, meta
+    )
 
 
 def check_out(out: Path, fingerprint: dict[str, Any]) -> bool:
@@ -290,11 +334,15 @@ def check_out(out: Path, fingerprint: dict[str, Any]) -> bool:
         old = json.loads(settings.read_text(encoding="utf-8"))
         diff = sorted(k for k in {*old, *fingerprint} if old.get(k) != fingerprint.get(k))
         if diff:
-            raise ValueError(f"output folder {out} holds another gallery run with different settings "
-                             f"({', '.join(diff)} differ); nothing was changed. Pass a new --out (e.g. --out "
-                             f"{out}-2), or the same settings to resume that run.")
+            raise ValueError(
+                f"output folder {out} holds another gallery run with different settings "
+                f"({', '.join(diff)} differ); nothing was changed. Pass a new --out (e.g. --out "
+                f"{out}-2), or the same settings to resume that run."
+            )
         return True
     if results.exists():
-        raise ValueError(f"output folder {out} holds results.jsonl but no settings.json (not a gallery of this "
-                         f"version); nothing was changed. Pass a new --out.")
+        raise ValueError(
+            f"output folder {out} holds results.jsonl but no settings.json (not a gallery of this "
+            f"version); nothing was changed. Pass a new --out."
+        )
     return False

@@ -19,6 +19,7 @@
   good sample, away from a bad one, by a bounded amount (the old policy anchors it).
 * ``weighted_mean``: masked mean used to reduce everything, so padding/filtered pairs never count.
 """
+
 from __future__ import annotations
 
 import torch
@@ -34,9 +35,15 @@ def weighted_mean(x: Tensor, mask: Tensor | None) -> Tensor:
     return (x * mask).sum() / mask.sum().clamp_min(1.0)
 
 
-def clipped_policy_loss(log_prob: Tensor, old_log_prob: Tensor, advantages: Tensor,
-                        clip_range: float | tuple[float, float] = 1e-4, adv_clip: float | None = 5.0,
-                        mask: Tensor | None = None, ratio_norm: tuple[Tensor, Tensor] | None = None) -> LossOut:
+def clipped_policy_loss(
+    log_prob: Tensor,
+    old_log_prob: Tensor,
+    advantages: Tensor,
+    clip_range: float | tuple[float, float] = 1e-4,
+    adv_clip: float | None = 5.0,
+    mask: Tensor | None = None,
+    ratio_norm: tuple[Tensor, Tensor] | None = None,
+) -> LossOut:
     """All tensors [N] (one entry per trained (sample, step) pair).
 
     ``ratio_norm=(mean_sq_diff, std)`` enables GRPO-Guard's RatioNorm: the log-ratio gets
@@ -67,8 +74,9 @@ def clipped_policy_loss(log_prob: Tensor, old_log_prob: Tensor, advantages: Tens
     return LossOut(loss=loss, stats=stats)
 
 
-def gaussian_kl(mean: Tensor, ref_mean: Tensor, std: Tensor, dt: Tensor | float | None = None,
-                mode: str = "exact") -> Tensor:
+def gaussian_kl(
+    mean: Tensor, ref_mean: Tensor, std: Tensor, dt: Tensor | float | None = None, mode: str = "exact"
+) -> Tensor:
     """KL(N(mean, std^2) || N(ref_mean, std^2)) averaged over elements -> [B].
     mean/ref_mean [B, *S]; std [B]; ``mode="flow_grpo"`` multiplies by |dt|."""
     if mode not in ("exact", "flow_grpo"):
@@ -83,8 +91,13 @@ def gaussian_kl(mean: Tensor, ref_mean: Tensor, std: Tensor, dt: Tensor | float 
     return kl
 
 
-def total_loss(policy: LossOut, kl: Tensor | None = None, beta: float = 0.0, mask: Tensor | None = None,
-               extra: dict[str, Tensor] | None = None) -> LossOut:
+def total_loss(
+    policy: LossOut,
+    kl: Tensor | None = None,
+    beta: float = 0.0,
+    mask: Tensor | None = None,
+    extra: dict[str, Tensor] | None = None,
+) -> LossOut:
     """policy + beta * KL (+ named extra terms, already weighted)."""
     loss = policy.loss
     stats = dict(policy.stats)
@@ -100,9 +113,20 @@ def total_loss(policy: LossOut, kl: Tensor | None = None, beta: float = 0.0, mas
     return LossOut(loss=loss, stats=stats)
 
 
-def flow_grpo_loss(out, ref, old_log_prob: Tensor, advantages: Tensor, mask: Tensor | None, dt: float, *,
-                   clip_range: float = 1e-4, clip_range_high: float | None = None, adv_clip: float | None = 5.0,
-                   beta: float = 0.0, kl_mode: str = "flow_grpo") -> LossOut:
+def flow_grpo_loss(
+    out,
+    ref,
+    old_log_prob: Tensor,
+    advantages: Tensor,
+    mask: Tensor | None,
+    dt: float,
+    *,
+    clip_range: float = 1e-4,
+    clip_range_high: float | None = None,
+    adv_clip: float | None = 5.0,
+    beta: float = 0.0,
+    kl_mode: str = "flow_grpo",
+) -> LossOut:
     """Flow-GRPO's loss of one (micro-batch, step): clipped surrogate on the recomputed step ``out``
     (a ``StepOut`` with grad) + ``beta`` x KL to the reference step ``ref`` (``StepOut`` under the
     adapter-off weights, no grad; None when beta == 0). old_log_prob / advantages / mask are [B]."""
@@ -120,9 +144,20 @@ def _x0_error(x_t: Tensor, sigma: Tensor, v: Tensor, x0: Tensor) -> Tensor:
     return err.pow(2).mean(1) / w
 
 
-def nft_loss(v: Tensor, v_old: Tensor, x_t: Tensor, x0: Tensor, sigma: Tensor, advantages: Tensor,
-             mask: Tensor | None = None, *, v_ref: Tensor | None = None, nft_beta: float = 1.0,
-             adv_clip: float = 5.0, beta: float = 0.0) -> LossOut:
+def nft_loss(
+    v: Tensor,
+    v_old: Tensor,
+    x_t: Tensor,
+    x0: Tensor,
+    sigma: Tensor,
+    advantages: Tensor,
+    mask: Tensor | None = None,
+    *,
+    v_ref: Tensor | None = None,
+    nft_beta: float = 1.0,
+    adv_clip: float = 5.0,
+    beta: float = 0.0,
+) -> LossOut:
     """DiffusionNFT's loss of one (micro-batch, timestep). v (with grad), v_old (the sampling policy),
     v_ref (adapter off; None when beta == 0), x_t, x0: [B, *S]; sigma, advantages, mask: [B]."""
     r = (advantages.clamp(-adv_clip, adv_clip) / adv_clip / 2 + 0.5).clamp(0, 1)
@@ -131,7 +166,10 @@ def nft_loss(v: Tensor, v_old: Tensor, x_t: Tensor, x0: Tensor, sigma: Tensor, a
     neg = _x0_error(x_t, sigma, (1 + nft_beta) * v_old - nft_beta * v, x0)
     policy = weighted_mean((r * pos + (1 - r) * neg) * (adv_clip / nft_beta), mask)
     with torch.no_grad():
-        stats = {"policy_loss": policy.detach(), "old_deviation": weighted_mean(
-            (v.detach() - v_old).pow(2).flatten(1).mean(1), mask), "r_mean": weighted_mean(r, mask)}
+        stats = {
+            "policy_loss": policy.detach(),
+            "old_deviation": weighted_mean((v.detach() - v_old).pow(2).flatten(1).mean(1), mask),
+            "r_mean": weighted_mean(r, mask),
+        }
     kl = None if v_ref is None else (v - v_ref.detach()).pow(2).flatten(1).mean(1)
     return total_loss(LossOut(loss=policy, stats=stats), kl, beta, mask)

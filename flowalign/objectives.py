@@ -16,12 +16,14 @@ after credit, and called by the trainer's inner loop (which owns accumulation, c
   steps of the sampling grid (the SDE window), and each (sample, step) noise is seeded by (seed,
   iteration, global sample index, step) so that runs replay on any number of ranks and on resume.
 """
+
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -33,7 +35,7 @@ from .train_utils import generators
 from .types import Cond, LossOut, Rollout
 
 Unit = Callable[[Tensor, int, Tensor, Tensor], LossOut]  # (rows [b], step j, advantages [b], mask [b]) -> loss
-NFT_NOISE_INDEX = -(10 ** 7)  # generator indices below this one are NFT's forward-process noise
+NFT_NOISE_INDEX = -(10**7)  # generator indices below this one are NFT's forward-process noise
 
 
 @dataclass
@@ -62,6 +64,7 @@ def _once_per_rows(fn: Callable[[Tensor], Any]) -> Callable[[Tensor], Any]:
         if last.get("rows") is not rows:
             last.update(rows=rows, out=fn(rows))
         return last["out"]
+
     return cached
 
 
@@ -78,11 +81,13 @@ def flow_grpo_unit(inp: UnitInputs) -> Unit:
                 ref = log_prob_at(inp.ref_model or inp.model, c, r, j)
         dt = float(r.sigmas[j + 1] - r.sigmas[j])
         return inp.loss_fn(out, ref, r.log_probs[:, j], adv, mask, dt, **kw)
+
     return unit
 
 
-def forward_noise(seed: int, iteration: int, sample_index: list[int], j: int, num_steps: int,
-                  shape: torch.Size, device: torch.device) -> Tensor:
+def forward_noise(
+    seed: int, iteration: int, sample_index: list[int], j: int, num_steps: int, shape: torch.Size, device: torch.device
+) -> Tensor:
     """[N, *shape] the forward-process noise of (sample, step j): one generator per pair."""
     gens = generators(seed, iteration, [NFT_NOISE_INDEX - i * num_steps - j for i in sample_index], device)
     return torch.stack([torch.randn(shape, generator=g, device=device) for g in gens])
@@ -97,9 +102,12 @@ def nft_unit(inp: UnitInputs) -> Unit:
         for j in inp.steps:
             eps = forward_noise(cfg.train.seed, inp.iteration, inp.sample_index, j, T, x0.shape[1:], x0.device)
             x_t[j] = (1 - ro.sigmas[j]) * x0 + ro.sigmas[j] * eps
-            v_old[j] = torch.cat([model.velocity(x_t[j][i:i + bs], ro.sigmas[j],
-                                                 cond.select(torch.arange(i, min(i + bs, len(x0)))))
-                                  for i in range(0, len(x0), bs)])
+            v_old[j] = torch.cat(
+                [
+                    model.velocity(x_t[j][i : i + bs], ro.sigmas[j], cond.select(torch.arange(i, min(i + bs, len(x0)))))
+                    for i in range(0, len(x0), bs)
+                ]
+            )
 
     select = _once_per_rows(cond.select)  # NFT needs the rows' conditioning, not their trajectories
 
@@ -110,8 +118,20 @@ def nft_unit(inp: UnitInputs) -> Unit:
         if cfg.loss.beta > 0:
             with torch.no_grad(), _reference(inp):
                 v_ref = (inp.ref_model or model).velocity(xt, ro.sigmas[j], c)
-        return nft_loss(v, v_old[j][rows], xt, x0[rows], sigma, adv, mask, v_ref=v_ref, nft_beta=cfg.loss.nft_beta,
-                        adv_clip=cfg.loss.adv_clip, beta=cfg.loss.beta)
+        return nft_loss(
+            v,
+            v_old[j][rows],
+            xt,
+            x0[rows],
+            sigma,
+            adv,
+            mask,
+            v_ref=v_ref,
+            nft_beta=cfg.loss.nft_beta,
+            adv_clip=cfg.loss.adv_clip,
+            beta=cfg.loss.beta,
+        )
+
     return unit
 
 

@@ -10,11 +10,13 @@ name a GPU count (``config.derived`` turns them into per-device numbers).
 
 ``get_preset(name)`` returns a fresh ``Config``; ``config.get_preset`` / ``config.PRESETS`` still work.
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from .config import FLUX_LORA_TARGETS, SD3_LORA_TARGETS, Config
+
 
 def testbed() -> Config:
     """The default: the compositional reward on the embedded shapes-world pipeline, sized for a CPU.
@@ -80,8 +82,9 @@ def sd35_compositional() -> Config:
     """Flow-GRPO GenEval recipe (beta 0.04) with a user-supplied GenEval-style scorer: replace the
     placeholder with your factory, e.g. ``reward.weights={"my_pkg.geneval:load": 1}`` (options under
     ``reward.options``), and give prompts as .jsonl whose metadata columns (tag, include, ...) reach it."""
-    return _sd35_recipe("sd35_compositional", "geneval_scorer:load", 0.04, "data/geneval/train.jsonl",
-                        "data/geneval/test.jsonl")
+    return _sd35_recipe(
+        "sd35_compositional", "geneval_scorer:load", 0.04, "data/geneval/train.jsonl", "data/geneval/test.jsonl"
+    )
 
 
 def flux_hpsv2() -> Config:
@@ -119,40 +122,73 @@ def testbed_dense() -> Config:
 
 def testbed_dense_psi() -> Config:
     """DenseGRPO with the reward-aware noise table psi(t) calibrated before training (Alg. 1)."""
-    return _variant("testbed_dense_psi", credit__name="dense", sample__share_prefix=True,
-                    credit__calibrate_iterations=10, credit__calibrate_samples=16)
+    return _variant(
+        "testbed_dense_psi",
+        credit__name="dense",
+        sample__share_prefix=True,
+        credit__calibrate_iterations=10,
+        credit__calibrate_samples=16,
+    )
 
 
 def testbed_turning_point() -> Config:
     """TP-GRPO: a 4-step SDE window (turning points need several steps), balanced per sampling batch."""
-    return _variant("testbed_turning_point", credit__name="turning_point", sample__window_size=4,
-                    sample__window_range=[0, 8], sample__share_prefix=True)
+    return _variant(
+        "testbed_turning_point",
+        credit__name="turning_point",
+        sample__window_size=4,
+        sample__window_range=[0, 8],
+        sample__share_prefix=True,
+    )
 
 
 def testbed_g2rpo() -> Config:
     """G^2RPO: one SDE step in the first half per iteration, completions at strides {1, 2, 3}."""
-    return _variant("testbed_g2rpo", credit__name="g2rpo", sample__window_size=1, sample__window_range=[0, 4],
-                    sample__share_prefix=True, credit__strides=[1, 2, 3])
+    return _variant(
+        "testbed_g2rpo",
+        credit__name="g2rpo",
+        sample__window_size=1,
+        sample__window_range=[0, 4],
+        sample__share_prefix=True,
+        credit__strides=[1, 2, 3],
+    )
 
 
 def testbed_branchgrpo() -> Config:
     """BranchGRPO: SDE on every step but the last, binary splits at steps 0, 2, 4 (8 leaves = the group)."""
-    return _variant("testbed_branchgrpo", credit__name="branchgrpo", sample__window="all", sample__tree_splits=[0, 2, 4],
-                    sample__tree_branch=[2])
+    return _variant(
+        "testbed_branchgrpo",
+        credit__name="branchgrpo",
+        sample__window="all",
+        sample__tree_splits=[0, 2, 4],
+        sample__tree_branch=[2],
+    )
 
 
 def testbed_treegrpo() -> Config:
     """TreeGRPO: a 3-step SDE window with a truncated-geometric start (r = 0.5), binary splits at each window step."""
-    return _variant("testbed_treegrpo", credit__name="treegrpo", sample__window="geometric", sample__window_size=3,
-                    sample__tree_splits=[0, 1, 2], sample__tree_branch=[2])
+    return _variant(
+        "testbed_treegrpo",
+        credit__name="treegrpo",
+        sample__window="geometric",
+        sample__window_size=3,
+        sample__tree_splits=[0, 1, 2],
+        sample__tree_branch=[2],
+    )
 
 
 def testbed_euphonium() -> Config:
     """Euphonium: Dance-SDE (eta 0.25) guided by the gradient of the checker's soft clause score on
     x0_pred, dual outcome (compositional fraction) + process advantages."""
-    return _variant("testbed_euphonium", credit__name="euphonium", sample__step="dance_sde", sample__noise_level=0.25,
-                    credit__process_reward="compositional", credit__process_options={"output": "soft"},
-                    credit__guidance_kappa=1.0)
+    return _variant(
+        "testbed_euphonium",
+        credit__name="euphonium",
+        sample__step="dance_sde",
+        sample__noise_level=0.25,
+        credit__process_reward="compositional",
+        credit__process_options={"output": "soft"},
+        credit__guidance_kappa=1.0,
+    )
 
 
 def testbed_mixgrpo() -> Config:
@@ -166,8 +202,11 @@ def testbed_artifact_reg() -> Config:
     evals track the proxy, the detector and compositional accuracy (benchmarks/bench_artifact_reg.py)."""
     cfg = _variant("testbed_artifact_reg", loss__beta=0.04)
     cfg.reward.weights = {"testbed_aesthetic": 1.0, "testbed_artifact": 5.0}
-    cfg.eval.metrics = {"aesthetic": {"reward": "testbed_aesthetic"}, "artifact": {"reward": "testbed_artifact"},
-                        "accuracy": {"reward": "compositional", "output": "strict"}}
+    cfg.eval.metrics = {
+        "aesthetic": {"reward": "testbed_aesthetic"},
+        "artifact": {"reward": "testbed_artifact"},
+        "accuracy": {"reward": "compositional", "output": "strict"},
+    }
     return cfg
 
 
@@ -175,18 +214,34 @@ def testbed_nft() -> Config:
     """DiffusionNFT's forward-process objective instead of Flow-GRPO's ratio: ODE rollouts (the paper's
     deterministic sampler; distinct initial noises give the group its spread), trained at every step's
     sigma but the last, 4 optimizer steps of 8 images per iteration, lr 1e-3, |v - v_ref|^2 weight 1e-4."""
-    return _variant("testbed_nft", loss__objective="nft", loss__beta=1e-4, sample__window="all", sample__noise_level=0.0,
-                    sample__same_noise=False, sample__batch_size=8, optim__steps_per_iteration=4, optim__lr=1e-3)
+    return _variant(
+        "testbed_nft",
+        loss__objective="nft",
+        loss__beta=1e-4,
+        sample__window="all",
+        sample__noise_level=0.0,
+        sample__same_noise=False,
+        sample__batch_size=8,
+        optim__steps_per_iteration=4,
+        optim__lr=1e-3,
+    )
 
 
 PRESETS: dict[str, Callable[[], Config]] = {
-    "testbed": testbed, "sd35_pickscore": sd35_pickscore,
-    "sd35_compositional": sd35_compositional, "flux_hpsv2": flux_hpsv2,
-    "testbed_dense": testbed_dense, "testbed_dense_psi": testbed_dense_psi,
-    "testbed_turning_point": testbed_turning_point, "testbed_g2rpo": testbed_g2rpo,
-    "testbed_branchgrpo": testbed_branchgrpo, "testbed_treegrpo": testbed_treegrpo,
-    "testbed_euphonium": testbed_euphonium, "testbed_mixgrpo": testbed_mixgrpo,
-    "testbed_artifact_reg": testbed_artifact_reg, "testbed_nft": testbed_nft,
+    "testbed": testbed,
+    "sd35_pickscore": sd35_pickscore,
+    "sd35_compositional": sd35_compositional,
+    "flux_hpsv2": flux_hpsv2,
+    "testbed_dense": testbed_dense,
+    "testbed_dense_psi": testbed_dense_psi,
+    "testbed_turning_point": testbed_turning_point,
+    "testbed_g2rpo": testbed_g2rpo,
+    "testbed_branchgrpo": testbed_branchgrpo,
+    "testbed_treegrpo": testbed_treegrpo,
+    "testbed_euphonium": testbed_euphonium,
+    "testbed_mixgrpo": testbed_mixgrpo,
+    "testbed_artifact_reg": testbed_artifact_reg,
+    "testbed_nft": testbed_nft,
 }
 
 
@@ -194,5 +249,3 @@ def get_preset(name: str) -> Config:
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}.")
     return PRESETS[name]()
-
-

@@ -8,6 +8,7 @@ method, its arguments, the reward of each chosen image, the NFE spent (per promp
 reward calls and wall time. ``--set key=value`` passes any other keyword of the method (see
 ``flowalign.steering``; values are parsed as JSON when they can be).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,33 +22,52 @@ METHODS = ("fk", "bon", "beam", "svdd", "dts", "dts_star")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="testbed",
-                        help="'testbed' (the shipped shapes-world pipeline), a registered name (tiny-sd3, "
-                             "tiny-flux) or a saved diffusers pipeline directory")
+    parser.add_argument(
+        "--model",
+        default="testbed",
+        help="'testbed' (the shipped shapes-world pipeline), a registered name (tiny-sd3, "
+        "tiny-flux) or a saved diffusers pipeline directory",
+    )
     parser.add_argument("--prompt", action="append", default=None, help="a prompt (repeatable)")
     parser.add_argument("--prompts-file", default=None, help="a text file with one prompt per line")
     parser.add_argument("--reward", default="compositional", help="a reward name in flowalign.rewards.REWARDS")
     parser.add_argument("--reward-path", default=None, help="weights for the reward (file or directory)")
     parser.add_argument("--method", default="fk", choices=METHODS)
-    parser.add_argument("--particles", type=int, default=4,
-                        help="FK particles / best-of-N samples / beam particles (beams x children)")
+    parser.add_argument(
+        "--particles", type=int, default=4, help="FK particles / best-of-N samples / beam particles (beams x children)"
+    )
     parser.add_argument("--lam", type=float, default=10.0, help="inverse temperature of the tilt exp(lam r)")
     parser.add_argument("--potential", default="max", help="FK potential: max, diff, sum or rt")
-    parser.add_argument("--resample-steps", default=None,
-                        help="0-based steps of FK resampling, beam selection or DTS branching, e.g. 7-14 or 4,8,12")
+    parser.add_argument(
+        "--resample-steps",
+        default=None,
+        help="0-based steps of FK resampling, beam selection or DTS branching, e.g. 7-14 or 4,8,12",
+    )
     parser.add_argument("--nfe-budget", type=int, default=None, help="model evaluations per prompt")
     parser.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's)")
     parser.add_argument("--step-kind", default=None, help="step function (default flow_sde; best-of-N: ode)")
     parser.add_argument("--noise-level", type=float, default=None, help="SDE noise level (default 0.7)")
-    parser.add_argument("--noise-steps", default=None,
-                        help="0-based steps that get SDE noise, ODE elsewhere, e.g. 6-15 (default: all but the last)")
+    parser.add_argument(
+        "--noise-steps",
+        default=None,
+        help="0-based steps that get SDE noise, ODE elsewhere, e.g. 6-15 (default: all but the last)",
+    )
     parser.add_argument("--cfg", type=float, default=None, help="guidance scale (default: the model's)")
     parser.add_argument("--size", type=int, default=None, help="image height = width in pixels")
-    parser.add_argument("--max-seq", type=int, default=None,
-                        help="T5 max_sequence_length (default the pipeline's 256; the testbed works with >= 16)")
+    parser.add_argument(
+        "--max-seq",
+        type=int,
+        default=None,
+        help="T5 max_sequence_length (default the pipeline's 256; the testbed works with >= 16)",
+    )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="extra keyword for the method, e.g. --set lookahead=ode --set widen_alpha=0.5")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra keyword for the method, e.g. --set lookahead=ode --set widen_alpha=0.5",
+    )
     parser.add_argument("--out", default="runs/steer", help="output directory")
 
 
@@ -141,8 +161,9 @@ def run(args: argparse.Namespace) -> int:
     size = args.size or getattr(model, "default_size", None)
     gen = torch.Generator().manual_seed(args.seed)
     t0 = time.perf_counter()
-    res = steer(args.method, model, prompts, reward, num_steps=steps, cfg=cfg, height=size, width=size,
-                generator=gen, **kwargs)
+    res = steer(
+        args.method, model, prompts, reward, num_steps=steps, cfg=cfg, height=size, width=size, generator=gen, **kwargs
+    )
     seconds = time.perf_counter() - t0
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -154,13 +175,26 @@ def run(args: argparse.Namespace) -> int:
         name = f"{i:03d}_{res.method}.png"
         Image.fromarray(arr).save(out / name)
         files.append(name)
-    report = {"method": res.method, "model": args.model, "reward": args.reward, "seed": args.seed, "steps": steps,
-              "cfg": cfg,
-              "kwargs": {k: v for k, v in kwargs.items()}, "prompts": prompts, "images": files,
-              "rewards": [float(r) for r in res.rewards], "mean_reward": float(res.rewards.mean()),
-              "nfe": int(res.nfe), "nfe_per_prompt": res.nfe / len(prompts), "reward_calls": int(res.reward_calls),
-              "seconds": round(seconds, 3)}
+    report = {
+        "method": res.method,
+        "model": args.model,
+        "reward": args.reward,
+        "seed": args.seed,
+        "steps": steps,
+        "cfg": cfg,
+        "kwargs": {k: v for k, v in kwargs.items()},
+        "prompts": prompts,
+        "images": files,
+        "rewards": [float(r) for r in res.rewards],
+        "mean_reward": float(res.rewards.mean()),
+        "nfe": int(res.nfe),
+        "nfe_per_prompt": res.nfe / len(prompts),
+        "reward_calls": int(res.reward_calls),
+        "seconds": round(seconds, 3),
+    }
     (out / "steer.json").write_text(json.dumps(report, indent=2))
-    print(f"{res.method}: mean reward {report['mean_reward']:.4f}, {report['nfe_per_prompt']:.0f} NFE per prompt, "
-          f"{seconds:.1f} s -> {os.fspath(out)}")
+    print(
+        f"{res.method}: mean reward {report['mean_reward']:.4f}, {report['nfe_per_prompt']:.0f} NFE per prompt, "
+        f"{seconds:.1f} s -> {os.fspath(out)}"
+    )
     return 0

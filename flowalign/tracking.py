@@ -1,6 +1,7 @@
 """Run logging for the trainer: tensorboard event files always (main process), Weights & Biases
 when installed and asked for, and ``metrics.jsonl`` (one JSON object per logged iteration) that
 benchmarks and tests read back. Eval grids are also written as PNG under ``<run>/eval/``."""
+
 from __future__ import annotations
 
 import json
@@ -24,8 +25,10 @@ class RunLogger:
         if cfg.log.wandb:
             try:
                 import wandb
-                self.wandb = wandb.init(project=cfg.log.wandb_project, name=run_dir.name, config=to_dict(cfg),
-                                        dir=str(run_dir))
+
+                self.wandb = wandb.init(
+                    project=cfg.log.wandb_project, name=run_dir.name, config=to_dict(cfg), dir=str(run_dir)
+                )
             except ImportError:
                 print("log.wandb=true but wandb is not installed (pip install wandb); logging to tensorboard only.")
 
@@ -49,6 +52,7 @@ class RunLogger:
         save_image(grid, str(self.run_dir / "eval" / f"iter_{step:06d}.png"))
         if self.wandb is not None:
             import wandb
+
             self.wandb.log({tag: wandb.Image(grid.permute(1, 2, 0).numpy())}, step=step)
 
     def close(self) -> None:

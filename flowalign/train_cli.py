@@ -9,6 +9,7 @@ tree split schedules and branch factors, pruning, G^2RPO strides, ladders, psi(t
 non-differentiable process reward for Euphonium's guided SDE. Then the model is loaded, frozen, given LoRA adapters (peft) or
 made fully trainable, and handed to ``flowalign.trainer.train``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -16,8 +17,9 @@ import copy
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .config import Config, apply_overrides, derived, from_dict
 from .presets import PRESETS, get_preset
@@ -26,12 +28,24 @@ DTYPES = ("fp32", "bf16", "fp16")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("preset", nargs="?", default=None,
-                        help=f"one of {sorted(PRESETS)} (default: testbed, or the resumed run's config)")
-    parser.add_argument("overrides", nargs="*", default=[],
-                        help="dotted config overrides, e.g. sample.num_steps=8 optim.lr=1e-4 reward.weights.hpsv2=1")
-    parser.add_argument("--resume", default=None, metavar="DIR|auto",
-                        help="continue from a checkpoint or run directory; 'auto' = the latest complete checkpoint")
+    parser.add_argument(
+        "preset",
+        nargs="?",
+        default=None,
+        help=f"one of {sorted(PRESETS)} (default: testbed, or the resumed run's config)",
+    )
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        default=[],
+        help="dotted config overrides, e.g. sample.num_steps=8 optim.lr=1e-4 reward.weights.hpsv2=1",
+    )
+    parser.add_argument(
+        "--resume",
+        default=None,
+        metavar="DIR|auto",
+        help="continue from a checkpoint or run directory; 'auto' = the latest complete checkpoint",
+    )
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
 
 
@@ -64,8 +78,10 @@ def validate(cfg: Config, world_size: int = 1) -> None:
     derived(cfg, world_size)
     unknown = [n for n in cfg.reward.weights if n not in REWARDS and ":" not in n]
     if unknown:
-        raise ValueError(f"unknown reward(s) {unknown}; choose from {sorted(REWARDS)} or give your own as "
-                         f"'package.module:factory' (set them with reward.weights.<name>=<weight>).")
+        raise ValueError(
+            f"unknown reward(s) {unknown}; choose from {sorted(REWARDS)} or give your own as "
+            f"'package.module:factory' (set them with reward.weights.<name>=<weight>)."
+        )
     for name in cfg.reward.weights:
         if ":" in name:
             import_factory(name)
@@ -80,7 +96,9 @@ def validate(cfg: Config, world_size: int = 1) -> None:
     if cfg.sample.step not in STEPS:
         raise ValueError(f"sample.step={cfg.sample.step!r} is unknown; choose one of {sorted(STEPS)}.")
     if cfg.credit.process_reward and cfg.credit.process_reward not in REWARDS:
-        raise ValueError(f"credit.process_reward={cfg.credit.process_reward!r} is unknown; choose one of {sorted(REWARDS)}.")
+        raise ValueError(
+            f"credit.process_reward={cfg.credit.process_reward!r} is unknown; choose one of {sorted(REWARDS)}."
+        )
     if cfg.credit.name == "euphonium":  # the guided SDE takes grad R: refuse a non-differentiable one now
         check_guidance(build_process_reward(cfg) or build_reward(cfg), cfg.credit.guidance_kappa)
     if cfg.model.dtype not in DTYPES:
@@ -97,20 +115,25 @@ def resolve_model_path(path: str) -> str:
 
     if path == "testbed":
         from .testbed.paths import pipeline_dir
+
         return str(pipeline_dir())
     if path in MODELS:
         return path
     local = os.path.expanduser(path)
     if os.path.isdir(local):
         if not os.path.isfile(os.path.join(local, "model_index.json")):
-            raise ValueError(f"model.path={path!r} holds no model_index.json; pass the directory written by "
-                             f"`pipeline.save_pretrained(dir)`.")
+            raise ValueError(
+                f"model.path={path!r} holds no model_index.json; pass the directory written by "
+                f"`pipeline.save_pretrained(dir)`."
+            )
         return local
     parts = path.split("/")
     if len(parts) == 2 and all(parts) and not path.startswith((".", "~")):
         return path  # a hub id: loading needs the network or the local HF cache
-    raise ValueError(f"model.path={path!r} does not exist; pass model.path=<a directory saved with "
-                     f"pipeline.save_pretrained>, 'testbed', one of {sorted(MODELS)}, or a hub id 'owner/name'.")
+    raise ValueError(
+        f"model.path={path!r} does not exist; pass model.path=<a directory saved with "
+        f"pipeline.save_pretrained>, 'testbed', one of {sorted(MODELS)}, or a hub id 'owner/name'."
+    )
 
 
 def check_lora_targets(transformer: Any, targets: list[str]) -> None:
@@ -118,11 +141,20 @@ def check_lora_targets(transformer: Any, targets: list[str]) -> None:
     names = [n for n, _ in transformer.named_modules() if n]
     missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
     if missing or not targets:
-        leaves = sorted({".".join(n.split(".")[-2:]) for n, m in transformer.named_modules()
-                         if n and hasattr(m, "weight") and getattr(m, "weight", None) is not None
-                         and getattr(m.weight, "ndim", 0) == 2})
-        raise ValueError(f"LoRA target module(s) {missing or targets} are not in the {type(transformer).__name__}; "
-                         f"set model.lora_targets to names that exist, e.g. {leaves[:12]}.")
+        leaves = sorted(
+            {
+                ".".join(n.split(".")[-2:])
+                for n, m in transformer.named_modules()
+                if n
+                and hasattr(m, "weight")
+                and getattr(m, "weight", None) is not None
+                and getattr(m.weight, "ndim", 0) == 2
+            }
+        )
+        raise ValueError(
+            f"LoRA target module(s) {missing or targets} are not in the {type(transformer).__name__}; "
+            f"set model.lora_targets to names that exist, e.g. {leaves[:12]}."
+        )
 
 
 def build_model(cfg: Config, device: Any = "cpu") -> tuple[Any, Callable[[Path], None], Any]:
@@ -151,8 +183,14 @@ def build_model(cfg: Config, device: Any = "cpu") -> tuple[Any, Callable[[Path],
         check_lora_targets(bare, cfg.model.lora_targets)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.train.seed)
-            bare.add_adapter(LoraConfig(r=cfg.model.lora_rank, lora_alpha=cfg.model.lora_alpha,
-                                        init_lora_weights=cfg.model.lora_init, target_modules=list(cfg.model.lora_targets)))
+            bare.add_adapter(
+                LoraConfig(
+                    r=cfg.model.lora_rank,
+                    lora_alpha=cfg.model.lora_alpha,
+                    init_lora_weights=cfg.model.lora_init,
+                    target_modules=list(cfg.model.lora_targets),
+                )
+            )
         for p in bare.parameters():
             if p.requires_grad:
                 p.data = p.data.float()
@@ -179,9 +217,11 @@ def import_factory(spec: str) -> Callable:
     try:
         factory = getattr(importlib.import_module(module), attr)
     except (ImportError, AttributeError) as err:
-        raise ValueError(f"reward {spec!r} cannot be imported ({err}); a user-supplied reward is "
-                         f"'package.module:factory' where factory(**reward.options[name]) returns a module "
-                         f"mapping (images [B,3,H,W] in [0,1], prompts, **metadata) -> Tensor[B].") from None
+        raise ValueError(
+            f"reward {spec!r} cannot be imported ({err}); a user-supplied reward is "
+            f"'package.module:factory' where factory(**reward.options[name]) returns a module "
+            f"mapping (images [B,3,H,W] in [0,1], prompts, **metadata) -> Tensor[B]."
+        ) from None
     if not callable(factory):
         raise ValueError(f"reward {spec!r} is not callable.")
     return factory
@@ -210,15 +250,23 @@ def build_process_reward(cfg: Config, device: Any = "cpu"):
 def build_eval_metrics(cfg: Config, device: Any = "cpu") -> dict[str, Any]:
     from .rewards import load_reward
 
-    return {name: load_reward(spec["reward"], **{k: v for k, v in spec.items() if k != "reward"}).to(device)
-            for name, spec in cfg.eval.metrics.items()} if (cfg.eval.every > 0 or cfg.eval.every_nfe > 0) and cfg.data.eval else {}
+    return (
+        {
+            name: load_reward(spec["reward"], **{k: v for k, v in spec.items() if k != "reward"}).to(device)
+            for name, spec in cfg.eval.metrics.items()
+        }
+        if (cfg.eval.every > 0 or cfg.eval.every_nfe > 0) and cfg.data.eval
+        else {}
+    )
 
 
 def build_prompts(cfg: Config):
     from .data import load_prompt_source
 
     train = load_prompt_source(cfg.data.train)
-    test = load_prompt_source(cfg.data.eval) if cfg.data.eval and (cfg.eval.every > 0 or cfg.eval.every_nfe > 0) else None
+    test = (
+        load_prompt_source(cfg.data.eval) if cfg.data.eval and (cfg.eval.every > 0 or cfg.eval.every_nfe > 0) else None
+    )
     return train, test
 
 
@@ -226,8 +274,15 @@ def default_run_dir(cfg: Config) -> Path:
     return Path(cfg.train.output_dir or Path(cfg.train.runs_dir) / f"{cfg.preset}-{time.strftime('%Y%m%d-%H%M%S')}")
 
 
-def main(cfg: Config, *, resume: str | Path | None = None, reward_fn: Callable | None = None,
-         prompts=None, eval_prompts=None, **train_kwargs: Any):
+def main(
+    cfg: Config,
+    *,
+    resume: str | Path | None = None,
+    reward_fn: Callable | None = None,
+    prompts=None,
+    eval_prompts=None,
+    **train_kwargs: Any,
+):
     """Validate, build and train. ``reward_fn`` / ``prompts`` replace the configured ones (tests)."""
     import torch
     from accelerate.utils import broadcast_object_list
@@ -249,10 +304,24 @@ def main(cfg: Config, *, resume: str | Path | None = None, reward_fn: Callable |
             train_kwargs.setdefault("eval_metrics", build_eval_metrics(cfg, acc.device))
         if cfg.credit.name == "euphonium" and cfg.credit.process_reward:
             train_kwargs.setdefault("process_reward", build_process_reward(cfg, acc.device))
-        run_dir = broadcast_object_list([str(default_run_dir(cfg))])[0] if acc.num_processes > 1 \
+        run_dir = (
+            broadcast_object_list([str(default_run_dir(cfg))])[0]
+            if acc.num_processes > 1
             else str(default_run_dir(cfg))
-        return train(cfg, model, reward_fn, prompts, eval_prompts=eval_prompts, run_dir=run_dir, resume=resume,
-                     accelerator=acc, export_fn=export_fn, ref_model=ref_model, **train_kwargs)
+        )
+        return train(
+            cfg,
+            model,
+            reward_fn,
+            prompts,
+            eval_prompts=eval_prompts,
+            run_dir=run_dir,
+            resume=resume,
+            accelerator=acc,
+            export_fn=export_fn,
+            ref_model=ref_model,
+            **train_kwargs,
+        )
     finally:
         finish(acc)
 
@@ -264,10 +333,12 @@ def run(args: argparse.Namespace) -> int:
         cfg, resume = resolve_config(args.preset, list(args.overrides), args.resume)
         if args.print_config:
             from .config import to_dict
+
             print(json.dumps(to_dict(cfg), indent=1))
         else:
             main(cfg, resume=resume)
         return 0
+
     return guarded("train", job, "interrupted; resume with `flowalign train --resume auto`")
 
 
@@ -276,4 +347,3 @@ def cli(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="train.py", description="Flow-GRPO training (see flowalign train --help).")
     add_arguments(parser)
     return run(parser.parse_args(argv))
-

@@ -1,10 +1,12 @@
 """Pieces of the trainer that are not its loop: the accelerate wrapper view, reward records, per-sample
 generators, ODE/SDE generation, the periodic evaluation, accelerator set-up and tear-down.
 ``flowalign.trainer`` re-exports them (``from flowalign.trainer import generate`` keeps working)."""
+
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -35,16 +37,23 @@ def as_scores(out: Scores | Tensor, b: int) -> Scores:
     scores = out if isinstance(out, Scores) else Scores(total=torch.as_tensor(out).float().reshape(-1))
     total = scores.total.detach().float().cpu()
     if total.shape != (b,):
-        raise ValueError(f"reward_fn returned shape {tuple(total.shape)} for a batch of {b}; return Tensor[B] or Scores.")
-    valid = torch.isfinite(total) & (torch.ones(b, dtype=torch.bool) if scores.valid is None else scores.valid.cpu().bool())
+        raise ValueError(
+            f"reward_fn returned shape {tuple(total.shape)} for a batch of {b}; return Tensor[B] or Scores."
+        )
+    valid = torch.isfinite(total) & (
+        torch.ones(b, dtype=torch.bool) if scores.valid is None else scores.valid.cpu().bool()
+    )
     comps = {k: v.detach().float().cpu() for k, v in scores.components.items()}
     return Scores(total=total, components=comps, valid=valid)
 
 
 def cat_scores(parts: list[Scores]) -> Scores:
     keys = parts[0].components.keys()
-    return Scores(total=torch.cat([p.total for p in parts]), valid=torch.cat([p.valid for p in parts]),
-                  components={k: torch.cat([p.components[k] for p in parts]) for k in keys})
+    return Scores(
+        total=torch.cat([p.total for p in parts]),
+        valid=torch.cat([p.valid for p in parts]),
+        components={k: torch.cat([p.components[k] for p in parts]) for k in keys},
+    )
 
 
 def generators(seed: int, iteration: int, indices: list[int], device: torch.device) -> list[torch.Generator]:
@@ -52,9 +61,19 @@ def generators(seed: int, iteration: int, indices: list[int], device: torch.devi
 
 
 @torch.no_grad()
-def generate(model, prompts: list[str], cfg: Config, gens: list[torch.Generator], *, num_steps: int,
-             guidance_scale: float, noise_levels: Tensor | None, rollout_fn: Callable = rollout,
-             step: str = "ode", init_gens: list[torch.Generator] | None = None) -> tuple[Cond, Rollout, Tensor]:
+def generate(
+    model,
+    prompts: list[str],
+    cfg: Config,
+    gens: list[torch.Generator],
+    *,
+    num_steps: int,
+    guidance_scale: float,
+    noise_levels: Tensor | None,
+    rollout_fn: Callable = rollout,
+    step: str = "ode",
+    init_gens: list[torch.Generator] | None = None,
+) -> tuple[Cond, Rollout, Tensor]:
     """encode -> initial noise (from ``init_gens``, default ``gens``) -> rollout (SDE noise from
     ``gens``) -> decode: (cond, rollout, images [B, 3, H, W] in [0, 1])."""
     res = cfg.model.resolution
@@ -66,8 +85,15 @@ def generate(model, prompts: list[str], cfg: Config, gens: list[torch.Generator]
 
 
 @torch.no_grad()
-def evaluate(model, reward_fn: Callable, prompts: PromptSet, cfg: Config, acc, rollout_fn: Callable = rollout,
-             metrics: dict[str, Callable] | None = None) -> tuple[dict[str, float], Tensor | None]:
+def evaluate(
+    model,
+    reward_fn: Callable,
+    prompts: PromptSet,
+    cfg: Config,
+    acc,
+    rollout_fn: Callable = rollout,
+    metrics: dict[str, Callable] | None = None,
+) -> tuple[dict[str, float], Tensor | None]:
     """ODE samples of the first ``eval.num_prompts`` held-out prompts with fixed per-prompt noise ->
     mean reward total, components and extra ``metrics`` (name -> reward-like fn) over all ranks,
     and a grid image (main process)."""
@@ -80,21 +106,30 @@ def evaluate(model, reward_fn: Callable, prompts: PromptSet, cfg: Config, acc, r
     sums: dict[str, Tensor] = {}
     shown: list[Tensor] = []
     for s in range(0, per, e.batch_size):
-        idx = mine[s:s + e.batch_size]
+        idx = mine[s : s + e.batch_size]
         real = torch.tensor([i < n for i in idx])
         idx = [min(i, n - 1) for i in idx]
         texts = [prompts.prompts[i] for i in idx]
         gens = generators(e.seed, 0, idx, model.device)
-        _, _, images = generate(model, texts, cfg, gens, num_steps=e.num_steps, guidance_scale=e.guidance_scale,
-                                noise_levels=None, rollout_fn=rollout_fn)
+        _, _, images = generate(
+            model,
+            texts,
+            cfg,
+            gens,
+            num_steps=e.num_steps,
+            guidance_scale=e.guidance_scale,
+            noise_levels=None,
+            rollout_fn=rollout_fn,
+        )
         meta = prompts.columns(idx)
         sc = as_scores(reward_fn(images, texts, **meta), len(idx))
         extra = {k: as_scores(fn(images, texts, **meta), len(idx)).total for k, fn in (metrics or {}).items()}
         for k, v in {"reward": sc.total, **sc.components, **extra}.items():
             ok = real & torch.isfinite(v)
             sums[k] = sums.get(k, torch.zeros(2, dtype=torch.float64)) + torch.stack(
-                [v[ok].double().sum(), ok.double().sum()])
-        shown += [im.cpu() for im, r in zip(images, real) if r][:max(0, e.grid_images - len(shown))]
+                [v[ok].double().sum(), ok.double().sum()]
+            )
+        shown += [im.cpu() for im, r in zip(images, real) if r][: max(0, e.grid_images - len(shown))]
     keys = sorted(sums)
     flat = torch.stack([sums[k] for k in keys]).to(acc.device) if keys else torch.zeros(0, 2, device=acc.device)
     flat = acc.reduce(flat, "sum").cpu()
@@ -107,8 +142,11 @@ def make_accelerator(cfg: Config):
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs
 
-    return Accelerator(cpu=cfg.train.cpu or not torch.cuda.is_available(), mixed_precision=cfg.train.mixed_precision,
-                       kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)])
+    return Accelerator(
+        cpu=cfg.train.cpu or not torch.cuda.is_available(),
+        mixed_precision=cfg.train.mixed_precision,
+        kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)],
+    )
 
 
 def zero_loss(params: list[torch.nn.Parameter]) -> Tensor:

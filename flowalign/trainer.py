@@ -26,6 +26,7 @@ Departures from flow_grpo's ``scripts/train_sd3.py``:
 * a non-finite reward masks its rows (all rows: the iteration is skipped) and a non-finite loss or
   gradient skips the optimizer step on every rank; both are counted and logged.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -34,10 +35,11 @@ import dataclasses
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -55,8 +57,17 @@ from .objectives import OBJECTIVES, UnitInputs, check_objective
 from .sampling.rollout import rollout
 from .sampling.schedule import noise_table, progressive_window, random_window, window_mask
 from .tracking import RunLogger
-from .train_utils import (Prepared, as_scores, cat_scores, evaluate, finish, generate, generators,  # noqa: F401
-                          make_accelerator, zero_loss)
+from .train_utils import (
+    Prepared,
+    as_scores,
+    cat_scores,
+    evaluate,
+    finish,
+    generate,
+    generators,  # noqa: F401
+    make_accelerator,
+    zero_loss,
+)
 from .types import Cond, Rollout
 
 _generators = generators  # (old name, used by benchmarks)
@@ -94,19 +105,35 @@ def step_mask(cfg: Config, iteration: int) -> Tensor:
         return window_mask(s.num_steps, s.window_size, s.window_range[0])
     if s.window == "random":
         import random
+
         lo, hi = (list(s.window_range) + [s.num_steps])[:2]
-        return random_window(s.num_steps, s.window_size, lo, hi, random.Random(sample_seed(cfg.train.seed, iteration, -1)))
+        return random_window(
+            s.num_steps, s.window_size, lo, hi, random.Random(sample_seed(cfg.train.seed, iteration, -1))
+        )
     if s.window == "geometric":  # TreeGRPO: start ~ truncated geometric(r)
         gen = torch.Generator().manual_seed(sample_seed(cfg.train.seed, iteration, -1))
         return geometric_window(s.num_steps, s.window_size, s.window_r, generator=gen)
     return progressive_window(s.num_steps, s.window_size, iteration, every=s.window_every, stride=s.window_stride)
 
 
-def train(cfg: Config, model, reward_fn: Callable, prompts: PromptSet, *, eval_prompts: PromptSet | None = None,
-          run_dir: str | Path, credit_fn: Callable | None = None, loss_fn: Callable = flow_grpo_loss,
-          rollout_fn: Callable = rollout, resume: str | Path | None = None, accelerator=None,
-          export_fn: Callable[[Path], None] | None = None, ref_model=None,
-          eval_metrics: dict[str, Callable] | None = None, process_reward: Callable | None = None) -> TrainResult:
+def train(
+    cfg: Config,
+    model,
+    reward_fn: Callable,
+    prompts: PromptSet,
+    *,
+    eval_prompts: PromptSet | None = None,
+    run_dir: str | Path,
+    credit_fn: Callable | None = None,
+    loss_fn: Callable = flow_grpo_loss,
+    rollout_fn: Callable = rollout,
+    resume: str | Path | None = None,
+    accelerator=None,
+    export_fn: Callable[[Path], None] | None = None,
+    ref_model=None,
+    eval_metrics: dict[str, Callable] | None = None,
+    process_reward: Callable | None = None,
+) -> TrainResult:
     """Run Flow-GRPO on ``model`` (a FlowModel whose trainable parameters are already set up).
 
     reward_fn(images [B,3,H,W], prompts, **metadata) -> Scores | Tensor[B]; credit_fn(rewards [N],
@@ -126,8 +153,9 @@ def train(cfg: Config, model, reward_fn: Callable, prompts: PromptSet, *, eval_p
     run_dir = Path(run_dir)
     acc.gradient_accumulation_steps = d.backward_per_step
     credit_fn, needs = make_credit(cfg, credit_fn)
-    roll = make_rollout(cfg, needs, rollout_fn, model=model,
-                        process_reward=reward_fn if process_reward is None else process_reward)
+    roll = make_rollout(
+        cfg, needs, rollout_fn, model=model, process_reward=reward_fn if process_reward is None else process_reward
+    )
     bare = model.transformer
     names = [n for n, p in bare.named_parameters() if p.requires_grad]
     params = [p for p in bare.parameters() if p.requires_grad]
@@ -160,8 +188,9 @@ def train(cfg: Config, model, reward_fn: Callable, prompts: PromptSet, *, eval_p
         ckpt.set_rng_state(parts["rng"])
     if cfg.credit.calibrate_iterations > 0 and resume is None:  # DenseGRPO Alg. 1, once; kept in the saved config
         nfe0 = model.nfe
-        levels, cal = calibrate_psi(model, reward_fn, prompts, cfg,
-                                    torch.Generator().manual_seed(sample_seed(cfg.train.seed, -1, -3)))
+        levels, cal = calibrate_psi(
+            model, reward_fn, prompts, cfg, torch.Generator().manual_seed(sample_seed(cfg.train.seed, -1, -3))
+        )
         cfg = copy.deepcopy(cfg)
         cfg.sample.noise_table, cfg.credit.calibrate_iterations = [float(v) for v in levels], 0
         state.nfe += int(acc.reduce(torch.tensor([float(model.nfe - nfe0)], device=acc.device), "sum"))
@@ -213,9 +242,18 @@ def train(cfg: Config, model, reward_fn: Callable, prompts: PromptSet, *, eval_p
             if export_fn is not None:
                 with swap():
                     export_fn(directory)
-        path = ckpt.save(run_dir, it, parts, {**dataclasses.asdict(state), "config": to_dict(cfg)}, rank=rank,
-                         rank_parts=rank_parts, barrier=acc.wait_for_everyone, keep_last=cfg.train.keep_last,
-                         export=export)
+
+        path = ckpt.save(
+            run_dir,
+            it,
+            parts,
+            {**dataclasses.asdict(state), "config": to_dict(cfg)},
+            rank=rank,
+            rank_parts=rank_parts,
+            barrier=acc.wait_for_everyone,
+            keep_last=cfg.train.keep_last,
+            export=export,
+        )
         acc.print(f"saved {path}", flush=True)
 
     t_start, T, bs = time.time(), cfg.sample.num_steps, cfg.sample.batch_size
@@ -226,8 +264,9 @@ def train(cfg: Config, model, reward_fn: Callable, prompts: PromptSet, *, eval_p
             # ---------------- SAMPLE + SCORE ----------------
             t0, nfe0 = time.time(), model.nfe
             mask_t = step_mask(cfg, it)
-            levels = noise_table(T, torch.tensor(cfg.sample.noise_table) if cfg.sample.noise_table
-                                 else cfg.sample.noise_level, mask_t)
+            levels = noise_table(
+                T, torch.tensor(cfg.sample.noise_table) if cfg.sample.noise_table else cfg.sample.noise_level, mask_t
+            )
             whole = "tree" in needs or (cfg.sample.share_prefix and d.images_per_rank % cfg.sample.group_size == 0)
             layout = whole_group_batch if whole else group_batch  # trees / shared prefixes: whole groups per batch
             pidx, gids = layout(len(prompts), cfg.sample.group_size, d.images_per_rank, world, rank, cfg.train.seed, it)
@@ -239,10 +278,23 @@ def train(cfg: Config, model, reward_fn: Callable, prompts: PromptSet, *, eval_p
                 sl = slice(b * bs, (b + 1) * bs)
                 texts = [prompts.prompts[i] for i in pidx[sl]]
                 gens = generators(cfg.train.seed, it, gidx[sl], model.device)
-                init = generators(cfg.train.seed, it, [-1 - g for g in gids[sl]], model.device) \
-                    if cfg.sample.same_noise else None  # one initial noise per group
-                cond, ro, images = generate(model, texts, cfg, gens, num_steps=T, guidance_scale=cfg.sample.guidance_scale,
-                                            noise_levels=levels, rollout_fn=roll, step=cfg.sample.step, init_gens=init)
+                init = (
+                    generators(cfg.train.seed, it, [-1 - g for g in gids[sl]], model.device)
+                    if cfg.sample.same_noise
+                    else None
+                )  # one initial noise per group
+                cond, ro, images = generate(
+                    model,
+                    texts,
+                    cfg,
+                    gens,
+                    num_steps=T,
+                    guidance_scale=cfg.sample.guidance_scale,
+                    noise_levels=levels,
+                    rollout_fn=roll,
+                    step=cfg.sample.step,
+                    init_gens=init,
+                )
                 tr, meta = time.time(), prompts.columns(pidx[sl])
                 with torch.no_grad():
                     scores.append(as_scores(reward_fn(images, texts, **meta), len(texts)))
@@ -253,8 +305,13 @@ def train(cfg: Config, model, reward_fn: Callable, prompts: PromptSet, *, eval_p
                 conds.append(cond)
                 rolls.append(ro)
             cond, r0 = Cond.cat(conds), rolls[0]
-            ro = Rollout(latents=torch.cat([r.latents for r in rolls]), log_probs=torch.cat([r.log_probs for r in rolls]),
-                         sigmas=r0.sigmas, noise_levels=r0.noise_levels, step=r0.step)
+            ro = Rollout(
+                latents=torch.cat([r.latents for r in rolls]),
+                log_probs=torch.cat([r.log_probs for r in rolls]),
+                sigmas=r0.sigmas,
+                noise_levels=r0.noise_levels,
+                step=r0.step,
+            )
             col, sc = Collected.cat(cols), cat_scores(scores)
             sc.valid = sc.valid & col.ok  # a non-finite credit extra masks its row like a non-finite reward
             t_sample = time.time() - t0 - t_reward - t_collect
@@ -262,11 +319,20 @@ def train(cfg: Config, model, reward_fn: Callable, prompts: PromptSet, *, eval_p
             state.nfe += nfe_it
             # ---------------- CREDIT (gathered over ranks) ----------------
             dev = acc.device
-            g = {k: acc.gather(torch.as_tensor(v).to(dev)).cpu() for k, v in
-                 (("reward", torch.where(sc.valid, sc.total, torch.zeros_like(sc.total))), ("valid", sc.valid.long()),
-                  ("group", torch.tensor(gids)), ("index", torch.tensor(gidx)), ("prompt", torch.tensor(pidx)))}
-            ex = {k: acc.gather(v.to(dev).long() if v.dtype == torch.bool else v.to(dev)).cpu()
-                  for k, v in col.extras.items()}  # (gloo gathers no bool)
+            g = {
+                k: acc.gather(torch.as_tensor(v).to(dev)).cpu()
+                for k, v in (
+                    ("reward", torch.where(sc.valid, sc.total, torch.zeros_like(sc.total))),
+                    ("valid", sc.valid.long()),
+                    ("group", torch.tensor(gids)),
+                    ("index", torch.tensor(gidx)),
+                    ("prompt", torch.tensor(pidx)),
+                )
+            }
+            ex = {
+                k: acc.gather(v.to(dev).long() if v.dtype == torch.bool else v.to(dev)).cpu()
+                for k, v in col.extras.items()
+            }  # (gloo gathers no bool)
             n_all, valid = g["reward"].shape[0], g["valid"].bool()
             state.nonfinite_reward_rows += int((~valid).sum())
             adv = torch.zeros(n_all, T)
@@ -279,8 +345,17 @@ def train(cfg: Config, model, reward_fn: Callable, prompts: PromptSet, *, eval_p
                 state.skipped_iterations += 1
             if main and cfg.log.credit_jsonl:
                 with open(run_dir / "credit.jsonl", "a", encoding="utf-8") as f:
-                    f.write(json.dumps({"iteration": it, **{k: v.tolist() for k, v in {**g, **ex}.items()},
-                                        "advantages": adv.tolist(), "mask": mask.tolist()}) + "\n")
+                    f.write(
+                        json.dumps(
+                            {
+                                "iteration": it,
+                                **{k: v.tolist() for k, v in {**g, **ex}.items()},
+                                "advantages": adv.tolist(),
+                                "mask": mask.tolist(),
+                            }
+                        )
+                        + "\n"
+                    )
             mine = slice(rank * d.images_per_rank, (rank + 1) * d.images_per_rank)
             adv, mask = adv[mine], mask[mine]
             # ---------------- TRAIN: inner epochs over (micro-batch, step) ----------------
@@ -291,10 +366,12 @@ def train(cfg: Config, model, reward_fn: Callable, prompts: PromptSet, *, eval_p
             inputs = UnitInputs(cfg, model, cond, ro, steps, it, gidx, loss_fn, ref_model)
             unit = OBJECTIVES[cfg.loss.objective](inputs) if steps else None
             for epoch in range(cfg.train.inner_epochs if steps else 0):
-                order = torch.randperm(d.images_per_rank,
-                                       generator=torch.Generator().manual_seed(sample_seed(cfg.train.seed, it, -2 - epoch - 1000 * rank)))
+                order = torch.randperm(
+                    d.images_per_rank,
+                    generator=torch.Generator().manual_seed(sample_seed(cfg.train.seed, it, -2 - epoch - 1000 * rank)),
+                )
                 for b in range(d.batches_per_rank):
-                    rows = order[b * bs:(b + 1) * bs]
+                    rows = order[b * bs : (b + 1) * bs]
                     a_mb, m_mb = adv[rows], mask[rows]
                     for j in steps:
                         with acc.accumulate(wrapped):
@@ -328,26 +405,39 @@ def train(cfg: Config, model, reward_fn: Callable, prompts: PromptSet, *, eval_p
                 stats["train/grad_norm"] = sum(norms) / len(norms)
             r_ok = g["reward"][valid]
             gsc = {k: acc.gather(v.to(dev)).cpu() for k, v in sc.components.items()}
-            stats.update({"reward/total_mean": float(r_ok.mean()) if len(r_ok) else float("nan"),
-                          "reward/total_std": float(r_ok.std()) if len(r_ok) > 1 else 0.0,
-                          **{f"reward/{k}_mean": float(v[torch.isfinite(v)].mean()) for k, v in gsc.items()},
-                          **{f"credit/{k}": float(v) for k, v in credit_stats.items()},
-                          **{f"collect/{k}": float(v) for k, v in col.stats.items()},
-                          "nfe/total": state.nfe, "nfe/iteration": nfe_it, "time/collect": t_collect,
-                          "credit/adv_mean": float(adv[mask].mean()) if mask.any() else 0.0,
-                          "credit/adv_std": float(adv[mask].std()) if mask.sum() > 1 else 0.0,
-                          "credit/trained_frac": float(mask.any(1).float().mean()),
-                          "optim/lr": optimizer.param_groups[0]["lr"], "optim/step": state.optimizer_step,
-                          "skipped/steps": state.skipped_steps, "skipped/iterations": state.skipped_iterations,
-                          "skipped/nonfinite_reward_rows": state.nonfinite_reward_rows,
-                          "time/sample": t_sample, "time/reward": t_reward, "time/train": t_train})
+            stats.update(
+                {
+                    "reward/total_mean": float(r_ok.mean()) if len(r_ok) else float("nan"),
+                    "reward/total_std": float(r_ok.std()) if len(r_ok) > 1 else 0.0,
+                    **{f"reward/{k}_mean": float(v[torch.isfinite(v)].mean()) for k, v in gsc.items()},
+                    **{f"credit/{k}": float(v) for k, v in credit_stats.items()},
+                    **{f"collect/{k}": float(v) for k, v in col.stats.items()},
+                    "nfe/total": state.nfe,
+                    "nfe/iteration": nfe_it,
+                    "time/collect": t_collect,
+                    "credit/adv_mean": float(adv[mask].mean()) if mask.any() else 0.0,
+                    "credit/adv_std": float(adv[mask].std()) if mask.sum() > 1 else 0.0,
+                    "credit/trained_frac": float(mask.any(1).float().mean()),
+                    "optim/lr": optimizer.param_groups[0]["lr"],
+                    "optim/step": state.optimizer_step,
+                    "skipped/steps": state.skipped_steps,
+                    "skipped/iterations": state.skipped_iterations,
+                    "skipped/nonfinite_reward_rows": state.nonfinite_reward_rows,
+                    "time/sample": t_sample,
+                    "time/reward": t_reward,
+                    "time/train": t_train,
+                }
+            )
             result.history.append({"iteration": it, **stats})
             if it % cfg.log.every == 0 or it + 1 == cfg.train.iterations:
                 log.scalars(stats, it)
-            acc.print(f"it {it + 1}/{cfg.train.iterations}  reward {stats['reward/total_mean']:.4f}"
-                      f"±{stats['reward/total_std']:.3f}  clipfrac {stats.get('train/clipfrac', 0):.3f}  "
-                      f"kl {stats.get('train/approx_kl', 0):.2e}  sample {t_sample:.1f}s reward {t_reward:.1f}s "
-                      f"train {t_train:.1f}s", flush=True)
+            acc.print(
+                f"it {it + 1}/{cfg.train.iterations}  reward {stats['reward/total_mean']:.4f}"
+                f"±{stats['reward/total_std']:.3f}  clipfrac {stats.get('train/clipfrac', 0):.3f}  "
+                f"kl {stats.get('train/approx_kl', 0):.2e}  sample {t_sample:.1f}s reward {t_reward:.1f}s "
+                f"train {t_train:.1f}s",
+                flush=True,
+            )
             out_of_time = cfg.train.max_minutes > 0 and (time.time() - t_start) > 60 * cfg.train.max_minutes
             over_nfe = cfg.train.max_nfe > 0 and state.nfe >= cfg.train.max_nfe  # (state.nfe: same on every rank)
             stop = bool(acc.reduce(torch.tensor([float(out_of_time)], device=dev), "sum") > 0) or over_nfe
@@ -355,8 +445,10 @@ def train(cfg: Config, model, reward_fn: Callable, prompts: PromptSet, *, eval_p
             if (cfg.train.save_every > 0 and state.iteration % cfg.train.save_every == 0) or last:
                 save(state.iteration)
             if stop:
-                acc.print(f"budget reached after {state.iteration} iterations ({state.nfe} NFE; train.max_minutes="
-                          f"{cfg.train.max_minutes}, train.max_nfe={cfg.train.max_nfe}).")
+                acc.print(
+                    f"budget reached after {state.iteration} iterations ({state.nfe} NFE; train.max_minutes="
+                    f"{cfg.train.max_minutes}, train.max_nfe={cfg.train.max_nfe})."
+                )
                 break
         if evals_on:
             run_eval(state.iteration)
@@ -369,4 +461,3 @@ def train(cfg: Config, model, reward_fn: Callable, prompts: PromptSet, *, eval_p
         if own_acc:
             finish(acc)
     return result
-

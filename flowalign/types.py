@@ -9,6 +9,7 @@ Conventions used everywhere (see README "Conventions"):
 ``B`` is the batch, ``T`` the number of steps, ``*S`` the latent shape of one sample (``C, H, W``
 for SD3, ``L, D`` packed tokens for Flux), ``N`` the number of nodes of a tree.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, replace
@@ -147,8 +148,14 @@ class TreeRollout:
         idx = torch.tensor(paths, dtype=torch.long)  # [L, T+1]
         log_probs = self.log_prob[idx[:, 1:]]
         levels = self.noise_level[idx[0, 1:]]
-        return Rollout(latents=self.latents[idx], log_probs=log_probs, sigmas=self.sigmas,
-                       noise_levels=levels, step=self.step_kind, nfe=self.nfe)
+        return Rollout(
+            latents=self.latents[idx],
+            log_probs=log_probs,
+            sigmas=self.sigmas,
+            noise_levels=levels,
+            step=self.step_kind,
+            nfe=self.nfe,
+        )
 
 
 @dataclass

@@ -33,10 +33,21 @@ class FlowAlignFluxPipelineOutput(FluxPipelineOutput):
 
 
 class FlowAlignFluxPipeline(FluxPipeline):
-    def __call__(self, *args: Any, steering: str | None = None, reward: Any = None, num_particles: int = 4,
-                 lam: float = 10.0, potential: str = "max", resample_steps: Any = None, step: str | None = None,
-                 noise_level: Any = None, nfe_budget: int | None = None,
-                 steering_kwargs: dict[str, Any] | None = None, **kwargs: Any):
+    def __call__(
+        self,
+        *args: Any,
+        steering: str | None = None,
+        reward: Any = None,
+        num_particles: int = 4,
+        lam: float = 10.0,
+        potential: str = "max",
+        resample_steps: Any = None,
+        step: str | None = None,
+        noise_level: Any = None,
+        nfe_budget: int | None = None,
+        steering_kwargs: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ):
         parent = super().__call__
         if steering is None:
             return parent(*args, **kwargs)
@@ -45,10 +56,23 @@ class FlowAlignFluxPipeline(FluxPipeline):
         from flowalign.steering.pipeline_support import steered_call, steering_info
 
         with torch.no_grad():
-            images, res, a = steered_call(self, "flux", parent, args, kwargs, steering=steering, reward=reward,
-                                          num_particles=num_particles, lam=lam, potential=potential,
-                                          resample_steps=resample_steps, step=step, noise_level=noise_level,
-                                          nfe_budget=nfe_budget, steering_kwargs=steering_kwargs)
+            images, res, a = steered_call(
+                self,
+                "flux",
+                parent,
+                args,
+                kwargs,
+                steering=steering,
+                reward=reward,
+                num_particles=num_particles,
+                lam=lam,
+                potential=potential,
+                resample_steps=resample_steps,
+                step=step,
+                noise_level=noise_level,
+                nfe_budget=nfe_budget,
+                steering_kwargs=steering_kwargs,
+            )
         self.maybe_free_model_hooks()
         if not a["return_dict"]:
             return (images,)

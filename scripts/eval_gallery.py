@@ -4,6 +4,7 @@
     python scripts/eval_gallery.py --method base --method lora:runs/testbed/checkpoints/last \\
         --method fk:particles=4,potential=max,lambda=10 --seeds 0,1,2 --out runs/gallery
 """
+
 import sys
 
 from flowalign.cli import main

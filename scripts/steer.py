@@ -1,5 +1,6 @@
 #!/usr/bin/env python
 """Thin wrapper: ``python scripts/steer.py ARGS`` == ``flowalign steer ARGS`` (see flowalign/steer_cli.py)."""
+
 import sys
 
 from flowalign.cli import main

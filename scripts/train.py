@@ -1,11 +1,12 @@
 #!/usr/bin/env python
 """Flow-GRPO training; the same as `flowalign train`.
 
-    python scripts/train.py                                   # testbed preset on CPU
-    python scripts/train.py sd35_pickscore data.train=prompts.txt reward.options.pickscore.path=/ckpt/pickscore
-    accelerate launch --config_file scripts/accelerate/multi_gpu.yaml scripts/train.py sd35_pickscore
-    python scripts/train.py --resume auto                     # continue the latest testbed run
+python scripts/train.py                                   # testbed preset on CPU
+python scripts/train.py sd35_pickscore data.train=prompts.txt reward.options.pickscore.path=/ckpt/pickscore
+accelerate launch --config_file scripts/accelerate/multi_gpu.yaml scripts/train.py sd35_pickscore
+python scripts/train.py --resume auto                     # continue the latest testbed run
 """
+
 import os
 import sys
 

@@ -9,6 +9,7 @@ safetensors, to be used with ``load_reward("artifact", path=OUT, clip=WEIGHTS)``
 registers an extra open_clip architecture JSON (the file's stem is its name). Prints a summary and,
 as its last line, one JSON object with the accuracies.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,8 +29,10 @@ def load_folder(folder: str, size: int) -> torch.Tensor:
 
     names = sorted(f for f in os.listdir(folder) if f.lower().endswith(EXTS))
     if not names:
-        raise ValueError(f"no images ({', '.join(EXTS)}) in {folder}; put clean images in DIR/clean and "
-                         f"images with artifacts in DIR/artifact.")
+        raise ValueError(
+            f"no images ({', '.join(EXTS)}) in {folder}; put clean images in DIR/clean and "
+            f"images with artifacts in DIR/artifact."
+        )
     out = []
     for n in names:
         img = pil_to_tensor(Image.open(os.path.join(folder, n)).convert("RGB")).float() / 255
@@ -76,15 +79,43 @@ def main(argv: list[str] | None = None) -> dict:
     (tr_c, va_c), (tr_b, va_b) = split(len(clean), args.val_fraction, g), split(len(bad), args.val_fraction, g)
     tr = torch.cat([tr_c, tr_b + len(clean)])
     va = torch.cat([va_c, va_b + len(clean)])
-    head, stats = train_head(x[tr], y[tr], x[va], y[va], hidden=args.hidden, epochs=args.epochs, lr=args.lr,
-                             weight_decay=args.weight_decay, seed=args.seed)
+    head, stats = train_head(
+        x[tr],
+        y[tr],
+        x[va],
+        y[va],
+        hidden=args.hidden,
+        epochs=args.epochs,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        seed=args.seed,
+    )
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    save_head(head, args.out, args.arch, extra={"clip": str(args.clip), "n_clean": len(clean), "n_artifact": len(bad),
-                                                "val_acc": stats.val_acc, "val_auc": stats.val_auc})
-    result = {"n_clean": len(clean), "n_artifact": len(bad), "train_acc": stats.train_acc, "val_acc": stats.val_acc,
-              "val_auc": stats.val_auc, "train_loss": stats.train_loss, "out": args.out}
-    print(f"artifact head: {len(clean)} clean / {len(bad)} artifact images, {x.shape[1]}-d {args.arch} features; "
-          f"train acc {stats.train_acc:.3f}, val acc {stats.val_acc:.3f}, val AUC {stats.val_auc:.3f} -> {args.out}")
+    save_head(
+        head,
+        args.out,
+        args.arch,
+        extra={
+            "clip": str(args.clip),
+            "n_clean": len(clean),
+            "n_artifact": len(bad),
+            "val_acc": stats.val_acc,
+            "val_auc": stats.val_auc,
+        },
+    )
+    result = {
+        "n_clean": len(clean),
+        "n_artifact": len(bad),
+        "train_acc": stats.train_acc,
+        "val_acc": stats.val_acc,
+        "val_auc": stats.val_auc,
+        "train_loss": stats.train_loss,
+        "out": args.out,
+    }
+    print(
+        f"artifact head: {len(clean)} clean / {len(bad)} artifact images, {x.shape[1]}-d {args.arch} features; "
+        f"train acc {stats.train_acc:.3f}, val acc {stats.val_acc:.3f}, val AUC {stats.val_auc:.3f} -> {args.out}"
+    )
     print(json.dumps(result))
     return result
 

@@ -18,6 +18,7 @@ count failure RL can repair (README). A variant with object neglect instead::
       {"steps": 6000, "lr": 1e-3, "warmup": 100, "seed": 79},
       {"steps": 1000, "lr": 1e-3, "warmup": 100, "seed": 81, "caption_noise": 0.5}]'
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,12 +46,19 @@ CONFIG = {
     "aesthetic": {"steps": 400, "batch": 32, "lr": 2e-3},
     # flow matching in cosine cycles (warm restarts), each from the previous one's EMA weights, with seed = seed +
     # its offset and optional caption noises (keys of flowalign.testbed.train_flow.NOISES, each a probability)
-    "flow": {"batch": 32, "ema": 0.998, "cfg_dropout": 0.1, "shift": P.DEFAULT_ARCH["shift"],
-             "kind_weights": [0.1, 0.2, 0.25, 0.45],
-             "cycles": [{"steps": 4000, "lr": 1.5e-3, "warmup": 200, "seed": 30},
-                        {"steps": 3000, "lr": 1e-3, "warmup": 100, "seed": 77},
-                        {"steps": 6000, "lr": 1e-3, "warmup": 100, "seed": 79},
-                        {"steps": 1000, "lr": 1e-3, "warmup": 100, "seed": 81, "duplicate_noise": 0.4}]},
+    "flow": {
+        "batch": 32,
+        "ema": 0.998,
+        "cfg_dropout": 0.1,
+        "shift": P.DEFAULT_ARCH["shift"],
+        "kind_weights": [0.1, 0.2, 0.25, 0.45],
+        "cycles": [
+            {"steps": 4000, "lr": 1.5e-3, "warmup": 200, "seed": 30},
+            {"steps": 3000, "lr": 1e-3, "warmup": 100, "seed": 77},
+            {"steps": 6000, "lr": 1e-3, "warmup": 100, "seed": 79},
+            {"steps": 1000, "lr": 1e-3, "warmup": 100, "seed": 81, "duplicate_noise": 0.4},
+        ],
+    },
     "sampling": P.DEFAULT_SAMPLING,
     "eval_prompts": 219,
 }
@@ -105,6 +113,7 @@ def main(argv: list[str] | None = None) -> None:
     t = time.time()
     if "vae" in reuse:
         from diffusers import AutoencoderKL
+
         components["vae"] = AutoencoderKL.from_pretrained(str(out / "pipeline" / "vae")).eval()
     else:
         components["vae"] = T.train_vae(cfg["vae"], components["vae"], seed + 10, log)
@@ -127,9 +136,11 @@ def main(argv: list[str] | None = None) -> None:
     else:
         common = {k: v for k, v in cfg["flow"].items() if k != "cycles"}
         for i, cycle in enumerate(cfg["flow"]["cycles"]):
+
             def checkpoint(step: int, ema: dict, i: int = i) -> None:
                 if args.ckpt_every and step % args.ckpt_every == 0:
                     P.assemble({**components, **ema}).save_pretrained(str(out / "checkpoints" / f"cycle{i}_step{step}"))
+
             log(f"flow cycle {i}: {json.dumps(cycle)}")
             components.update(train_flow({**common, **cycle}, components, seed + cycle["seed"], log, checkpoint))
         pipe = P.assemble(components)
@@ -137,8 +148,10 @@ def main(argv: list[str] | None = None) -> None:
         pipe = P.load_pipeline(out / "pipeline")
     timings["flow"] = time.time() - t
     timings["train_total"] = sum(timings.values())
-    log(f"training wall time {timings['train_total'] / 60:.1f} min: "
-        + ", ".join(f"{k} {v / 60:.1f}" for k, v in timings.items()))
+    log(
+        f"training wall time {timings['train_total'] / 60:.1f} min: "
+        + ", ".join(f"{k} {v / 60:.1f}" for k, v in timings.items())
+    )
 
     (out / "prompts").mkdir(exist_ok=True)
     for split, table in W.prompt_splits().items():
@@ -147,20 +160,42 @@ def main(argv: list[str] | None = None) -> None:
     (out / "prompts" / "eval.txt").write_text("\n".join(W.eval_prompts()) + "\n")
 
     from flowalign.testbed import evaluate as E
+
     t = time.time()
-    metrics = E.evaluate_pipeline(pipe, scorer_models["checker"], W.eval_prompts(cfg["eval_prompts"]),
-                                  **cfg["sampling"], seed=0, detector=scorer_models["artifact"],
-                                  aesthetic=scorer_models["aesthetic"])
-    metrics["checker_heldout_acc"] = E.checker_agreement(scorer_models["checker"], 1000 if not args.smoke else 32, seed=1)["acc"]
-    metrics["artifact_detector_acc"] = E.detector_accuracy(scorer_models["artifact"], 1000 if not args.smoke else 32, seed=2)["acc"]
+    metrics = E.evaluate_pipeline(
+        pipe,
+        scorer_models["checker"],
+        W.eval_prompts(cfg["eval_prompts"]),
+        **cfg["sampling"],
+        seed=0,
+        detector=scorer_models["artifact"],
+        aesthetic=scorer_models["aesthetic"],
+    )
+    metrics["checker_heldout_acc"] = E.checker_agreement(
+        scorer_models["checker"], 1000 if not args.smoke else 32, seed=1
+    )["acc"]
+    metrics["artifact_detector_acc"] = E.detector_accuracy(
+        scorer_models["artifact"], 1000 if not args.smoke else 32, seed=2
+    )["acc"]
     timings["eval"] = time.time() - t
     log("eval " + json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}))
-    E.sample_grid(pipe, W.eval_prompts(8) if not args.smoke else W.eval_prompts(2), seeds=4,
-                  path=out / "sample_grid.png", **cfg["sampling"])
-    record = {"sampling": cfg["sampling"], "train_config": cfg, "timings_s": {k: round(v, 1) for k, v in timings.items()},
-              "metrics": metrics, "torch": torch.__version__, "threads": args.threads}
+    E.sample_grid(
+        pipe,
+        W.eval_prompts(8) if not args.smoke else W.eval_prompts(2),
+        seeds=4,
+        path=out / "sample_grid.png",
+        **cfg["sampling"],
+    )
+    record = {
+        "sampling": cfg["sampling"],
+        "train_config": cfg,
+        "timings_s": {k: round(v, 1) for k, v in timings.items()},
+        "metrics": metrics,
+        "torch": torch.__version__,
+        "threads": args.threads,
+    }
     (out / "config.json").write_text(json.dumps(record, indent=1) + "\n")
-    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file()) / 2 ** 20
+    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file()) / 2**20
     log(f"wrote {out} ({size:.1f} MB); total wall time {(time.time() - t_start) / 60:.1f} min")
 
 

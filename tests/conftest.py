@@ -4,6 +4,7 @@ Importing this file forces offline mode and 1 torch thread (2 with FLOWALIGN_TES
 test machines have 2 cores shared with other jobs). The session-scoped pipelines/models are shared:
 tests must not mutate their weights (build a fresh ``tiny_sd3_pipeline()`` for that; it takes ~0.2 s).
 """
+
 from __future__ import annotations
 
 import os

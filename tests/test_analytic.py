@@ -1,4 +1,5 @@
 """Samplers on a Gaussian mixture with a closed-form velocity: marginals, exactness, trees."""
+
 import pytest
 import torch
 
@@ -7,8 +8,9 @@ from flowalign.sampling.rollout import complete, completion_grid, log_prob_at, r
 from flowalign.sampling.schedule import linear_sigmas, shifted_sigmas
 from flowalign.sampling.tree import TreeSpec, edge_log_prob, tree_rollout
 
-MIX = dict(means=[[-2.0, 0.5], [1.5, -1.0], [0.5, 2.0]], stds=[[0.5, 0.3], [0.4, 0.6], [0.3, 0.3]],
-           weights=[0.3, 0.5, 0.2])
+MIX = dict(
+    means=[[-2.0, 0.5], [1.5, -1.0], [0.5, 2.0]], stds=[[0.5, 0.3], [0.4, 0.6], [0.3, 0.3]], weights=[0.3, 0.5, 0.2]
+)
 N, T = 6000, 100
 
 
@@ -81,8 +83,9 @@ def test_tree_without_branching_is_the_flat_rollout(mix):
         g = torch.Generator().manual_seed(3)
         flat = rollout(mix, cond, mix.initial_noise(3, generator=g), shifted_sigmas(8), kind, 0.7, generator=g)
         g = torch.Generator().manual_seed(3)
-        tree = tree_rollout(mix, cond, mix.initial_noise(3, generator=g), shifted_sigmas(8), TreeSpec((2, 5), 1),
-                            kind, 0.7, generator=g)
+        tree = tree_rollout(
+            mix, cond, mix.initial_noise(3, generator=g), shifted_sigmas(8), TreeSpec((2, 5), 1), kind, 0.7, generator=g
+        )
         as_flat = tree.to_rollout()
         assert torch.equal(as_flat.latents, flat.latents) and torch.equal(as_flat.log_probs, flat.log_probs)
         assert tree.nfe == flat.nfe == 3 * 8
@@ -92,8 +95,16 @@ def test_tree_nfe_and_structure(mix):
     # binary splits at steps 2,4,6,8 of 10: frontier sizes 1,1,1,2,2,4,4,8,8,16 -> 47 NFE for 16 leaves;
     # children made per step 1,1,2,2,4,4,8,8,16,16 = 62 nodes + 1 root
     g = torch.Generator().manual_seed(4)
-    tree = tree_rollout(mix, mix.encode(["p"]), mix.initial_noise(1, generator=g), linear_sigmas(10),
-                        TreeSpec((2, 4, 6, 8), 2), "flow_sde", 0.7, generator=g)
+    tree = tree_rollout(
+        mix,
+        mix.encode(["p"]),
+        mix.initial_noise(1, generator=g),
+        linear_sigmas(10),
+        TreeSpec((2, 4, 6, 8), 2),
+        "flow_sde",
+        0.7,
+        generator=g,
+    )
     assert tree.nfe == 47 and len(tree.leaves) == 16 and tree.num_nodes == 63
     assert tree.depth[tree.leaves].tolist() == [4] * 16 and tree.step[tree.leaves].tolist() == [10] * 16
     # siblings at a split share the parent state and kernel mean but not the sample
@@ -109,8 +120,16 @@ def test_correlated_branch_noise(mix):
     # s = 0: siblings share their noise exactly; s large: nearly independent
     g = torch.Generator().manual_seed(5)
     cond = mix.encode(["p"])
-    tree = tree_rollout(mix, cond, mix.initial_noise(1, generator=g), linear_sigmas(4), TreeSpec((1,), 4, branch_corr=0.0),
-                        "dance_sde", 0.5, generator=g)
+    tree = tree_rollout(
+        mix,
+        cond,
+        mix.initial_noise(1, generator=g),
+        linear_sigmas(4),
+        TreeSpec((1,), 4, branch_corr=0.0),
+        "dance_sde",
+        0.5,
+        generator=g,
+    )
     kids = torch.nonzero(tree.step == 2).flatten()
     assert torch.allclose(tree.latents[kids], tree.latents[kids[:1]].expand(4, -1))
 
@@ -127,21 +146,27 @@ def test_complete_and_grid(mix):
     assert nfe == 2 * 7 and torch.allclose(final, r.final, atol=1e-6)  # the ODE completion of an ODE path
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(noise_levels=torch.tensor([0.5, -0.1, 0.0])), "noise_level must be >= 0"),
-    (dict(step="nope"), "unknown step kind"),
-    (dict(generator=[torch.Generator()] * 3), "3 generators for a batch of 2"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(noise_levels=torch.tensor([0.5, -0.1, 0.0])), "noise_level must be >= 0"),
+        (dict(step="nope"), "unknown step kind"),
+        (dict(generator=[torch.Generator()] * 3), "3 generators for a batch of 2"),
+    ],
+)
 def test_rollout_bad_input(mix, kwargs, match):
     with pytest.raises(ValueError, match=match):
         rollout(mix, mix.encode(["a", "b"]), torch.zeros(2, 2), linear_sigmas(3), **kwargs)
 
 
-@pytest.mark.parametrize("spec,match", [
-    (TreeSpec((3, 12)), r"split_steps=\[3, 12\] must be step indices in \[0, 9\]"),
-    (TreeSpec((5, 2)), "strictly increasing"),
-    (TreeSpec((2,), 0), "branch_factor=\\[0\\] must be ints >= 1"),
-])
+@pytest.mark.parametrize(
+    "spec,match",
+    [
+        (TreeSpec((3, 12)), r"split_steps=\[3, 12\] must be step indices in \[0, 9\]"),
+        (TreeSpec((5, 2)), "strictly increasing"),
+        (TreeSpec((2,), 0), "branch_factor=\\[0\\] must be ints >= 1"),
+    ],
+)
 def test_tree_bad_spec(mix, spec, match):
     with pytest.raises(ValueError, match=match):
         tree_rollout(mix, mix.encode(["a"]), torch.zeros(1, 2), linear_sigmas(10), spec, "flow_sde", 0.7)

@@ -1,18 +1,45 @@
 """Hand-computed credit variants (issue 6): DenseGRPO, psi(t) calibration, TP-GRPO, G^2RPO, BranchGRPO /
 TreeGRPO, Euphonium guided SDE and dual-reward credit, config-time checks. Arithmetic in comments."""
+
 import pytest
 import torch
 
 from flowalign.credit import CREDIT, TREE_CREDIT
-from flowalign.credit.checks import (check_credit, check_granular, check_guidance, check_pruning,
-                                     check_tree_spec, check_window)
-from flowalign.credit.dense import (calibrate_noise_table, dense_grpo, flow_sde_psi, ladder_gain_measure,
-                                    ladder_steps, psi_to_noise_levels, step_gains)
+from flowalign.credit.checks import (
+    check_credit,
+    check_granular,
+    check_guidance,
+    check_pruning,
+    check_tree_spec,
+    check_window,
+)
+from flowalign.credit.dense import (
+    calibrate_noise_table,
+    dense_grpo,
+    flow_sde_psi,
+    ladder_gain_measure,
+    ladder_steps,
+    psi_to_noise_levels,
+    step_gains,
+)
 from flowalign.credit.granular import g2rpo, granular_grid, shared_log_prob, singular_sde_rollout
-from flowalign.credit.guided import (dual_reward_advantages, dual_reward_loss, euphonium, guided_rollout,
-                                     kl_optimal_kappa, x0_process_reward)
-from flowalign.credit.tree import (branch_grpo, fuse_rewards, geometric_window, geometric_window_probs, slide_depths,
-                                   tree_grpo, tree_to_batch)
+from flowalign.credit.guided import (
+    dual_reward_advantages,
+    dual_reward_loss,
+    euphonium,
+    guided_rollout,
+    kl_optimal_kappa,
+    x0_process_reward,
+)
+from flowalign.credit.tree import (
+    branch_grpo,
+    fuse_rewards,
+    geometric_window,
+    geometric_window_probs,
+    slide_depths,
+    tree_grpo,
+    tree_to_batch,
+)
 from flowalign.credit.turning_point import tp_grpo, turning_points
 from flowalign.models.analytic import GaussianMixtureFlow
 from flowalign.rewards.base import Reward
@@ -43,8 +70,9 @@ def test_dense_gains_and_per_step_normalisation_by_hand():
     close(out.advantages, torch.tensor([[0.0, 0.2672612], [1.2247449, -1.3363062], [-1.2247449, 1.0690450]]))
     assert out.mask.all()
     # "Dense Reward (Baseline)": step 0 uses ladder[:, 1] = [1, 2, 1], mean 4/3, var 6/27 -> std .4714045
-    base = dense_grpo(torch.zeros(3), torch.zeros(3), torch.tensor([True, False]), ladder=ladder, reward="level",
-                      eps=0.0)
+    base = dense_grpo(
+        torch.zeros(3), torch.zeros(3), torch.tensor([True, False]), ladder=ladder, reward="level", eps=0.0
+    )
     close(base.advantages[:, 0], torch.tensor([-0.7071068, 1.4142136, -0.7071068]))
     assert not base.mask[:, 1].any() and (base.advantages[:, 1] == 0).all()
 
@@ -63,8 +91,9 @@ def test_dense_flat_group_masked_and_missing_ladder_entries():
     # states to request from the ladder for a window of steps 2..4 of T = 8: 2..5 and the final 8
     assert ladder_steps(torch.tensor([0, 0, 1, 1, 1, 0, 0, 0]).bool()) == [2, 3, 4, 5, 8]
     with pytest.raises(ValueError, match="one trained-step mask per group"):
-        dense_grpo(torch.zeros(2), torch.zeros(2), torch.tensor([[True, False], [True, True]]),
-                   ladder=torch.zeros(2, 3))
+        dense_grpo(
+            torch.zeros(2), torch.zeros(2), torch.tensor([[True, False], [True, True]]), ladder=torch.zeros(2, 3)
+        )
 
 
 # --- psi(t) calibration (DenseGRPO Algorithm 1) -------------------------------------------------------
@@ -77,8 +106,9 @@ def test_calibration_by_hand():
     close(cal.imbalance[0], torch.tensor([0.0, 4.0, 1.0]))
     assert cal.history.shape == (4, 3)
     # frozen entries stay, psi never goes below lo = 0
-    cal = calibrate_noise_table(lambda psi: gains, torch.tensor([0.5, 0.005, 0.5]), iterations=1,
-                                steps=torch.tensor([True, True, False]))
+    cal = calibrate_noise_table(
+        lambda psi: gains, torch.tensor([0.5, 0.005, 0.5]), iterations=1, steps=torch.tensor([True, True, False])
+    )
     close(cal.psi, torch.tensor([0.51, 0.0, 0.5]))
 
 
@@ -108,27 +138,42 @@ def test_psi_is_the_sde_diffusion(mix):
     # the measure rolls out with the converted table: same gains as a flow_sde rollout at .7
     cond, x0 = mix.encode(["p"] * 4), torch.randn(4, 2, generator=torch.Generator().manual_seed(0))
     first = lambda r, c: r.latents[..., 0]  # noqa: E731  any [N, T+1] table works as a "ladder"
-    got = ladder_gain_measure(mix, cond, x0, sigmas, first, step="flow_sde",
-                              generator=torch.Generator().manual_seed(1))(psi)
-    ref = rollout(mix, cond, x0, sigmas, "flow_sde", psi_to_noise_levels(psi, sigmas, "flow_sde"),
-                  generator=torch.Generator().manual_seed(1))
+    got = ladder_gain_measure(
+        mix, cond, x0, sigmas, first, step="flow_sde", generator=torch.Generator().manual_seed(1)
+    )(psi)
+    ref = rollout(
+        mix,
+        cond,
+        x0,
+        sigmas,
+        "flow_sde",
+        psi_to_noise_levels(psi, sigmas, "flow_sde"),
+        generator=torch.Generator().manual_seed(1),
+    )
     close(got, step_gains(ref.latents[..., 0]))
 
 
 # --- TP-GRPO ------------------------------------------------------------------------------------------
-LADDERS = torch.tensor([
-    [1.0, 0, 2, 3, 2.5],  # d = [-1, 2, 1, -.5], Delta = 1.5, s = [-, +, +, -]; k=2: s1<0, s2>0, R4-R2=.5>0
-    [0.0, 2, 1, 3, 4],    # d = [2, -1, 2, 1], Delta = 4; k=1 first-step (2 * (4-2) > 0); k=3: s2<0, s3>0, 4-3>0
-    [0.0, -1, 3, 1, 2],   # d = [-1, 4, -2, 1], Delta = 2; k=2 flips but R4-R2 = -1 < 0; k=4 last step
-    [1.0, 1, 1, 1, 1],    # all flat: Delta = 0, no sign anywhere
-    [0.0, 1, 1, 2, 2],    # ties: d = [1, 0, 1, 0]; k=1 is a TP; k=3 follows a zero gain (s2 = 0, not < 0)
-])
+LADDERS = torch.tensor(
+    [
+        [1.0, 0, 2, 3, 2.5],  # d = [-1, 2, 1, -.5], Delta = 1.5, s = [-, +, +, -]; k=2: s1<0, s2>0, R4-R2=.5>0
+        [0.0, 2, 1, 3, 4],  # d = [2, -1, 2, 1], Delta = 4; k=1 first-step (2 * (4-2) > 0); k=3: s2<0, s3>0, 4-3>0
+        [0.0, -1, 3, 1, 2],  # d = [-1, 4, -2, 1], Delta = 2; k=2 flips but R4-R2 = -1 < 0; k=4 last step
+        [1.0, 1, 1, 1, 1],  # all flat: Delta = 0, no sign anywhere
+        [0.0, 1, 1, 2, 2],  # ties: d = [1, 0, 1, 0]; k=1 is a TP; k=3 follows a zero gain (s2 = 0, not < 0)
+    ]
+)
 
 
 def test_turning_points_with_consistency_by_hand():
     tp = turning_points(LADDERS, torch.ones(4, dtype=torch.bool), balance=False)
-    assert tp.turning.tolist() == [[False, True, False, False], [True, False, True, False],
-                                   [False, False, False, False], [False] * 4, [True, False, False, False]]
+    assert tp.turning.tolist() == [
+        [False, True, False, False],
+        [True, False, True, False],
+        [False, False, False, False],
+        [False] * 4,
+        [True, False, False, False],
+    ]
     # r = R4 - R_{k-1} at turning points, d elsewhere:
     # row 0: k=2 -> 2.5 - 0 = 2.5; row 1: k=1 -> 4 - 0 = 4, k=3 -> 4 - 1 = 3; row 4: k=1 -> 2 - 0 = 2
     close(tp.rewards, torch.tensor([[-1.0, 2.5, 1, -0.5], [4, -1, 3, 1], [-1, 4, -2, 1], [0, 0, 0, 0], [2, 0, 1, 0]]))
@@ -186,8 +231,9 @@ def test_turning_point_balancing_by_hand():
 def test_tp_grpo_all_flat_group_is_masked():
     # group 1: row 2 d = [1, 1], k=1 turns -> r = [2, 1]; row 3 d = [3, -2], no turn -> r = [3, -2]
     ladder = torch.tensor([[1.0, 1, 1], [1, 1, 1], [0, 1, 2], [0, 3, 1]])
-    out = CREDIT["turning_point"](torch.zeros(4), torch.tensor([0, 0, 1, 1]), torch.ones(2, dtype=torch.bool),
-                                  ladder=ladder)
+    out = CREDIT["turning_point"](
+        torch.zeros(4), torch.tensor([0, 0, 1, 1]), torch.ones(2, dtype=torch.bool), ladder=ladder
+    )
     assert not out.mask[:2].any() and (out.advantages[:2] == 0).all() and out.mask[2:].all()
 
 
@@ -205,8 +251,14 @@ def test_g2rpo_sums_z_scores_over_granularities_per_step():
     close(out.advantages[mask], torch.tensor([-1.5773503, -0.5773503, 2.1547005, -2, 0, 2]))
     assert (out.advantages[~mask] == 0).all()
     # two reward models, the second = 2 x the first: identical z-scores, weights (1, .5) -> 1.5 x
-    two = g2rpo(torch.zeros(6), torch.zeros(6), mask, granular=torch.stack([granular, 2 * granular], -1),
-                reward_weights=[1.0, 0.5], eps=0.0)
+    two = g2rpo(
+        torch.zeros(6),
+        torch.zeros(6),
+        mask,
+        granular=torch.stack([granular, 2 * granular], -1),
+        reward_weights=[1.0, 0.5],
+        eps=0.0,
+    )
     close(two.advantages, 1.5 * out.advantages)
     with pytest.raises(ValueError, match="exactly one step"):
         g2rpo(torch.zeros(6), torch.zeros(6), torch.ones(6, 3, dtype=torch.bool), granular=granular)
@@ -243,8 +295,9 @@ def test_singular_sde_rollout_on_the_analytic_flow(mix):
     assert torch.equal(sr.finals[0], sr.rollout.final)
     assert torch.equal(sr.finals[1], complete(mix, sr.cond, xj1, sigmas, j + 1, stride=2)[0])
     # reusing the anchor of an earlier call costs no anchor NFE: 2 + 3*8 + 2*8 + 1*8 = 50 at the same j
-    again = singular_sde_rollout(mix, cond, x, sigmas, j, k, generator=torch.Generator().manual_seed(4),
-                                 anchor=sr.anchor)
+    again = singular_sde_rollout(
+        mix, cond, x, sigmas, j, k, generator=torch.Generator().manual_seed(4), anchor=sr.anchor
+    )
     assert again.nfe == 50 and torch.equal(again.finals, sr.finals)
 
 
@@ -255,12 +308,20 @@ def hand_tree() -> TreeRollout:
     step = torch.tensor([0, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3])
     lp = torch.tensor([0.0, -1, -2, 0.5, -0.5, 0, 0, -1, -1, -1, -1])
     n = parent.numel()
-    return TreeRollout(latents=torch.randn(n, 2, generator=torch.Generator().manual_seed(0)), parent=parent,
-                       step=step, depth=torch.tensor([0, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2]),
-                       root=torch.zeros(n, dtype=torch.long),
-                       log_prob=lp, mean=None, std=torch.where(parent >= 0, 0.1, 0.0),
-                       noise_level=torch.where(parent >= 0, 0.7, 0.0), trainable=parent >= 0,
-                       sigmas=linear_sigmas(3), step_kind="flow_sde")
+    return TreeRollout(
+        latents=torch.randn(n, 2, generator=torch.Generator().manual_seed(0)),
+        parent=parent,
+        step=step,
+        depth=torch.tensor([0, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2]),
+        root=torch.zeros(n, dtype=torch.long),
+        log_prob=lp,
+        mean=None,
+        std=torch.where(parent >= 0, 0.1, 0.0),
+        noise_level=torch.where(parent >= 0, 0.7, 0.0),
+        trainable=parent >= 0,
+        sigmas=linear_sigmas(3),
+        step_kind="flow_sde",
+    )
 
 
 LEAF_R = torch.tensor([1.0, 3, 2, 6])
@@ -306,9 +367,16 @@ def test_branchgrpo_depthwise_advantages_and_pruning():
     assert slide_depths([15, 16, 17], iteration=5, interval=2, stop_depth=10) == (13, 14, 15)
     assert slide_depths([15, 16, 17], iteration=50, interval=2, stop_depth=10) == (10, 11, 12)
     # a single-node depth (a chain before the first split) gets 0 and carries no signal
-    chain = tree_rollout(GaussianMixtureFlow(**MIX), GaussianMixtureFlow(**MIX).encode(["p"]), torch.zeros(1, 2),
-                         linear_sigmas(3), TreeSpec(split_steps=(1,)), "flow_sde", 0.7,
-                         generator=torch.Generator().manual_seed(0))
+    chain = tree_rollout(
+        GaussianMixtureFlow(**MIX),
+        GaussianMixtureFlow(**MIX).encode(["p"]),
+        torch.zeros(1, 2),
+        linear_sigmas(3),
+        TreeSpec(split_steps=(1,)),
+        "flow_sde",
+        0.7,
+        generator=torch.Generator().manual_seed(0),
+    )
     ch = branch_grpo(chain, torch.tensor([0.0, 1.0]))
     assert ch.advantages[1] == 0 and not ch.mask[1]
 
@@ -338,8 +406,16 @@ def test_tree_to_batch_trains_every_edge_once(mix):
     assert int(batch.advantages.mask.sum()) == 10
     # a real tree: the flat layout's recomputed log-probs equal the stored edge log-probs
     cond = mix.encode(["a", "b"])
-    real = tree_rollout(mix, cond, torch.randn(2, 2, generator=torch.Generator().manual_seed(5)), linear_sigmas(4),
-                        TreeSpec(split_steps=(0, 2)), "flow_sde", 0.7, generator=torch.Generator().manual_seed(6))
+    real = tree_rollout(
+        mix,
+        cond,
+        torch.randn(2, 2, generator=torch.Generator().manual_seed(5)),
+        linear_sigmas(4),
+        TreeSpec(split_steps=(0, 2)),
+        "flow_sde",
+        0.7,
+        generator=torch.Generator().manual_seed(6),
+    )
     leaf_r = real.latents[real.leaves, 0]
     tadv = branch_grpo(real, leaf_r)
     tb = tree_to_batch(real, tadv)
@@ -383,29 +459,61 @@ def test_guided_drift_and_unguided_log_prob(mix):
     cond, x = mix.encode(["p"] * 3), torch.randn(3, 2, generator=torch.Generator().manual_seed(9))
     sig, kappa = linear_sigmas(4), 0.5
     ref = rollout(mix, cond, x, sig, "dance_sde", 0.3, generator=torch.Generator().manual_seed(1))
-    got = guided_rollout(mix, cond, x, sig, linear_prm, kappa, "dance_sde", 0.3,
-                         generator=torch.Generator().manual_seed(1))
+    got = guided_rollout(
+        mix, cond, x, sig, linear_prm, kappa, "dance_sde", 0.3, generator=torch.Generator().manual_seed(1)
+    )
     # first step: same state, same noise, mean shifted by kappa |dt| c = .5 * .25 * (1, -2) = (.125, -.25)
     close(got.rollout.latents[:, 1] - ref.latents[:, 1], torch.tensor([[0.125, -0.25]]).expand(3, 2))
     # stored log-probs are under the unguided kernel: recomputing without drift gives them back,
     # while the guided kernel's own log-prob differs
-    guided = guided_rollout(mix, cond, x, sig, linear_prm, kappa, "dance_sde", 0.3, logprob="guided",
-                            generator=torch.Generator().manual_seed(1))
+    guided = guided_rollout(
+        mix,
+        cond,
+        x,
+        sig,
+        linear_prm,
+        kappa,
+        "dance_sde",
+        0.3,
+        logprob="guided",
+        generator=torch.Generator().manual_seed(1),
+    )
     for j in range(3):
         close(log_prob_at(mix, cond, got.rollout, j).log_prob, got.rollout.log_probs[:, j], atol=1e-6, rtol=0)
     assert (guided.rollout.log_probs[:, :3] - got.rollout.log_probs[:, :3]).abs().min() > 1e-3
     # per-sample normalised gradient and restricted steps: drift norm kappa |dt| on step 1 only
-    norm = guided_rollout(mix, cond, x, sig, linear_prm, kappa, "dance_sde", 0.3, steps=[1], normalize=True,
-                          generator=torch.Generator().manual_seed(1))
+    norm = guided_rollout(
+        mix,
+        cond,
+        x,
+        sig,
+        linear_prm,
+        kappa,
+        "dance_sde",
+        0.3,
+        steps=[1],
+        normalize=True,
+        generator=torch.Generator().manual_seed(1),
+    )
     assert torch.equal(norm.rollout.latents[:, 1], ref.latents[:, 1])
     assert norm.guided.tolist() == [False, True, False, False] and (norm.process[:, [0, 2, 3]] == 0).all()
+
     # an image reward through x0 = x - sigma v (v fixed, decode = identity here): same gradient c
     def image_reward(images, prompts):
         return images @ C
 
     image_reward.differentiable = True
-    via_x0 = guided_rollout(mix, cond, x, sig, x0_process_reward(image_reward), kappa, "dance_sde", 0.3,
-                            generator=torch.Generator().manual_seed(1))
+    via_x0 = guided_rollout(
+        mix,
+        cond,
+        x,
+        sig,
+        x0_process_reward(image_reward),
+        kappa,
+        "dance_sde",
+        0.3,
+        generator=torch.Generator().manual_seed(1),
+    )
     close(via_x0.rollout.latents[:, 1], got.rollout.latents[:, 1])
     assert kl_optimal_kappa(0.25, 3.125) == pytest.approx(0.01)  # release: scale .01 <-> beta 3.125
 
@@ -415,21 +523,29 @@ def test_dual_reward_advantages_and_loss_by_hand():
     # process: step 0 unguided (all 0 -> zero std -> masked); step 1 [1, 2, 6]: mean 3, pop std 2.1602469
     # -> [-.9258201, -.4629100, 1.3887301]
     proc = torch.tensor([[0.0, 1], [0, 2], [0, 6]])
-    d = dual_reward_advantages(torch.tensor([1.0, 2, 3]), torch.zeros(3), torch.ones(2, dtype=torch.bool),
-                               process=proc, eps=0.0)
+    d = dual_reward_advantages(
+        torch.tensor([1.0, 2, 3]), torch.zeros(3), torch.ones(2, dtype=torch.bool), process=proc, eps=0.0
+    )
     close(d["outcome"].advantages, torch.tensor([[-1.2247449] * 2, [0.0, 0.0], [1.2247449] * 2]))
     assert d["process"].mask.tolist() == [[False, True]] * 3
     close(d["process"].advantages[:, 1], torch.tensor([-0.9258201, -0.4629100, 1.3887301]))
-    single = euphonium(torch.tensor([1.0, 2, 3]), torch.zeros(3), torch.ones(2, dtype=torch.bool), process=proc,
-                       eps=0.0)
+    single = euphonium(
+        torch.tensor([1.0, 2, 3]), torch.zeros(3), torch.ones(2, dtype=torch.bool), process=proc, eps=0.0
+    )
     close(single.advantages[:, 1], torch.tensor([-2.1505650, -0.4629100, 2.6134750]))
     # two-term loss: A = (-1, 1) for both terms; log-ratios (.1, -.1), clip .05:
     # pair 0: max(1.1051709, 1.05) = 1.1051709; pair 1: max(-.9048374, -.95) = -.9048374; mean .1001668
     # total = 1 * .1001668 + .5 * .1001668 = .1502502
-    two = dual_reward_advantages(torch.tensor([0.0, 1]), torch.zeros(2), torch.ones(1, dtype=torch.bool),
-                                 process=torch.tensor([[0.0], [2.0]]), eps=0.0)
-    loss = dual_reward_loss(torch.tensor([[0.1], [-0.1]]), torch.zeros(2, 1), two["outcome"], two["process"],
-                            c_process=0.5, clip_range=0.05)
+    two = dual_reward_advantages(
+        torch.tensor([0.0, 1]),
+        torch.zeros(2),
+        torch.ones(1, dtype=torch.bool),
+        process=torch.tensor([[0.0], [2.0]]),
+        eps=0.0,
+    )
+    loss = dual_reward_loss(
+        torch.tensor([[0.1], [-0.1]]), torch.zeros(2, 1), two["outcome"], two["process"], c_process=0.5, clip_range=0.05
+    )
     assert loss.loss.item() == pytest.approx(0.1502502, abs=1e-6)
 
 
@@ -463,8 +579,15 @@ def test_config_time_errors(mix):
         guided_rollout(mix, mix.encode(["p"]), torch.zeros(1, 2), linear_sigmas(3), FlatReward(), 0.1)
     assert mix.nfe == nfe
     with pytest.raises(ValueError, match="returned no gradient"):
-        guided_rollout(mix, mix.encode(["p"]), torch.zeros(1, 2), linear_sigmas(3),
-                       lambda x, ctx: x.detach().sum(1), 0.1, differentiable=True)
+        guided_rollout(
+            mix,
+            mix.encode(["p"]),
+            torch.zeros(1, 2),
+            linear_sigmas(3),
+            lambda x, ctx: x.detach().sum(1),
+            0.1,
+            differentiable=True,
+        )
     with pytest.raises(ValueError, match="prune_depths"):
         check_pruning(10, prune_depths=[11])
     with pytest.raises(ValueError, match="must include 1"):
@@ -478,8 +601,12 @@ def test_registries_take_the_trainer_keywords():
     normalisation keywords + the inputs named in ``fn.needs``, and returns [B, T] advantages."""
     b, t = 4, 3
     g = torch.Generator().manual_seed(0)
-    inputs = {"ladder": torch.randn(b, t + 1, generator=g), "granular": torch.randn(b, 2, generator=g),
-              "process": torch.randn(b, t, generator=g), "balance_ids": torch.tensor([0, 0, 1, 1])}
+    inputs = {
+        "ladder": torch.randn(b, t + 1, generator=g),
+        "granular": torch.randn(b, 2, generator=g),
+        "process": torch.randn(b, t, generator=g),
+        "balance_ids": torch.tensor([0, 0, 1, 1]),
+    }
     kw = dict(scale="group", eps=1e-4, unbiased=False, filter_zero_std=True)
     for name, fn in CREDIT.items():
         mask = torch.tensor([False, True, False]) if name == "g2rpo" else torch.tensor([True, True, False])

@@ -1,4 +1,5 @@
 """Prompt files and the distributed group sampler."""
+
 import pytest
 
 from flowalign.data import check_group_arithmetic, group_batch, load_prompts
@@ -12,8 +13,10 @@ def test_txt_and_jsonl(tmp_path):
     assert ps.prompts == ["a", "b"] and ps.columns([1, 0]) == {"tag": ["y", "x"]}
 
 
-@pytest.mark.parametrize("content,match", [(None, "does not exist"), ("\n# only a comment\n", "holds no prompts"),
-                                           (b"\xff\xfe\x00", "not readable")])
+@pytest.mark.parametrize(
+    "content,match",
+    [(None, "does not exist"), ("\n# only a comment\n", "holds no prompts"), (b"\xff\xfe\x00", "not readable")],
+)
 def test_bad_prompt_files(tmp_path, content, match):
     path = tmp_path / "p.txt"
     if content is not None:
@@ -36,5 +39,7 @@ def test_groups_spread_over_ranks_and_are_consistent():
 
 
 def test_batch_arithmetic_error():
-    with pytest.raises(ValueError, match="2 rank\\(s\\) x 3 images per rank = 6 images is not divisible by the group size k=4"):
+    with pytest.raises(
+        ValueError, match="2 rank\\(s\\) x 3 images per rank = 6 images is not divisible by the group size k=4"
+    ):
         check_group_arithmetic(3, 4, 2)

@@ -24,4 +24,4 @@ def test_training_matches_golden_record():
     assert sorted(golden) == sorted(script.CASES)
     results = script.compute()
     moved = {name: [k for k in golden[name] if results[name].get(k) != golden[name][k]] for name in golden}
-    assert not any(moved.values()), f"numbers moved: {({n: k for n, k in moved.items() if k})}"
+    assert not any(moved.values()), f"numbers moved: { ({n: k for n, k in moved.items() if k}) }"

@@ -1,4 +1,5 @@
 """Hand-computed GRPO advantages and clipped losses."""
+
 import math
 
 import pytest
@@ -52,8 +53,9 @@ def test_clipped_loss_by_hand():
 
 def test_advantage_clip_and_mask():
     # A = 10 clipped to 5; on-policy ratio 1: loss = -5 for the kept pair, the masked one ignored
-    out = clipped_policy_loss(torch.zeros(2), torch.zeros(2), torch.tensor([10.0, 3.0]),
-                              mask=torch.tensor([True, False]))
+    out = clipped_policy_loss(
+        torch.zeros(2), torch.zeros(2), torch.tensor([10.0, 3.0]), mask=torch.tensor([True, False])
+    )
     assert out.loss.item() == -5.0
 
 
@@ -63,8 +65,11 @@ def test_gaussian_kl_by_hand():
     assert abs(gaussian_kl(m, ref, torch.tensor([0.5])).item() - 0.08) < 1e-7
     assert abs(gaussian_kl(m, ref, torch.tensor([0.5]), dt=-0.1, mode="flow_grpo").item() - 0.008) < 1e-8
     assert gaussian_kl(m, ref, torch.tensor([0.0])).item() == 0.0  # deterministic step: no KL
-    total = total_loss(clipped_policy_loss(torch.zeros(1), torch.zeros(1), torch.ones(1)),
-                       gaussian_kl(m, ref, torch.tensor([0.5])), beta=0.5)
+    total = total_loss(
+        clipped_policy_loss(torch.zeros(1), torch.zeros(1), torch.ones(1)),
+        gaussian_kl(m, ref, torch.tensor([0.5])),
+        beta=0.5,
+    )
     assert abs(total.loss.item() - (-1.0 + 0.04)) < 1e-6
 
 
@@ -82,8 +87,13 @@ def test_nft_loss_by_hand():
     # v- = 2 v_old - v = (0, 1) -> x0- = (1, .5); w- = .75, mean err^2 = .625 -> neg = .8333
     # policy = 5 x (.75 x .5 + .25 x .8333) = 2.916667; KL: v_ref = (2, 0), mean (v - v_ref)^2 = .5, x beta .1 = .05
     v = torch.tensor([[2.0, 1.0]], requires_grad=True)
-    kw = dict(v_old=torch.tensor([[1.0, 1.0]]), x_t=torch.ones(1, 2), x0=torch.zeros(1, 2), sigma=torch.tensor([0.5]),
-              advantages=torch.tensor([2.5]))
+    kw = dict(
+        v_old=torch.tensor([[1.0, 1.0]]),
+        x_t=torch.ones(1, 2),
+        x0=torch.zeros(1, 2),
+        sigma=torch.tensor([0.5]),
+        advantages=torch.tensor([2.5]),
+    )
     out = nft_loss(v, v_ref=torch.tensor([[2.0, 0.0]]), beta=0.1, **kw)
     assert out.loss.item() == pytest.approx(2.916667 + 0.05, abs=1e-5)
     assert out.stats["r_mean"].item() == pytest.approx(0.75) and out.stats["old_deviation"].item() == pytest.approx(0.5)
@@ -96,6 +106,7 @@ def test_nft_loss_by_hand():
     nft_loss(v2, **{**kw, "advantages": torch.tensor([9.0])}).loss.backward()
     assert v2.grad.abs().max() < 1e-6
     # a masked-out row contributes nothing
-    both = nft_loss(torch.cat([v, v]).detach(), **{k: torch.cat([x, x]) for k, x in kw.items()},
-                    mask=torch.tensor([True, False]))
+    both = nft_loss(
+        torch.cat([v, v]).detach(), **{k: torch.cat([x, x]) for k, x in kw.items()}, mask=torch.tensor([True, False])
+    )
     assert both.loss.item() == pytest.approx(2.916667, abs=1e-5)

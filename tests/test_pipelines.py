@@ -6,6 +6,7 @@ the standard output classes, honour ``callback_on_step_end`` and report NFE; bad
 ValueError. The steered loop itself is checked against the stock pipeline too: best-of-1 with the
 ODE sampler goes through ``flowalign``'s rollout and must reproduce the stock images.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -81,12 +82,15 @@ def test_flux_steering_off_and_best_of_one_equal_stock(flux_pair):
 def test_custom_pipeline_loading_offline(tmp_path, tiny_sd3_pipe, tiny_flux_pipe):
     from diffusers import DiffusionPipeline
 
-    for name, stock, extra in (("sd3", tiny_sd3_pipe, dict(text_encoder_3=None, tokenizer_3=None)),
-                               ("flux", tiny_flux_pipe, {})):
+    for name, stock, extra in (
+        ("sd3", tiny_sd3_pipe, dict(text_encoder_3=None, tokenizer_3=None)),
+        ("flux", tiny_flux_pipe, {}),
+    ):
         stock.save_pretrained(tmp_path / name)
         # diffusers 0.42 asks trust_remote_code=True for any local custom_pipeline file (our own code)
-        pipe = DiffusionPipeline.from_pretrained(tmp_path / name, custom_pipeline=_load(name)[1],
-                                                 trust_remote_code=True, **extra)
+        pipe = DiffusionPipeline.from_pretrained(
+            tmp_path / name, custom_pipeline=_load(name)[1], trust_remote_code=True, **extra
+        )
         assert type(pipe).__name__ == f"FlowAlign{'SD3' if name == 'sd3' else 'Flux'}Pipeline"
         pipe.set_progress_bar_config(disable=True)
         kw = dict(num_inference_steps=3, output_type="pt")
@@ -101,15 +105,31 @@ def test_custom_pipeline_loading_offline(tmp_path, tiny_sd3_pipe, tiny_flux_pipe
 def test_fk_pipeline_honours_callback_on_step_end(sd3_pair):
     stock, pipe = sd3_pair
     seen, stock_seen = [], []
-    stock(PROMPTS, num_inference_steps=6, guidance_scale=4.5, generator=_gen(), output_type="latent",
-          callback_on_step_end=lambda p, i, t, tensors: stock_seen.append((i, round(float(t), 3))) or {})
+    stock(
+        PROMPTS,
+        num_inference_steps=6,
+        guidance_scale=4.5,
+        generator=_gen(),
+        output_type="latent",
+        callback_on_step_end=lambda p, i, t, tensors: stock_seen.append((i, round(float(t), 3))) or {},
+    )
 
     def callback(p, i, t, tensors):
         seen.append((i, round(float(t), 3), tuple(tensors["latents"].shape)))
         return {"latents": torch.zeros_like(tensors["latents"])} if i == 5 else {}
 
-    out = pipe(PROMPTS, num_inference_steps=6, guidance_scale=4.5, generator=_gen(), output_type="latent",
-               steering="fk", num_particles=3, lam=5.0, reward=redness, callback_on_step_end=callback)
+    out = pipe(
+        PROMPTS,
+        num_inference_steps=6,
+        guidance_scale=4.5,
+        generator=_gen(),
+        output_type="latent",
+        steering="fk",
+        num_particles=3,
+        lam=5.0,
+        reward=redness,
+        callback_on_step_end=callback,
+    )
     assert [s[:2] for s in seen] == stock_seen  # same step indices and timesteps as the stock pipeline
     assert all(s[2] == (6, 4, 16, 16) for s in seen)  # 2 prompts x 3 particles
     assert torch.equal(out.images, torch.zeros(2, 4, 16, 16))  # the returned latents replaced the state
@@ -126,17 +146,23 @@ def test_steered_pipeline_methods_and_budget(sd3_pair):
     assert float(res.rewards[0]) == pytest.approx(float(redness(out.images, PROMPTS[:1])[0]), abs=1e-5)
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(steering="fk", reward=redness, num_particles=0), "num_particles=0 must be an int >= 1"),
-    (dict(steering="fk", reward=redness, lam=-2.0), "lam=-2.0 must be a finite float >= 0"),
-    (dict(steering="fk", reward=redness, noise_level=0.0), "needs a stochastic sampler"),
-    (dict(steering="fk", reward=redness, resample_steps=[7]), "outside the schedule"),
-    (dict(steering="fk", reward=redness, steering_kwargs={"noise_steps": "2-5"}), r"\[4, 5\] lie outside the 4 steps"),
-    (dict(steering="fk"), "needs reward="),
-    (dict(steering="fk", reward=redness, latents=torch.zeros(1, 4, 16, 16)), "`latents` is not supported"),
-    (dict(steering="bon", reward=redness, nfe_budget=3), "smaller than one rollout"),
-    (dict(steering="magic", reward=redness), "unknown steering='magic'"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(steering="fk", reward=redness, num_particles=0), "num_particles=0 must be an int >= 1"),
+        (dict(steering="fk", reward=redness, lam=-2.0), "lam=-2.0 must be a finite float >= 0"),
+        (dict(steering="fk", reward=redness, noise_level=0.0), "needs a stochastic sampler"),
+        (dict(steering="fk", reward=redness, resample_steps=[7]), "outside the schedule"),
+        (
+            dict(steering="fk", reward=redness, steering_kwargs={"noise_steps": "2-5"}),
+            r"\[4, 5\] lie outside the 4 steps",
+        ),
+        (dict(steering="fk"), "needs reward="),
+        (dict(steering="fk", reward=redness, latents=torch.zeros(1, 4, 16, 16)), "`latents` is not supported"),
+        (dict(steering="bon", reward=redness, nfe_budget=3), "smaller than one rollout"),
+        (dict(steering="magic", reward=redness), "unknown steering='magic'"),
+    ],
+)
 def test_pipeline_bad_input(sd3_pair, kwargs, match):
     _, pipe = sd3_pair
     with pytest.raises(ValueError, match=match):

@@ -1,5 +1,6 @@
 """Exact resume: a run SIGKILLed at a random point and resumed with ``--resume auto`` ends with
 weights, optimizer and EMA states bitwise equal to an uninterrupted run (CPU, deterministic)."""
+
 from __future__ import annotations
 
 import os
@@ -11,15 +12,22 @@ import sys
 import time
 
 import torch
+from test_trainer import PROMPTS, RUNNER, TINY, brightness
 
 from flowalign import checkpoint as ckpt
 from flowalign import train_cli
-from test_trainer import PROMPTS, RUNNER, TINY, brightness
 
 ITERATIONS = 5
 # EMA every step and a KL term, so every part of the state matters for the end result
-OVERRIDES = TINY + [f"train.iterations={ITERATIONS}", "train.save_every=1", "optim.steps_per_iteration=2",
-                    "train.ema=true", "train.ema_every=1", "loss.beta=0.05", "train.keep_last=2"]
+OVERRIDES = TINY + [
+    f"train.iterations={ITERATIONS}",
+    "train.save_every=1",
+    "optim.steps_per_iteration=2",
+    "train.ema=true",
+    "train.ema_every=1",
+    "loss.beta=0.05",
+    "train.keep_last=2",
+]
 
 
 def _trainable(model) -> dict[str, torch.Tensor]:
@@ -41,8 +49,13 @@ def test_sigkill_at_random_point_then_resume_is_bitwise_exact(tmp_path):
     runner = tmp_path / "runner.py"
     runner.write_text(RUNNER)
     env = {**os.environ, "FA_THREADS": str(torch.get_num_threads()), "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, str(runner), *OVERRIDES, f"train.output_dir={tmp_path / 'cut'}"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, str(runner), *OVERRIDES, f"train.output_dir={tmp_path / 'cut'}"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
     lines = []
     for line in proc.stdout:
         lines.append(line)

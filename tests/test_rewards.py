@@ -1,6 +1,7 @@
 """Rewards: the contract, preprocessing, loading from the published file formats, errors,
 differentiability, MultiReward arithmetic, background scoring and the artifact-head script.
 Every scorer is a tiny random-weight instance of the real class (flowalign.rewards.tiny)."""
+
 from __future__ import annotations
 
 import json
@@ -30,6 +31,7 @@ def built():
         if name not in cache:
             cache[name] = tiny.build(name, seed=0)
         return cache[name]
+
     return get
 
 
@@ -43,8 +45,13 @@ def test_preprocess_crop_matches_torchvision(hw):
     import torchvision.transforms as T
 
     x = rand_images(2, *hw)
-    tv = T.Compose([T.Resize(224, interpolation=T.InterpolationMode.BICUBIC, antialias=True), T.CenterCrop(224),
-                    T.Normalize(MEAN, STD)])
+    tv = T.Compose(
+        [
+            T.Resize(224, interpolation=T.InterpolationMode.BICUBIC, antialias=True),
+            T.CenterCrop(224),
+            T.Normalize(MEAN, STD),
+        ]
+    )
     assert (preprocess(x, 224, MEAN, STD, "crop") - tv(x)).abs().max() <= 1e-5
 
 
@@ -65,7 +72,7 @@ def test_preprocess_pad_matches_resize_max_size(hw):
 
 def test_preprocess_is_differentiable():
     x = rand_images(1, 32, 32).requires_grad_()
-    g, = torch.autograd.grad(preprocess(x, 224, MEAN, STD, "crop").sum(), x)
+    (g,) = torch.autograd.grad(preprocess(x, 224, MEAN, STD, "crop").sum(), x)
     assert bool((g.abs() > 0).all())  # every input pixel reaches the 224x224 output
 
 
@@ -90,11 +97,14 @@ def test_batching_and_metadata_columns_are_split():
     assert [len(m["bonus"]) for m in r.seen] == [2, 2, 1]  # 5 rows in chunks of batch_size=2
 
 
-@pytest.mark.parametrize("bad, match", [
-    (lambda: (torch.rand(2, 4, 8, 8), ["a", "b"]), r"\[B, 3, H, W\]"),
-    (lambda: (torch.randint(0, 255, (2, 3, 8, 8)), ["a", "b"]), "dtype"),
-    (lambda: (torch.rand(2, 3, 8, 8), ["a"]), "1 prompts for 2 images"),
-])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (lambda: (torch.rand(2, 4, 8, 8), ["a", "b"]), r"\[B, 3, H, W\]"),
+        (lambda: (torch.randint(0, 255, (2, 3, 8, 8)), ["a", "b"]), "dtype"),
+        (lambda: (torch.rand(2, 3, 8, 8), ["a"]), "1 prompts for 2 images"),
+    ],
+)
 def test_bad_inputs_are_one_clear_error(bad, match):
     images, prompts = bad()
     with pytest.raises(ValueError, match=match):
@@ -115,17 +125,24 @@ def test_scorers_are_differentiable(built, name):
     x = rand_images(3, 48, 64).requires_grad_()
     s = r(x, PROMPTS)
     assert s.shape == (3,) and s.dtype == torch.float32
-    g, = torch.autograd.grad(s.sum(), x)
+    (g,) = torch.autograd.grad(s.sum(), x)
     assert torch.isfinite(g).all() and g.abs().sum() > 0  # gradient reaches the pixels
     with torch.no_grad():
         assert torch.allclose(r(x, PROMPTS), s.detach(), atol=1e-5)
 
 
 # --- loading from the published formats / errors ---------------------------------------------------
-@pytest.mark.parametrize("name, files", [
-    ("hpsv2", ["HPS_v2.1_compressed.pt"]), ("imagereward", ["ImageReward.pt", "med_config.json", "vocab.txt"]),
-    ("pickscore", ["config.json", "preprocessor_config.json"]), ("clip", ["open_clip_pytorch_model.bin"]),
-    ("aesthetic", ["sac+logos+ava1-l14-linearMSE.pth"]), ("artifact", ["artifact_head.safetensors"])])
+@pytest.mark.parametrize(
+    "name, files",
+    [
+        ("hpsv2", ["HPS_v2.1_compressed.pt"]),
+        ("imagereward", ["ImageReward.pt", "med_config.json", "vocab.txt"]),
+        ("pickscore", ["config.json", "preprocessor_config.json"]),
+        ("clip", ["open_clip_pytorch_model.bin"]),
+        ("aesthetic", ["sac+logos+ava1-l14-linearMSE.pth"]),
+        ("artifact", ["artifact_head.safetensors"]),
+    ],
+)
 def test_missing_weights_list_the_expected_files(name, files):
     with pytest.raises(RewardWeightsError) as e:
         load_reward(name)
@@ -143,8 +160,10 @@ def test_wrong_weights_are_one_clear_error(tmp_path, built):
         load_reward("imagereward", path=tmp_path)
     # a checkpoint of another architecture: shape mismatches are named
     torch.save({"state_dict": built("clip").features.model.state_dict()}, tmp_path / "HPS_v2.1_compressed.pt")
-    other = tiny.register_open_clip("flowalign-tiny-clip-wide", json.dumps(
-        {**tiny.TINY_OPEN_CLIP_CFG, "vision_cfg": {**tiny.TINY_OPEN_CLIP_CFG["vision_cfg"], "width": 96}}))
+    other = tiny.register_open_clip(
+        "flowalign-tiny-clip-wide",
+        json.dumps({**tiny.TINY_OPEN_CLIP_CFG, "vision_cfg": {**tiny.TINY_OPEN_CLIP_CFG["vision_cfg"], "width": 96}}),
+    )
     with pytest.raises(RewardWeightsError, match="shape mismatches"):
         load_reward("hpsv2", path=tmp_path, arch=other)
     save_file({"w": torch.zeros(2)}, tmp_path / "artifact_head.safetensors")
@@ -169,8 +188,9 @@ def test_clip_and_aesthetic_load_open_clip_checkpoints(tmp_path, built):
         clip = load_reward("clip", path=ckpt, arch=arch)
         assert torch.allclose(clip(x, PROMPTS), (img * txt).sum(-1), atol=1e-5)
         head = tiny.build("aesthetic", seed=4).head  # the LAION file stores the head as layers.N.*
-        torch.save({f"layers.{k}": v for k, v in head.state_dict().items()},
-                   tmp_path / "sac+logos+ava1-l14-linearMSE.pth")
+        torch.save(
+            {f"layers.{k}": v for k, v in head.state_dict().items()}, tmp_path / "sac+logos+ava1-l14-linearMSE.pth"
+        )
         aes = load_reward("aesthetic", path=tmp_path, arch=arch)  # finds the CLIP checkpoint beside the head
         assert torch.allclose(aes(x, PROMPTS), head(img).squeeze(-1), atol=1e-5)
     with pytest.raises(RewardWeightsError, match="cannot load"):
@@ -184,8 +204,13 @@ def test_pickscore_matches_transformers_pipeline(tmp_path):
     proc.save_pretrained(tmp_path / "proc")
     r = load_reward("pickscore", path=tmp_path / "model", processor=tmp_path / "proc")
     x = rand_images(2, 224, 224)
-    inputs = proc(text=PROMPTS[:2], images=list(x.permute(0, 2, 3, 1).numpy()), do_rescale=False,
-                  return_tensors="pt", padding=True)
+    inputs = proc(
+        text=PROMPTS[:2],
+        images=list(x.permute(0, 2, 3, 1).numpy()),
+        do_rescale=False,
+        return_tensors="pt",
+        padding=True,
+    )
     with torch.no_grad():
         want = model(**inputs).logits_per_image.diagonal()  # logit_scale.exp() * cos
         assert torch.allclose(r(x, PROMPTS[:2]), want, atol=1e-4)
@@ -239,7 +264,7 @@ def test_multi_reward_total_keeps_the_graph():
     m = MultiReward({"px": 3.0}, rewards={"px": MeanPixel()})
     x = rand_images(2, 8, 8).requires_grad_()
     s = m(x, "p")
-    g, = torch.autograd.grad(s.total.sum(), x)
+    (g,) = torch.autograd.grad(s.total.sum(), x)
     assert torch.allclose(g, torch.full_like(x, 3.0 / (3 * 8 * 8)))  # d(3 * mean)/dx
     assert not s.components["px"].requires_grad
 
@@ -266,10 +291,14 @@ def test_background_scoring_overlaps_and_matches():
 # --- registry, import cost, artifact script ----------------------------------------------------------
 def test_registry_and_light_import():
     assert set(SCORERS) | {"compositional", "testbed_aesthetic", "testbed_artifact"} <= set(REWARDS)
-    code = ("import sys, flowalign.rewards; "
-            "print(sorted({'open_clip', 'transformers', 'timm'} & set(sys.modules)))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    code = "import sys, flowalign.rewards; print(sorted({'open_clip', 'transformers', 'timm'} & set(sys.modules)))"
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    )
     assert out.stdout.strip() == "[]", out.stderr
 
 
@@ -300,14 +329,31 @@ def test_train_artifact_reward_script(tmp_path):
     model = tiny.build("clip", seed=5).features.model
     ckpt = tmp_path / "backbone.safetensors"
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, ckpt)
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts",
-                        "train_artifact_reward.py")
+    path = os.path.join(
+        os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts", "train_artifact_reward.py"
+    )
     spec = importlib.util.spec_from_file_location("train_artifact_reward", path)
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
     out = tmp_path / "artifact_head.safetensors"
-    res = script.main(["--data", str(tmp_path), "--clip", str(ckpt), "--arch", arch, "--out", str(out),
-                       "--hidden", "32", "--epochs", "200", "--load-size", "64"])
+    res = script.main(
+        [
+            "--data",
+            str(tmp_path),
+            "--clip",
+            str(ckpt),
+            "--arch",
+            arch,
+            "--out",
+            str(out),
+            "--hidden",
+            "32",
+            "--epochs",
+            "200",
+            "--load-size",
+            "64",
+        ]
+    )
     assert res["val_acc"] >= 0.8 and res["train_acc"] >= 0.9
     r = load_reward("artifact", path=out, clip=ckpt)  # arch read from the head's metadata
     clean = torch.stack([_scene(g, False) for _ in range(8)])
@@ -320,7 +366,8 @@ def test_train_artifact_reward_script(tmp_path):
 # --- testbed scorers ---------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def testbed_assets(tmp_path_factory):
-    from flowalign.testbed.scorers import SCORERS as TB, save_scorer
+    from flowalign.testbed.scorers import SCORERS as TB
+    from flowalign.testbed.scorers import save_scorer
 
     root = tmp_path_factory.mktemp("testbed")
     torch.manual_seed(0)
@@ -339,18 +386,22 @@ def test_testbed_rewards_wrap_the_scorers(testbed_assets):
     with torch.no_grad():
         ref = models["checker"](x, TB_PROMPTS)
         assert torch.equal(load_reward("compositional", path=root)(x, TB_PROMPTS), ref.fraction)
-        assert torch.equal(load_reward("compositional", path=root, output="strict")(x, TB_PROMPTS),
-                           ref.all_correct.float())
+        assert torch.equal(
+            load_reward("compositional", path=root, output="strict")(x, TB_PROMPTS), ref.all_correct.float()
+        )
         details = load_reward("compositional", path=root).details(x, TB_PROMPTS)
         assert torch.equal(details["all_correct"], ref.all_correct) and details["clause_mask"].sum() == 3 + 3 + 7
         p_art = models["artifact"](x)
         assert torch.allclose(load_reward("testbed_artifact", path=root)(x, TB_PROMPTS), 1 - p_art, atol=1e-6)
-        assert torch.allclose(load_reward("testbed_artifact", path=root, output="logodds")(x, TB_PROMPTS),
-                              torch.log((1 - p_art) / p_art), atol=1e-4)
+        assert torch.allclose(
+            load_reward("testbed_artifact", path=root, output="logodds")(x, TB_PROMPTS),
+            torch.log((1 - p_art) / p_art),
+            atol=1e-4,
+        )
     for name, kw in [("compositional", {"output": "soft"}), ("testbed_aesthetic", {}), ("testbed_artifact", {})]:
         r = load_reward(name, path=root, **kw)
         assert r.differentiable
-        g, = torch.autograd.grad(r(x, TB_PROMPTS).sum(), x)
+        (g,) = torch.autograd.grad(r(x, TB_PROMPTS).sum(), x)
         assert g.abs().sum() > 0
     assert not load_reward("compositional", path=root).differentiable
 

@@ -10,6 +10,7 @@ the published file formats ({"state_dict": ...} for HPS, ImageReward.pt's key na
 vocab.txt), so our real loading code paths (weights_only=True, key converter) are exercised.
 The full-size (ViT-H-14 / BLIP ViT-L + BERT-base) comparisons are marked slow.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -74,8 +75,14 @@ def reference_imagereward(vocab_file: str, vit: dict | None = None, mlp_width: i
     root = spec.submodule_search_locations[0]
     fs = types.ModuleType("fairscale.nn.checkpoint.checkpoint_activations")
     fs.checkpoint_wrapper = lambda module: module
-    mods = {n: _stub_package(n, p) for n, p in [("ImageReward", root), ("ImageReward.models", root + "/models"),
-                                                 ("ImageReward.models.BLIP", root + "/models/BLIP")]}
+    mods = {
+        n: _stub_package(n, p)
+        for n, p in [
+            ("ImageReward", root),
+            ("ImageReward.models", root + "/models"),
+            ("ImageReward.models.BLIP", root + "/models/BLIP"),
+        ]
+    }
     mods.update({n: types.ModuleType(n) for n in ("fairscale", "fairscale.nn", "fairscale.nn.checkpoint")})
     mods["fairscale.nn.checkpoint.checkpoint_activations"] = fs
     import transformers.modeling_utils as mu
@@ -85,26 +92,37 @@ def reference_imagereward(vocab_file: str, vit: dict | None = None, mlp_width: i
 
     with contextlib.ExitStack() as stack:
         stack.enter_context(scoped_modules(("ImageReward", "fairscale"), mods))
-        for name, fn in [("apply_chunking_to_forward", pu.apply_chunking_to_forward),
-                         ("prune_linear_layer", pu.prune_linear_layer),
-                         ("find_pruneable_heads_and_indices", lambda *a: None)]:
+        for name, fn in [
+            ("apply_chunking_to_forward", pu.apply_chunking_to_forward),
+            ("prune_linear_layer", pu.prune_linear_layer),
+            ("find_pruneable_heads_and_indices", lambda *a: None),
+        ]:
             stack.enter_context(mock.patch.object(mu, name, getattr(mu, name, fn), create=True))
         med = importlib.import_module("ImageReward.models.BLIP.med")
 
         def invert_attention_mask(self, mask):  # transformers 4.x's PreTrainedModel method
             return (1.0 - mask[:, None, None, :].to(self.dtype)) * torch.finfo(self.dtype).min
 
-        for name, fn in [("invert_attention_mask", invert_attention_mask),
-                         ("get_head_mask", lambda self, head_mask, n: [None] * n),
-                         ("init_weights", lambda self: self.apply(self._init_weights))]:
+        for name, fn in [
+            ("invert_attention_mask", invert_attention_mask),
+            ("get_head_mask", lambda self, head_mask, n: [None] * n),
+            ("init_weights", lambda self: self.apply(self._init_weights)),
+        ]:
             stack.enter_context(mock.patch.object(med.BertModel, name, fn, create=True))
         vit_mod = importlib.import_module("ImageReward.models.BLIP.vit")
         bp = importlib.import_module("ImageReward.models.BLIP.blip_pretrain")
         stack.enter_context(mock.patch.object(bp, "init_tokenizer", lambda: make_tokenizer(vocab_file)))
         if vit is not None:
-            small = lambda *a, **k: (vit_mod.VisionTransformer(  # noqa: E731
-                img_size=vit["image_size"], patch_size=vit["patch"], embed_dim=vit["width"], depth=vit["depth"],
-                num_heads=vit["heads"]), vit["width"])
+            small = lambda *a, **k: (
+                vit_mod.VisionTransformer(  # noqa: E731
+                    img_size=vit["image_size"],
+                    patch_size=vit["patch"],
+                    embed_dim=vit["width"],
+                    depth=vit["depth"],
+                    num_heads=vit["heads"],
+                ),
+                vit["width"],
+            )
             stack.enter_context(mock.patch.object(bp, "create_vit", small))
         irm = importlib.import_module("ImageReward.ImageReward")
         if mlp_width is not None:
@@ -139,8 +157,9 @@ def hps_diff(tmp_path, arch: str, images: torch.Tensor, prompts: list[str]) -> f
         torch.manual_seed(0)
         ref = ref_oc.create_model(arch, None, precision="fp32", device="cpu", output_dict=True).eval()
         randomize_(ref, 1)
-        val = torch.nn.Sequential(tf.ResizeMaxSize(224), tf.MaskAwareNormalize(ref_oc.OPENAI_DATASET_MEAN,
-                                                                              ref_oc.OPENAI_DATASET_STD))
+        val = torch.nn.Sequential(
+            tf.ResizeMaxSize(224), tf.MaskAwareNormalize(ref_oc.OPENAI_DATASET_MEAN, ref_oc.OPENAI_DATASET_STD)
+        )
         with torch.no_grad():
             out = ref(torch.stack([val(i) for i in images]), ref_oc.get_tokenizer(arch)(prompts))
             want = (out["image_features"] * out["text_features"]).sum(-1)  # diag(img @ txt.T)
@@ -166,8 +185,12 @@ def imagereward_diff(tmp_path, images, prompts, med_cfg: dict, vit: dict | None)
         ref = irm.ImageReward(med_config=str(tmp_path / "med_config.json"), device="cpu").eval()
         randomize_(ref, 2)
         from torchvision.transforms import CenterCrop, InterpolationMode, Normalize, Resize
-        tf = torch.nn.Sequential(Resize(224, interpolation=InterpolationMode.BICUBIC), CenterCrop(224),
-                                 Normalize((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)))
+
+        tf = torch.nn.Sequential(
+            Resize(224, interpolation=InterpolationMode.BICUBIC),
+            CenterCrop(224),
+            Normalize((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),
+        )
         tok = ref.blip.tokenizer(prompts, padding="max_length", truncation=True, max_length=35, return_tensors="pt")
         with torch.no_grad():
             want = ref.score_gard(tok.input_ids, tok.attention_mask, torch.stack([tf(i) for i in images])).squeeze(-1)
@@ -199,11 +222,25 @@ def test_imagereward_matches_reference_tiny(tmp_path):
     assert imagereward_diff(tmp_path, images, PROMPTS, tiny.tiny_med_config(), tiny.TINY_VIT) <= TOL
 
 
-FULL_MED = {"architectures": ["BertModel"], "attention_probs_dropout_prob": 0.1, "hidden_act": "gelu",
-            "hidden_dropout_prob": 0.1, "hidden_size": 768, "initializer_range": 0.02, "intermediate_size": 3072,
-            "layer_norm_eps": 1e-12, "max_position_embeddings": 512, "model_type": "bert", "num_attention_heads": 12,
-            "num_hidden_layers": 12, "pad_token_id": 0, "type_vocab_size": 2, "vocab_size": 30524,
-            "encoder_width": 768, "add_cross_attention": True}  # BLIP's published med_config.json
+FULL_MED = {
+    "architectures": ["BertModel"],
+    "attention_probs_dropout_prob": 0.1,
+    "hidden_act": "gelu",
+    "hidden_dropout_prob": 0.1,
+    "hidden_size": 768,
+    "initializer_range": 0.02,
+    "intermediate_size": 3072,
+    "layer_norm_eps": 1e-12,
+    "max_position_embeddings": 512,
+    "model_type": "bert",
+    "num_attention_heads": 12,
+    "num_hidden_layers": 12,
+    "pad_token_id": 0,
+    "type_vocab_size": 2,
+    "vocab_size": 30524,
+    "encoder_width": 768,
+    "add_cross_attention": True,
+}  # BLIP's published med_config.json
 
 
 @pytest.mark.slow

@@ -1,5 +1,6 @@
 """Reward ladders on the analytic Gaussian-mixture flow: the batched, cached ladder equals completing
 every state separately (sampling.rollout.complete), and its NFE matches hand counts."""
+
 from __future__ import annotations
 
 import pytest
@@ -31,8 +32,16 @@ def make(model, levels, b=2, keep_x0=True, shared_noise=False, seed=1):
     cond = model.encode(["p"] * b)
     x = model.initial_noise(1 if shared_noise else b, generator=torch.Generator().manual_seed(seed))
     x = x.repeat(b, 1) if shared_noise else x
-    ro = rollout(model, cond, x, linear_sigmas(T), "flow_sde", levels,
-                 generator=torch.Generator().manual_seed(seed + 1), keep_x0=keep_x0)
+    ro = rollout(
+        model,
+        cond,
+        x,
+        linear_sigmas(T),
+        "flow_sde",
+        levels,
+        generator=torch.Generator().manual_seed(seed + 1),
+        keep_x0=keep_x0,
+    )
     return ro, cond
 
 
@@ -103,11 +112,28 @@ def test_shared_initial_noise_and_cache(model):
 def test_tree_node_rewards(model):
     cond = model.encode(["p", "q"])
     x = model.initial_noise(2, generator=torch.Generator().manual_seed(3))
-    tree = tree_rollout(model, cond, x, linear_sigmas(T), TreeSpec((0, 2), 2), "flow_sde", noise_table(T, 0.7),
-                        generator=torch.Generator().manual_seed(4))
+    tree = tree_rollout(
+        model,
+        cond,
+        x,
+        linear_sigmas(T),
+        TreeSpec((0, 2), 2),
+        "flow_sde",
+        noise_table(T, 0.7),
+        generator=torch.Generator().manual_seed(4),
+    )
     out = RewardLadder(model, reward).tree(tree, cond)
-    want = torch.stack([reward(complete(model, cond.select([int(tree.root[n])]), tree.latents[n:n + 1],
-                                        tree.sigmas, int(tree.step[n]))[0], None)[0] for n in range(tree.num_nodes)])
+    want = torch.stack(
+        [
+            reward(
+                complete(
+                    model, cond.select([int(tree.root[n])]), tree.latents[n : n + 1], tree.sigmas, int(tree.step[n])
+                )[0],
+                None,
+            )[0]
+            for n in range(tree.num_nodes)
+        ]
+    )
     assert torch.allclose(out.rewards, want, atol=1e-5)
     # nodes at step 3 (ODE edge to the leaves) share the leaves' rewards: only steps 0..2 are completed
     assert out.nfe == sum(T - int(s) for s in tree.step if s < 3)

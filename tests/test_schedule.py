@@ -1,12 +1,22 @@
 """Sigma grids equal diffusers' schedulers; windows and noise tables."""
+
 import random
 
 import pytest
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 
-from flowalign.sampling.schedule import (flux_mu, flux_sigmas, noise_table, parse_steps, progressive_window,
-                                         random_window, shifted_sigmas, steps_noise_table, window_mask)
+from flowalign.sampling.schedule import (
+    flux_mu,
+    flux_sigmas,
+    noise_table,
+    parse_steps,
+    progressive_window,
+    random_window,
+    shifted_sigmas,
+    steps_noise_table,
+    window_mask,
+)
 
 
 @pytest.mark.parametrize("steps", [1, 4, 10, 28])
@@ -27,6 +37,7 @@ def test_flux_grid_equals_diffusers(steps, seq_len):
     sched = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15)
     mu = flux_mu(seq_len)
     import numpy as np
+
     sched.set_timesteps(sigmas=np.linspace(1.0, 1 / steps, steps), mu=mu)
     assert torch.equal(flux_sigmas(steps, mu), sched.sigmas)
 
@@ -64,16 +75,19 @@ def test_step_lists_and_their_noise_tables():
     torch.testing.assert_close(steps_noise_table(5, 0.7, "all"), noise_table(5, 0.7))
 
 
-@pytest.mark.parametrize("call,match", [
-    (lambda: parse_steps("6,8-"), "'8-' is not a step or a range"),
-    (lambda: parse_steps("9-6"), "'9-6' is not a step or a range"),
-    (lambda: parse_steps([1.5]), "must be ints"),
-    (lambda: steps_noise_table(10, 0.7, "6-12"), r"noise_steps \[10, 11, 12\] lie outside the 10 steps"),
-    (lambda: shifted_sigmas(0), "num_steps=0"),
-    (lambda: noise_table(4, -0.1), "noise_level must be >= 0"),
-    (lambda: window_mask(4, 5), "does not fit in 4 steps"),
-    (lambda: random_window(4, 3, 2, 4), "does not fit"),
-])
+@pytest.mark.parametrize(
+    "call,match",
+    [
+        (lambda: parse_steps("6,8-"), "'8-' is not a step or a range"),
+        (lambda: parse_steps("9-6"), "'9-6' is not a step or a range"),
+        (lambda: parse_steps([1.5]), "must be ints"),
+        (lambda: steps_noise_table(10, 0.7, "6-12"), r"noise_steps \[10, 11, 12\] lie outside the 10 steps"),
+        (lambda: shifted_sigmas(0), "num_steps=0"),
+        (lambda: noise_table(4, -0.1), "noise_level must be >= 0"),
+        (lambda: window_mask(4, 5), "does not fit in 4 steps"),
+        (lambda: random_window(4, 3, 2, 4), "does not fit"),
+    ],
+)
 def test_bad_input(call, match):
     with pytest.raises(ValueError, match=match):
         call()

@@ -1,4 +1,5 @@
 """Step functions against hand-computed numbers, and their shared invariants."""
+
 import math
 
 import pytest
@@ -77,8 +78,9 @@ def test_noise_level_zero_is_euler(kind):
 @pytest.mark.parametrize("kind", sorted(STEPS))
 def test_one_fixed_type_and_fp32(kind):
     x, v = torch.randn(2, 3, dtype=torch.bfloat16), torch.randn(2, 3, dtype=torch.float16)
-    out = get_step(kind)(x, v, torch.tensor([0.9, 0.5]), torch.tensor([0.8, 0.3]), 0.7,
-                         generator=torch.Generator().manual_seed(0))
+    out = get_step(kind)(
+        x, v, torch.tensor([0.9, 0.5]), torch.tensor([0.8, 0.3]), 0.7, generator=torch.Generator().manual_seed(0)
+    )
     assert type(out).__name__ == "StepOut"
     assert all(t.dtype == torch.float32 for t in (out.x_next, out.mean, out.std, out.log_prob, out.x0_pred))
     assert out.std.shape == (2,) and out.log_prob.shape == (2,)

@@ -7,6 +7,7 @@ Z = sum_k w_k exp(lam c.m_k + lam^2 c.S_k c / 2). Weighted particle estimates ar
 sigma^2 the target's (co)variance or the variance of the centred products (4th moments from 200k
 exact target draws). T = 100 steps keep the sampler's own discretisation error below those bounds.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,8 +28,9 @@ from flowalign.steering.fk import FKSteering, fk_steer
 from flowalign.steering.resample import ess, flat_index, normalize
 from flowalign.types import Cond, StepOut
 
-MIX2D = dict(means=[[-2.0, 0.5], [1.5, -1.0], [0.5, 2.0]], stds=[[0.5, 0.3], [0.4, 0.6], [0.3, 0.3]],
-             weights=[0.3, 0.5, 0.2])
+MIX2D = dict(
+    means=[[-2.0, 0.5], [1.5, -1.0], [0.5, 2.0]], stds=[[0.5, 0.3], [0.4, 0.6], [0.3, 0.3]], weights=[0.3, 0.5, 0.2]
+)
 C2D = torch.tensor([1.0, 0.5])
 T = 100
 
@@ -39,8 +41,9 @@ def linear(c):
 
 def log_z(mix: GaussianMixtureFlow, c: torch.Tensor, lam: float) -> float:
     c = c.double()
-    return float(torch.logsumexp(torch.log(mix.weights) + lam * mix.means @ c
-                                 + 0.5 * lam**2 * (mix.stds**2 * c**2).sum(1), 0))
+    return float(
+        torch.logsumexp(torch.log(mix.weights) + lam * mix.means @ c + 0.5 * lam**2 * (mix.stds**2 * c**2).sum(1), 0)
+    )
 
 
 def weighted_moments(x: torch.Tensor, log_w: torch.Tensor):
@@ -90,20 +93,38 @@ def test_resamplers_are_unbiased(name):
 
 
 # --- potentials and the final correction ---------------------------------------------------------
-@pytest.mark.parametrize("potential,expected", [
-    # r_phi = 1, 3, 2 at three resampling steps, r(x0) = 4, lam = 2:
-    ("diff", [2, 4, -2, 4]),  # 2(1-0), 2(3-1), 2(2-3), final 2*4 - (2+4-2) = 4
-    ("max", [2, 6, 6, -6]),  # 2*1, 2*max(1,3), 2*max(3,2), final 8 - 14
-    ("sum", [2, 8, 12, -14]),  # 2*1, 2*(1+3), 2*(1+3+2), final 8 - 22
-    ("rt", [2, 6, 4, -4]),  # 2*r_t, final 8 - 12
-])
+@pytest.mark.parametrize(
+    "potential,expected",
+    [
+        # r_phi = 1, 3, 2 at three resampling steps, r(x0) = 4, lam = 2:
+        ("diff", [2, 4, -2, 4]),  # 2(1-0), 2(3-1), 2(2-3), final 2*4 - (2+4-2) = 4
+        ("max", [2, 6, 6, -6]),  # 2*1, 2*max(1,3), 2*max(3,2), final 8 - 14
+        ("sum", [2, 8, 12, -14]),  # 2*1, 2*(1+3), 2*(1+3+2), final 8 - 22
+        ("rt", [2, 6, 4, -4]),  # 2*r_t, final 8 - 12
+    ],
+)
 def test_potentials_and_final_correction_by_hand(potential, expected):
     sig = linear_sigmas(4)
     model = VelocityCache(GaussianMixtureFlow(means=[[0.0]], stds=[[1.0]]))
     rew = LatentReward(lambda x: x[:, 0], model)
-    hook = FKSteering(model, rew, sig, torch.full((4,), 0.5), "flow_sde", 1, 1, lam=2.0, potential=potential,
-                      lookahead="x0_prev", lookahead_steps=None, resampler="systematic", schedule=[0, 1, 2, 3],
-                      ess_threshold=1.0, guidance_scale=0.0, generator=torch.Generator())
+    hook = FKSteering(
+        model,
+        rew,
+        sig,
+        torch.full((4,), 0.5),
+        "flow_sde",
+        1,
+        1,
+        lam=2.0,
+        potential=potential,
+        lookahead="x0_prev",
+        lookahead_steps=None,
+        resampler="systematic",
+        schedule=[0, 1, 2, 3],
+        ess_threshold=1.0,
+        guidance_scale=0.0,
+        generator=torch.Generator(),
+    )
     cond = Cond(embeds={"row": torch.zeros(1, 1)}, prompts=["p"])
     logs = []
     for j, r in enumerate([1.0, 3.0, 2.0, 4.0]):
@@ -118,8 +139,16 @@ def test_potentials_and_final_correction_by_hand(potential, expected):
 # --- FK exactness on analytic flows --------------------------------------------------------------
 def test_fk_matches_tilted_mixture_and_its_normalising_constant():
     mix, lam, groups = GaussianMixtureFlow(**MIX2D), 1.0, 4
-    res = fk_steer(mix, ["p"] * groups, linear(C2D), num_particles=1500, lam=lam, potential="diff",
-                   num_steps=T, generator=torch.Generator().manual_seed(0))
+    res = fk_steer(
+        mix,
+        ["p"] * groups,
+        linear(C2D),
+        num_particles=1500,
+        lam=lam,
+        potential="diff",
+        num_steps=T,
+        generator=torch.Generator().manual_seed(0),
+    )
     mean, cov, n_eff = weighted_moments(res.candidates, res.log_weights)
     assert n_eff > 2000
     assert_matches(mix.tilt_linear(C2D, lam), mean, cov, n_eff)
@@ -134,16 +163,32 @@ def test_every_potential_targets_the_tilt(potential):
     """All four potentials have product exp(lam r(x0)); on a unimodal target (where the stronger
     intermediate tilts of max / sum / rt keep the target's support covered) each matches it."""
     mix, lam, c = GaussianMixtureFlow(means=[[0.5]], stds=[[0.8]]), 0.5, torch.tensor([1.0])
-    res = fk_steer(mix, ["p"] * 2, linear(c), num_particles=1000, lam=lam, potential=potential, num_steps=T,
-                   generator=torch.Generator().manual_seed(1))
+    res = fk_steer(
+        mix,
+        ["p"] * 2,
+        linear(c),
+        num_particles=1000,
+        lam=lam,
+        potential=potential,
+        num_steps=T,
+        generator=torch.Generator().manual_seed(1),
+    )
     mean, cov, n_eff = weighted_moments(res.candidates, res.log_weights)
     assert_matches(mix.tilt_linear(c, lam), mean, cov, n_eff)
 
 
 def test_fk_lam_zero_is_the_base_distribution():
     mix = GaussianMixtureFlow(**MIX2D)
-    res = fk_steer(mix, ["p"] * 2, linear(C2D), num_particles=2000, lam=0.0, potential="max", num_steps=T,
-                   generator=torch.Generator().manual_seed(2))
+    res = fk_steer(
+        mix,
+        ["p"] * 2,
+        linear(C2D),
+        num_particles=2000,
+        lam=0.0,
+        potential="max",
+        num_steps=T,
+        generator=torch.Generator().manual_seed(2),
+    )
     assert torch.equal(res.log_weights, torch.zeros_like(res.log_weights))
     mean, cov, n_eff = weighted_moments(res.candidates, res.log_weights)
     assert n_eff == pytest.approx(4000)
@@ -153,8 +198,17 @@ def test_fk_lam_zero_is_the_base_distribution():
 @pytest.mark.parametrize("lookahead", ["x0", "x0_prev", "ode"])
 def test_fk_with_one_particle_is_plain_sampling_bit_for_bit(lookahead):
     mix, sig = GaussianMixtureFlow(**MIX2D), linear_sigmas(20)
-    res = fk_steer(mix, ["a", "b", "c"], linear(C2D), num_particles=1, lam=10.0, lookahead=lookahead,
-                   lookahead_steps=3, sigmas=sig, generator=torch.Generator().manual_seed(3))
+    res = fk_steer(
+        mix,
+        ["a", "b", "c"],
+        linear(C2D),
+        num_particles=1,
+        lam=10.0,
+        lookahead=lookahead,
+        lookahead_steps=3,
+        sigmas=sig,
+        generator=torch.Generator().manual_seed(3),
+    )
     g = torch.Generator().manual_seed(3)
     x = mix.initial_noise(3, generator=g)
     plain = rollout(mix, mix.encode(["a", "b", "c"]), x, sig, "flow_sde", 0.7, generator=g)
@@ -167,8 +221,17 @@ def test_fk_with_one_particle_is_plain_sampling_bit_for_bit(lookahead):
 
 def test_gradient_proposal_keeps_fk_exact_and_its_weight_correction():
     mix, lam = GaussianMixtureFlow(**MIX2D), 1.0
-    res = fk_steer(mix, ["p"] * 2, linear(C2D), num_particles=1500, lam=lam, potential="diff", num_steps=T,
-                   guidance_scale=1.0, generator=torch.Generator().manual_seed(4))
+    res = fk_steer(
+        mix,
+        ["p"] * 2,
+        linear(C2D),
+        num_particles=1500,
+        lam=lam,
+        potential="diff",
+        num_steps=T,
+        guidance_scale=1.0,
+        generator=torch.Generator().manual_seed(4),
+    )
     mean, cov, n_eff = weighted_moments(res.candidates, res.log_weights)
     assert_matches(mix.tilt_linear(C2D, lam), mean, cov, n_eff)
     assert res.nfe == 2 * 1500 * (T + T - 1)  # one autograd evaluation per stochastic step (the last is ODE)
@@ -186,8 +249,12 @@ def test_gradient_proposal_keeps_fk_exact_and_its_weight_correction():
 # --- DTS ---------------------------------------------------------------------------------------
 def _readout_moments(res):
     """Per tree, the exact read-out expectation of x and x^2 over its leaves -> [R] each."""
-    m1 = torch.stack([(p * x.double()[:, 0]).sum() for p, x in zip(res.info["readout_probs"], res.info["leaf_latents"])])
-    m2 = torch.stack([(p * x.double()[:, 0] ** 2).sum() for p, x in zip(res.info["readout_probs"], res.info["leaf_latents"])])
+    m1 = torch.stack(
+        [(p * x.double()[:, 0]).sum() for p, x in zip(res.info["readout_probs"], res.info["leaf_latents"])]
+    )
+    m2 = torch.stack(
+        [(p * x.double()[:, 0] ** 2).sum() for p, x in zip(res.info["readout_probs"], res.info["leaf_latents"])]
+    )
     return m1, m2
 
 
@@ -197,8 +264,16 @@ def test_dts_readout_matches_the_tilted_target(lam):
     leaves, so the per-tree expectations are i.i.d.: 5 sigma of their mean. lam = 0 is exact at any
     budget; for lam > 0 DTS is only asymptotically exact (see the report for its finite-budget bias)."""
     mix, c, trees, steps = GaussianMixtureFlow(means=[[-1.0], [1.0]], stds=[[0.5], [0.5]]), torch.tensor([1.0]), 200, 50
-    res = steer("dts", mix, ["p"] * trees, linear(c), lam=lam, nfe_budget=32 * steps, num_steps=steps,
-                generator=torch.Generator().manual_seed(6))
+    res = steer(
+        "dts",
+        mix,
+        ["p"] * trees,
+        linear(c),
+        lam=lam,
+        nfe_budget=32 * steps,
+        num_steps=steps,
+        generator=torch.Generator().manual_seed(6),
+    )
     assert all(abs(float(p.sum()) - 1) < 1e-9 for p in res.info["readout_probs"])
     assert max(res.info["nfe_per_prompt"]) <= 32 * steps and res.nfe == sum(res.info["nfe_per_prompt"])
     m1, m2 = _readout_moments(res)
@@ -226,8 +301,16 @@ def test_best_of_n_and_beam_accounting():
     assert bon.nfe == 2 * 5 * 10 and bon.reward_calls == 10
     torch.testing.assert_close(bon.rewards, bon.candidate_rewards.max(-1).values)
     torch.testing.assert_close(bon.latents @ C2D, bon.rewards)
-    beam = steer("beam", mix, ["a", "b"], r, beam_width=2, num_children=3, num_steps=10,
-                 generator=torch.Generator().manual_seed(8))
+    beam = steer(
+        "beam",
+        mix,
+        ["a", "b"],
+        r,
+        beam_width=2,
+        num_children=3,
+        num_steps=10,
+        generator=torch.Generator().manual_seed(8),
+    )
     # 6 particles x 10 steps, the look-ahead velocities reused; 4 selection steps (2, 4, 6, 8) + final
     assert beam.nfe == 2 * 6 * 10 and beam.reward_calls == 2 * 6 * 5
     svdd = steer("svdd", mix, ["a"], r, num_children=4, num_steps=10, generator=torch.Generator().manual_seed(8))
@@ -249,8 +332,16 @@ def test_dts_star_spends_the_whole_budget_on_deeper_branches():
     """T = 10, branch depths after steps 2, 4, 6, 8 (grid 3, 5, 7, 9: rollouts from there cost 7, 5, 3,
     1). With 25 NFE two rollouts from the top cost 20; the 5 left must still buy deeper branches."""
     mix = GaussianMixtureFlow(**MIX2D)
-    res = steer("dts_star", mix, ["a", "b", "c"], linear(C2D), nfe_budget=25, num_steps=10, lam=10.0,
-                generator=torch.Generator().manual_seed(9))
+    res = steer(
+        "dts_star",
+        mix,
+        ["a", "b", "c"],
+        linear(C2D),
+        nfe_budget=25,
+        num_steps=10,
+        lam=10.0,
+        generator=torch.Generator().manual_seed(9),
+    )
     assert res.info["nfe_per_prompt"] == [25, 25, 25] and res.nfe == 75
     assert all(n > 2 for n in res.info["rollouts"])
 
@@ -275,16 +366,27 @@ def test_step_lists_as_strings_equal_explicit_tables():
     list [4, 5, 6]: the same particles, bit for bit; ODE steps outside the window draw nothing."""
     mix, sig = GaussianMixtureFlow(**MIX2D), linear_sigmas(10)
     table = torch.tensor([0.0, 0.0, 0.0, 0.7, 0.7, 0.7, 0.7, 0.0, 0.0, 0.0])
-    runs = [fk_steer(mix, ["a", "b"], linear(C2D), num_particles=3, sigmas=sig,
-                     generator=torch.Generator().manual_seed(1), **kw)
-            for kw in (dict(noise_level=table, resample_steps=[4, 5, 6]),
-                       dict(noise_level=0.7, noise_steps="3-6", resample_steps="4-6"))]
+    runs = [
+        fk_steer(
+            mix, ["a", "b"], linear(C2D), num_particles=3, sigmas=sig, generator=torch.Generator().manual_seed(1), **kw
+        )
+        for kw in (
+            dict(noise_level=table, resample_steps=[4, 5, 6]),
+            dict(noise_level=0.7, noise_steps="3-6", resample_steps="4-6"),
+        )
+    ]
     assert torch.equal(runs[0].candidates, runs[1].candidates) and torch.equal(runs[0].latents, runs[1].latents)
-    for method, kw in (("bon", dict(n=2, step="flow_sde")), ("beam", dict(num_children=2)),
-                       ("dts_star", dict(nfe_budget=40))):
-        a, b = (steer(method, mix, ["a"], linear(C2D), sigmas=sig, generator=torch.Generator().manual_seed(2),
-                      **kw, **levels) for levels in (dict(noise_level=table),
-                                                     dict(noise_level=0.7, noise_steps=[3, 4, 5, 6])))
+    for method, kw in (
+        ("bon", dict(n=2, step="flow_sde")),
+        ("beam", dict(num_children=2)),
+        ("dts_star", dict(nfe_budget=40)),
+    ):
+        a, b = (
+            steer(
+                method, mix, ["a"], linear(C2D), sigmas=sig, generator=torch.Generator().manual_seed(2), **kw, **levels
+            )
+            for levels in (dict(noise_level=table), dict(noise_level=0.7, noise_steps=[3, 4, 5, 6]))
+        )
         assert torch.equal(a.latents, b.latents), method
 
 
@@ -296,28 +398,35 @@ class _Hard(torch.nn.Module):
         return (images[:, 0] > 0).float()
 
 
-@pytest.mark.parametrize("method,kwargs,match", [
-    ("fk", dict(num_particles=0), "num_particles=0 must be an int >= 1"),
-    ("fk", dict(lam=-1.0), "lam=-1.0 must be a finite float >= 0"),
-    ("fk", dict(resample_steps=[3, 10]), r"resample_steps=\[3, 10\] has \[10\] outside the schedule"),
-    ("fk", dict(step="ode"), "FK steering needs a stochastic sampler"),
-    ("fk", dict(noise_level=0.0), "FK steering needs a stochastic sampler"),
-    ("dts", dict(nfe_budget=100, noise_level=0.0), "dts needs a stochastic sampler"),
-    ("dts_star", dict(nfe_budget=100, step="ode"), "dts_star needs a stochastic sampler"),
-    ("fk", dict(guidance_scale=1.0, reward=_Hard()), "needs a differentiable reward"),
-    ("bon", dict(nfe_budget=9), "nfe_budget=9 is smaller than one rollout"),
-    ("fk", dict(nfe_budget=9), "nfe_budget=9 is smaller than one rollout"),
-    ("beam", dict(nfe_budget=5), "nfe_budget=5 is smaller than one rollout"),
-    ("dts", dict(nfe_budget=9), "nfe_budget=9 is smaller than one rollout"),
-    ("dts", dict(nfe_budget=40, branch_steps=[12]), r"branch_steps=\[12\] has \[12\] outside the schedule"),
-    ("dts", dict(nfe_budget=40, branch_steps=[8]), r"grid indices \[9\] .* \(the last step is always noise-free\)"),
-    ("dts_star", dict(nfe_budget=40, branch_steps=[4], noise_steps="0-2"), r"grid indices \[5\] up to the next branch"),
-    ("beam", dict(beam_width=0), "beam_width=0 must be an int >= 1"),
-    ("fk", dict(noise_steps="6-12"), r"noise_steps \[10, 11, 12\] lie outside the 10 steps"),
-    ("bon", dict(n=2, noise_steps="2-4"), "noise_steps='2-4' needs a noise level"),
-    ("fk", dict(resample_steps="3-x"), "'3-x' is not a step or a range"),
-    ("nope", dict(), "unknown steering method 'nope'"),
-])
+@pytest.mark.parametrize(
+    "method,kwargs,match",
+    [
+        ("fk", dict(num_particles=0), "num_particles=0 must be an int >= 1"),
+        ("fk", dict(lam=-1.0), "lam=-1.0 must be a finite float >= 0"),
+        ("fk", dict(resample_steps=[3, 10]), r"resample_steps=\[3, 10\] has \[10\] outside the schedule"),
+        ("fk", dict(step="ode"), "FK steering needs a stochastic sampler"),
+        ("fk", dict(noise_level=0.0), "FK steering needs a stochastic sampler"),
+        ("dts", dict(nfe_budget=100, noise_level=0.0), "dts needs a stochastic sampler"),
+        ("dts_star", dict(nfe_budget=100, step="ode"), "dts_star needs a stochastic sampler"),
+        ("fk", dict(guidance_scale=1.0, reward=_Hard()), "needs a differentiable reward"),
+        ("bon", dict(nfe_budget=9), "nfe_budget=9 is smaller than one rollout"),
+        ("fk", dict(nfe_budget=9), "nfe_budget=9 is smaller than one rollout"),
+        ("beam", dict(nfe_budget=5), "nfe_budget=5 is smaller than one rollout"),
+        ("dts", dict(nfe_budget=9), "nfe_budget=9 is smaller than one rollout"),
+        ("dts", dict(nfe_budget=40, branch_steps=[12]), r"branch_steps=\[12\] has \[12\] outside the schedule"),
+        ("dts", dict(nfe_budget=40, branch_steps=[8]), r"grid indices \[9\] .* \(the last step is always noise-free\)"),
+        (
+            "dts_star",
+            dict(nfe_budget=40, branch_steps=[4], noise_steps="0-2"),
+            r"grid indices \[5\] up to the next branch",
+        ),
+        ("beam", dict(beam_width=0), "beam_width=0 must be an int >= 1"),
+        ("fk", dict(noise_steps="6-12"), r"noise_steps \[10, 11, 12\] lie outside the 10 steps"),
+        ("bon", dict(n=2, noise_steps="2-4"), "noise_steps='2-4' needs a noise level"),
+        ("fk", dict(resample_steps="3-x"), "'3-x' is not a step or a range"),
+        ("nope", dict(), "unknown steering method 'nope'"),
+    ],
+)
 def test_bad_input_is_one_clear_error(method, kwargs, match):
     mix = GaussianMixtureFlow(**MIX2D)
     reward = kwargs.pop("reward", linear(C2D))
@@ -354,9 +463,34 @@ def test_steer_cli_writes_images_and_json(tmp_path, monkeypatch):
 
     monkeypatch.setattr(rewards, "load_reward", lambda name, path=None, **kw: _Redness())
     out = tmp_path / "run"
-    assert main(["steer", "--model", "tiny-sd3", "--prompt", "two red circles", "--prompt", "a blue square",
-                 "--method", "fk", "--particles", "3", "--steps", "5", "--resample-steps", "1,3",
-                 "--noise-steps", "0-2", "--set", "final=argmax", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "steer",
+                "--model",
+                "tiny-sd3",
+                "--prompt",
+                "two red circles",
+                "--prompt",
+                "a blue square",
+                "--method",
+                "fk",
+                "--particles",
+                "3",
+                "--steps",
+                "5",
+                "--resample-steps",
+                "1,3",
+                "--noise-steps",
+                "0-2",
+                "--set",
+                "final=argmax",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     report = json.loads((out / "steer.json").read_text())
     assert report["method"] == "fk_max" and report["nfe"] == 2 * 3 * 5 and len(report["rewards"]) == 2
     assert report["kwargs"]["resample_steps"] == [1, 3] and report["kwargs"]["final"] == "argmax"

@@ -1,5 +1,6 @@
 """The Flow-GRPO trainer on the tiny real SD3 pipeline: config arithmetic and errors, which weights a
 step changes, the exported LoRA in a stock pipeline, non-finite rewards / losses, checkpoints."""
+
 from __future__ import annotations
 
 import json
@@ -12,13 +13,30 @@ from flowalign import checkpoint as ckpt
 from flowalign.config import apply_overrides, derived, get_preset
 from flowalign.data import PromptSet
 
-TINY_TARGETS = "attn.to_q,attn.to_k,attn.to_v,attn.to_out.0,attn.add_k_proj,attn.add_v_proj"  # add_q_proj: dead in a 1-layer SD3
+TINY_TARGETS = (
+    "attn.to_q,attn.to_k,attn.to_v,attn.to_out.0,attn.add_k_proj,attn.add_v_proj"  # add_q_proj: dead in a 1-layer SD3
+)
 # 16 px images (8x8 latents), 4 steps (3 trained), 2 prompts x 4 images in batches of 4, no eval
-TINY = ["model.path=tiny-sd3", "model.resolution=16", f"model.lora_targets={TINY_TARGETS}", "model.lora_rank=4",
-        "model.lora_alpha=8", "sample.num_steps=4", "sample.window=all", "sample.timestep_fraction=0.99",
-        "sample.same_noise=false", "sample.group_size=4", "sample.groups_per_iteration=2",
-        "sample.batch_size=4", "eval.every=0", "train.ema=false", "train.iterations=1", "log.progress=false",
-        "optim.lr=1e-2", "loss.clip_range=0.2"]
+TINY = [
+    "model.path=tiny-sd3",
+    "model.resolution=16",
+    f"model.lora_targets={TINY_TARGETS}",
+    "model.lora_rank=4",
+    "model.lora_alpha=8",
+    "sample.num_steps=4",
+    "sample.window=all",
+    "sample.timestep_fraction=0.99",
+    "sample.same_noise=false",
+    "sample.group_size=4",
+    "sample.groups_per_iteration=2",
+    "sample.batch_size=4",
+    "eval.every=0",
+    "train.ema=false",
+    "train.iterations=1",
+    "log.progress=false",
+    "optim.lr=1e-2",
+    "loss.clip_range=0.2",
+]
 PROMPTS = PromptSet(["a red circle", "two blue squares", "a green triangle", "a yellow star"], [{}] * 4)
 
 
@@ -34,7 +52,7 @@ def tiny_cfg(tmp_path, *extra):
 # A script that trains the tiny config with the brightness reward (for subprocess / multi-process
 # tests): argv = [--resume=auto] overrides...; FA_THREADS sets torch threads, FA_DUMP a folder
 # where every rank writes its final trainable weights.
-RUNNER = r'''
+RUNNER = r"""
 import os, sys
 import torch
 torch.set_num_threads(int(os.environ.get("FA_THREADS", "1")))
@@ -54,14 +72,23 @@ if os.environ.get("FA_DUMP"):
     rank = int(os.environ.get("RANK", "0"))
     t = {n: p.detach().contiguous() for n, p in res.model.transformer.named_parameters() if p.requires_grad}
     save_file(t, os.path.join(os.environ["FA_DUMP"], f"rank{rank}.safetensors"))
-'''
+"""
 
 
 # --- config -----------------------------------------------------------------------------------------
 def test_overrides_types_and_unknown_keys():
-    cfg = apply_overrides(get_preset("testbed"), [
-        "sample.num_steps=8", "optim.lr=2e-4", "train.ema=false", "data.eval=none",
-        "model.lora_targets=attn.to_q,attn.to_k", "reward.weights.hpsv2=0.5", "optim.betas=[0.9, 0.99]"])
+    cfg = apply_overrides(
+        get_preset("testbed"),
+        [
+            "sample.num_steps=8",
+            "optim.lr=2e-4",
+            "train.ema=false",
+            "data.eval=none",
+            "model.lora_targets=attn.to_q,attn.to_k",
+            "reward.weights.hpsv2=0.5",
+            "optim.betas=[0.9, 0.99]",
+        ],
+    )
     assert cfg.sample.num_steps == 8 and cfg.optim.lr == 2e-4 and cfg.train.ema is False and cfg.data.eval is None
     assert cfg.model.lora_targets == ["attn.to_q", "attn.to_k"] and cfg.optim.betas == [0.9, 0.99]
     assert cfg.reward.weights == {"compositional": 1.0, "hpsv2": 0.5}
@@ -77,7 +104,13 @@ def test_derived_batch_arithmetic_by_hand():
     # SD3.5 recipe: 48 groups x 24 = 1152 images; 32 ranks -> 36 per rank = 4 batches of 9;
     # 2 optimizer steps -> accumulate 2 micro-batches x 9 trained steps (int(10 x .99)) = 18 backwards
     d = derived(get_preset("sd35_pickscore"), 32)
-    assert (d.images_per_rank, d.batches_per_rank, d.grad_accum, d.trained_steps, d.backward_per_step) == (36, 4, 2, 9, 18)
+    assert (d.images_per_rank, d.batches_per_rank, d.grad_accum, d.trained_steps, d.backward_per_step) == (
+        36,
+        4,
+        2,
+        9,
+        18,
+    )
     # Flux: batch 3 -> 1152 / 8 ranks = 144 -> 48 batches -> 24 per step, 6 trained steps (int(6 x .99) = 5)
     d = derived(get_preset("flux_hpsv2"), 8)
     assert (d.batches_per_rank, d.grad_accum, d.trained_steps) == (48, 24, 5)
@@ -88,8 +121,13 @@ def test_derived_batch_arithmetic_by_hand():
     with pytest.raises(ValueError, match="48 images per process .* sample.batch_size=9"):
         derived(get_preset("sd35_pickscore"), 24)
     with pytest.raises(ValueError, match="SDE window of 3 steps in range \\[0, 12\\) does not fit 10 steps"):
-        derived(apply_overrides(get_preset("sd35_pickscore"), ["sample.window=random", "sample.window_size=3",
-                                                               "sample.window_range=0,12"]), 1)
+        derived(
+            apply_overrides(
+                get_preset("sd35_pickscore"),
+                ["sample.window=random", "sample.window_size=3", "sample.window_range=0,12"],
+            ),
+            1,
+        )
 
 
 # --- start-up errors -------------------------------------------------------------------------------
@@ -98,9 +136,11 @@ def test_startup_errors(tmp_path):
 
     cfg = tiny_cfg(tmp_path)
     with pytest.raises(ValueError, match=r"unknown reward\(s\) \['pickscor'\]; choose from .*'pickscore'"):
-        validate(apply_overrides(tiny_cfg(tmp_path), ["reward.weights={\"pickscor\": 1}"]))
-    with pytest.raises(ValueError, match=r"reward 'my_geneval:load' cannot be imported \(No module named 'my_geneval'\)"):
-        validate(apply_overrides(tiny_cfg(tmp_path), ["reward.weights={\"my_geneval:load\": 1}"]))
+        validate(apply_overrides(tiny_cfg(tmp_path), ['reward.weights={"pickscor": 1}']))
+    with pytest.raises(
+        ValueError, match=r"reward 'my_geneval:load' cannot be imported \(No module named 'my_geneval'\)"
+    ):
+        validate(apply_overrides(tiny_cfg(tmp_path), ['reward.weights={"my_geneval:load": 1}']))
     with pytest.raises(ValueError, match="model.path='/nope/sd3' does not exist; pass model.path=<a directory"):
         validate(apply_overrides(tiny_cfg(tmp_path), ["model.path=/nope/sd3"]))
     with pytest.raises(ValueError, match="16 images per iteration do not split over 3 processes"):
@@ -111,11 +151,15 @@ def test_startup_errors(tmp_path):
         validate(apply_overrides(tiny_cfg(tmp_path), ["loss.objective=nft", "loss.nft_beta=0"]))
     (tmp_path / "empty.txt").write_text("\n")
     from flowalign.train_cli import build_prompts
+
     with pytest.raises(ValueError, match="holds no prompts"):
         build_prompts(apply_overrides(tiny_cfg(tmp_path), [f"data.train={tmp_path / 'empty.txt'}"]))
     # the 1-layer tiny transformer has no to_add_out (its only block is context_pre_only)
-    with pytest.raises(ValueError, match=r"LoRA target module\(s\) \['attn.to_add_out'\] are not in the "
-                                         r"SD3Transformer2DModel; .*e.g. \[.*'attn.to_q'"):
+    with pytest.raises(
+        ValueError,
+        match=r"LoRA target module\(s\) \['attn.to_add_out'\] are not in the "
+        r"SD3Transformer2DModel; .*e.g. \[.*'attn.to_q'",
+    ):
         build_model(apply_overrides(cfg, [f"model.lora_targets={TINY_TARGETS},attn.to_add_out"]))
 
 
@@ -140,8 +184,12 @@ def test_step_changes_only_trainable_params_and_lora_loads_in_stock_pipeline(tmp
     cfg = tiny_cfg(tmp_path, "sample.groups_per_iteration=1", "optim.steps_per_iteration=1", "train.iterations=2")
     model, export_fn, _ = build_model(cfg)
     pipe = model.pipe
-    before = {f"{c}.{n}": p.detach().clone() for c, m in pipe.components.items()
-              if isinstance(m, torch.nn.Module) for n, p in m.named_parameters()}
+    before = {
+        f"{c}.{n}": p.detach().clone()
+        for c, m in pipe.components.items()
+        if isinstance(m, torch.nn.Module)
+        for n, p in m.named_parameters()
+    }
     trainable = {f"transformer.{n}" for n, p in model.transformer.named_parameters() if p.requires_grad}
     assert trainable and all(".lora_" in n for n in trainable)
     res = train(cfg, model, brightness, PROMPTS, run_dir=tmp_path / "run", export_fn=export_fn)
@@ -149,8 +197,12 @@ def test_step_changes_only_trainable_params_and_lora_loads_in_stock_pipeline(tmp
     # on-policy: recomputed log-probs equal the sampling-time ones bit for bit -> ratio exactly 1
     assert first["train/ratio_max"] == first["train/ratio_min"] == 1.0 and first["train/approx_kl"] == 0.0
     assert res.state.optimizer_step == 2 and res.state.skipped_steps == 0
-    after = {f"{c}.{n}": p.detach() for c, m in pipe.components.items()
-             if isinstance(m, torch.nn.Module) for n, p in m.named_parameters()}
+    after = {
+        f"{c}.{n}": p.detach()
+        for c, m in pipe.components.items()
+        if isinstance(m, torch.nn.Module)
+        for n, p in m.named_parameters()
+    }
     changed = {n for n in before if not torch.equal(before[n], after[n])}
     assert changed == trainable  # every LoRA tensor moved (2 steps: lora_A gets gradient once B != 0), nothing else
 
@@ -177,8 +229,16 @@ def test_nft_objective_on_policy_and_resumes_exactly(tmp_path):
     from flowalign.trainer import train
 
     def run(name, iterations, resume=None):
-        cfg = tiny_cfg(tmp_path, "loss.objective=nft", "loss.beta=1e-3", "optim.lr=1e-2", "sample.groups_per_iteration=1",
-                       "optim.steps_per_iteration=1", f"train.iterations={iterations}", f"train.output_dir={tmp_path / name}")
+        cfg = tiny_cfg(
+            tmp_path,
+            "loss.objective=nft",
+            "loss.beta=1e-3",
+            "optim.lr=1e-2",
+            "sample.groups_per_iteration=1",
+            "optim.steps_per_iteration=1",
+            f"train.iterations={iterations}",
+            f"train.output_dir={tmp_path / name}",
+        )
         model, export_fn, _ = build_model(cfg)
         before = {n: p.detach().clone() for n, p in model.transformer.named_parameters() if p.requires_grad}
         res = train(cfg, model, brightness, PROMPTS, run_dir=tmp_path / name, export_fn=export_fn, resume=resume)

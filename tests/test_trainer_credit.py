@@ -5,18 +5,19 @@ gathered rewards and extras in credit.jsonl), the sampler NFE count, and the wei
 Tiny setup (test_trainer.TINY): 4 steps, sigmas [1, .858, .602, .0089, 0], window 'all' = steps
 0..2 SDE (trained), step 3 ODE; 2 prompts x 4 images in 2 sampling batches of 4; reward = brightness.
 """
+
 from __future__ import annotations
 
 import json
 
 import pytest
 import torch
+from test_trainer import PROMPTS, TINY
 
 from flowalign.config import apply_overrides, get_preset
 from flowalign.credit.turning_point import tp_grpo
 from flowalign.data import group_batch
 from flowalign.losses import flow_grpo_loss
-from test_trainer import PROMPTS, TINY
 
 close = torch.testing.assert_close
 
@@ -42,8 +43,10 @@ def run(tmp_path, *extra, reward=bright, rollout_fn=None):
     from flowalign.train_cli import build_model
     from flowalign.trainer import train
 
-    cfg = apply_overrides(get_preset("testbed"), TINY + [f"train.output_dir={tmp_path / 'run'}", "train.save_every=0",
-                                                         "log.credit_jsonl=true", *extra])
+    cfg = apply_overrides(
+        get_preset("testbed"),
+        TINY + [f"train.output_dir={tmp_path / 'run'}", "train.save_every=0", "log.credit_jsonl=true", *extra],
+    )
     model, _, _ = build_model(cfg)
     sig = model.sigmas(4, 16, 16)
     step_of = {round(float(sig[j + 1] - sig[j]), 6): j for j in range(4)}
@@ -58,7 +61,9 @@ def run(tmp_path, *extra, reward=bright, rollout_fn=None):
     res = train(cfg, model, reward, PROMPTS, run_dir=tmp_path / "run", loss_fn=loss, **kw)
     rec = json.loads((tmp_path / "run" / "credit.jsonl").read_text().splitlines()[0])
     rec = {k: torch.tensor(v) for k, v in rec.items() if k != "iteration"}
-    moved = any(not torch.equal(before[n], p.detach()) for n, p in model.transformer.named_parameters() if p.requires_grad)
+    moved = any(
+        not torch.equal(before[n], p.detach()) for n, p in model.transformer.named_parameters() if p.requires_grad
+    )
     fed = {j: (torch.cat([a for a, _ in v]), torch.cat([m for _, m in v])) for j, v in fed.items()}
     return res, rec, fed, moved
 
@@ -91,8 +96,13 @@ def test_turning_points_use_the_ladder_and_sampling_batches(tmp_path):
     res, rec, fed, moved = run(tmp_path, "credit.name=turning_point")
     # rows are gathered in global sample order: batch b holds rows 4b..4b+3
     assert rec["balance_ids"].tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
-    want = tp_grpo(rec["reward"], rec["group"], torch.tensor([True, True, True, False]), ladder=rec["ladder"],
-                   balance_ids=rec["balance_ids"])
+    want = tp_grpo(
+        rec["reward"],
+        rec["group"],
+        torch.tensor([True, True, True, False]),
+        ladder=rec["ladder"],
+        balance_ids=rec["balance_ids"],
+    )
     close(rec["advantages"], want.advantages, atol=1e-5, rtol=1e-5)
     assert torch.equal(rec["mask"], want.mask)
     check_fed(rec, fed)
@@ -100,8 +110,15 @@ def test_turning_points_use_the_ladder_and_sampling_batches(tmp_path):
 
 
 def test_g2rpo_singular_step_and_granularities(tmp_path):
-    res, rec, fed, moved = run(tmp_path, "credit.name=g2rpo", "sample.window=fixed", "sample.window_size=1",
-                               "sample.window_range=[1,4]", "sample.same_noise=true", "credit.strides=[1,2]")
+    res, rec, fed, moved = run(
+        tmp_path,
+        "credit.name=g2rpo",
+        "sample.window=fixed",
+        "sample.window_size=1",
+        "sample.window_range=[1,4]",
+        "sample.same_noise=true",
+        "credit.strides=[1,2]",
+    )
     gr, r, g = rec["granular"], rec["reward"], rec["group"]
     close(gr[:, 0], r)  # stride 1: the sampled image (only step 1 is SDE, the rest ODE)
     assert not torch.allclose(gr[:, 1], r)  # stride 2: state 2 -> sigma index 4 in one Euler step
@@ -143,24 +160,39 @@ def test_tree_pruning_and_depth_noise_reach_the_trained_edges(tmp_path, sd3_mode
     from flowalign.credit.rollouts import tree_batch_rollout
 
     # depth pruning of child depth 3 = the edges of step 2 (steps 0 and 1 still train, each edge once)
-    res, rec, fed, moved = run(tmp_path, "credit.name=branchgrpo", "sample.tree_splits=[0,1]", "sample.tree_branch=[2]",
-                               "credit.prune_depths=[3]")
+    res, rec, fed, moved = run(
+        tmp_path,
+        "credit.name=branchgrpo",
+        "sample.tree_splits=[0,1]",
+        "sample.tree_branch=[2]",
+        "credit.prune_depths=[3]",
+    )
     assert rec["mask"][:, 0].sum() == 4 and rec["mask"][:, 1].all() and not rec["mask"][:, 2:].any()
     check_fed(rec, fed)
     assert moved
     # depth-dependent noise: level x (1 + 1.0 x depth / 2 splits); every node of a step has one depth
     cond = sd3_model.encode(["a red circle"] * 4, guidance_scale=4.5)
     x = sd3_model.initial_noise(4, 16, 16, generator=torch.Generator().manual_seed(0))
-    ro = tree_batch_rollout(sd3_model, cond, x, sd3_model.sigmas(4, 16, 16), "flow_sde",
-                            torch.tensor([0.7, 0.7, 0.7, 0.0]), generator=torch.Generator().manual_seed(1),
-                            splits=(0, 1), branch=(2,), depth_noise=1.0)
+    ro = tree_batch_rollout(
+        sd3_model,
+        cond,
+        x,
+        sd3_model.sigmas(4, 16, 16),
+        "flow_sde",
+        torch.tensor([0.7, 0.7, 0.7, 0.0]),
+        generator=torch.Generator().manual_seed(1),
+        splits=(0, 1),
+        branch=(2,),
+        depth_noise=1.0,
+    )
     close(ro.noise_levels, torch.tensor([0.7, 1.05, 1.4, 0.0]))
     assert ro.latents.shape[:2] == (4, 5) and ro.tree.num_nodes == 1 + 2 + 4 + 4 + 4
 
 
 def test_treegrpo_bottom_up_advantages(tmp_path):
-    res, rec, fed, moved = run(tmp_path, "credit.name=treegrpo", "sample.tree_splits=[0,1]", "sample.tree_branch=[2]",
-                               "credit.tree_beta=0")
+    res, rec, fed, moved = run(
+        tmp_path, "credit.name=treegrpo", "sample.tree_splits=[0,1]", "sample.tree_branch=[2]", "credit.tree_beta=0"
+    )
     r, adv = rec["reward"], rec["advantages"]
     for t in (slice(0, 4), slice(4, 8)):
         a = (r[t] - r[t].mean()) / (r[t].std(unbiased=False) + 1e-4)  # leaf advantages (population std)
@@ -173,8 +205,13 @@ def test_treegrpo_bottom_up_advantages(tmp_path):
 
 
 def test_euphonium_guided_rollout_and_dual_advantages(tmp_path):
-    res, rec, fed, moved = run(tmp_path, "credit.name=euphonium", "credit.guidance_kappa=0.5", "sample.step=dance_sde",
-                               "sample.noise_level=0.5")
+    res, rec, fed, moved = run(
+        tmp_path,
+        "credit.name=euphonium",
+        "credit.guidance_kappa=0.5",
+        "sample.step=dance_sde",
+        "sample.noise_level=0.5",
+    )
     p, r, g = rec["process"], rec["reward"], rec["group"]
     assert (p[:, :3] != 0).all() and (p[:, 3] == 0).all()  # process scores on the 3 SDE steps only
     want = zscore(r[:, None], g)[:, 0:1] + zscore(p[:, :3], g)  # c_outcome = c_process = 1
@@ -193,8 +230,9 @@ def test_calibrated_noise_table_drives_the_sampler(tmp_path):
         seen.append(out.noise_levels.clone())
         return out
 
-    res, rec, fed, moved = run(tmp_path, "credit.name=dense", "credit.calibrate_iterations=2",
-                               "credit.calibrate_samples=4", rollout_fn=spy)
+    res, rec, fed, moved = run(
+        tmp_path, "credit.name=dense", "credit.calibrate_iterations=2", "credit.calibrate_samples=4", rollout_fn=spy
+    )
     table = json.loads((tmp_path / "run" / "config.json").read_text())["sample"]["noise_table"]
     assert len(table) == 4 and table != [0.7] * 4
     # the training rollouts use the calibrated table on the trained steps, 0 (ODE) on the last
@@ -268,7 +306,7 @@ def test_bad_credit_config_is_one_clear_error(tmp_path, monkeypatch):
     # a non-differentiable process reward for the guided SDE: refused before any model is built
     monkeypatch.setitem(sys.modules, "flat_reward_mod", types.SimpleNamespace(make=make_flat))
     with pytest.raises(ValueError, match="process reward 'MultiReward' is not differentiable"):
-        validate(cfg("credit.name=euphonium", "reward.weights={\"flat_reward_mod:make\": 1}"))
+        validate(cfg("credit.name=euphonium", 'reward.weights={"flat_reward_mod:make": 1}'))
     from flowalign.train_cli import build_model
 
     c = cfg("credit.name=euphonium", f"train.output_dir={tmp_path}")
@@ -277,8 +315,13 @@ def test_bad_credit_config_is_one_clear_error(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("scheme", [["credit.name=dense", "sample.same_noise=true"],
-                                    ["credit.name=branchgrpo", "sample.tree_splits=[0,1]", "sample.tree_branch=[2]"]])
+@pytest.mark.parametrize(
+    "scheme",
+    [
+        ["credit.name=dense", "sample.same_noise=true"],
+        ["credit.name=branchgrpo", "sample.tree_splits=[0,1]", "sample.tree_branch=[2]"],
+    ],
+)
 def test_two_processes_gather_the_extras_like_one(tmp_path, scheme):
     """2 ranks x 8 vs 1 rank x 16: the gathered extras (ladders / per-tree advantages) and the credit
     computed from them are the same (each device runs the same batches of 4 rows in both layouts)."""
@@ -286,17 +329,34 @@ def test_two_processes_gather_the_extras_like_one(tmp_path, scheme):
     import subprocess
     import sys
 
-    from flowalign import train_cli
     from test_trainer import RUNNER
     from test_trainer_multiprocess import _free_port
+
+    from flowalign import train_cli
 
     over = TINY + ["sample.groups_per_iteration=4", "log.credit_jsonl=true", "train.save_every=0", *scheme]
     runner = tmp_path / "runner.py"
     runner.write_text(RUNNER)
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "FA_THREADS": "1", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "--main_process_port", str(_free_port()), str(runner), *over, f"train.output_dir={tmp_path / 'two'}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(_free_port()),
+        str(runner),
+        *over,
+        f"train.output_dir={tmp_path / 'two'}",
+    ]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     cfg, _ = train_cli.resolve_config(None, over + [f"train.output_dir={tmp_path / 'one'}"], None)
@@ -314,8 +374,14 @@ def test_variant_presets_pass_the_config_checks():
     from flowalign.presets import PRESETS
 
     names = [n for n in PRESETS if n.startswith("testbed_")]
-    assert {"testbed_dense", "testbed_g2rpo", "testbed_branchgrpo", "testbed_treegrpo", "testbed_euphonium",
-            "testbed_artifact_reg"} <= set(names)
+    assert {
+        "testbed_dense",
+        "testbed_g2rpo",
+        "testbed_branchgrpo",
+        "testbed_treegrpo",
+        "testbed_euphonium",
+        "testbed_artifact_reg",
+    } <= set(names)
     for n in names:
         cfg = get_preset(n)
         check_credit_config(cfg)

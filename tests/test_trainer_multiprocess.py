@@ -1,6 +1,7 @@
 """Two processes (accelerate launch --multi_gpu on CPU/gloo, environment.md) against one process with
 the same seed and global batch: the same prompt groups spread over ranks, the same gathered rewards and
 advantages, and weights that stay identical on both ranks."""
+
 from __future__ import annotations
 
 import json
@@ -11,15 +12,22 @@ import sys
 
 import torch
 from safetensors.torch import load_file
+from test_trainer import PROMPTS, RUNNER, TINY, brightness
 
 from flowalign import train_cli
-from test_trainer import PROMPTS, RUNNER, TINY, brightness
 
 # 4 prompts x 4 images = 16 per iteration: 2 ranks x 8 (2 batches of 4) vs 1 rank x 16 (4 batches);
 # a random SDE window and one initial noise per group, both derived from (seed, iteration, group)
-OVERRIDES = TINY + ["sample.groups_per_iteration=4", "train.iterations=2", "optim.steps_per_iteration=2",
-                    "log.credit_jsonl=true", "train.save_every=0", "sample.window=random", "sample.window_size=2",
-                    "sample.same_noise=true"]
+OVERRIDES = TINY + [
+    "sample.groups_per_iteration=4",
+    "train.iterations=2",
+    "optim.steps_per_iteration=2",
+    "log.credit_jsonl=true",
+    "train.save_every=0",
+    "sample.window=random",
+    "sample.window_size=2",
+    "sample.same_noise=true",
+]
 
 
 def _free_port() -> int:
@@ -36,11 +44,32 @@ def test_two_processes_match_one_and_stay_in_sync(tmp_path):
     runner = tmp_path / "runner.py"
     runner.write_text(RUNNER)
     (tmp_path / "dump").mkdir()
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "FA_THREADS": "1", "FA_DUMP": str(tmp_path / "dump"),
-           "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "--main_process_port", str(_free_port()), str(runner), *OVERRIDES, f"train.output_dir={tmp_path / 'two'}"]
+    env = {
+        **os.environ,
+        "ACCELERATE_USE_CPU": "1",
+        "FA_THREADS": "1",
+        "FA_DUMP": str(tmp_path / "dump"),
+        "OMP_NUM_THREADS": "1",
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(_free_port()),
+        str(runner),
+        *OVERRIDES,
+        f"train.output_dir={tmp_path / 'two'}",
+    ]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "world_size             2" in out.stdout  # really two processes, not two lone runs
@@ -60,8 +89,9 @@ def test_two_processes_match_one_and_stay_in_sync(tmp_path):
     # iteration 0 starts from the same weights: the same per-sample noise gives the same rewards and
     # advantages (each device runs the same batches of 4 rows in both layouts)
     torch.testing.assert_close(torch.tensor(two[0]["reward"]), torch.tensor(one[0]["reward"]), rtol=0, atol=1e-6)
-    torch.testing.assert_close(torch.tensor(two[0]["advantages"]), torch.tensor(one[0]["advantages"]),
-                               rtol=0, atol=1e-4)
+    torch.testing.assert_close(
+        torch.tensor(two[0]["advantages"]), torch.tensor(one[0]["advantages"]), rtol=0, atol=1e-4
+    )
     assert two[0]["mask"] == one[0]["mask"]
     # DDP keeps both ranks' weights bitwise identical, and training moved them
     r0, r1 = (load_file(str(tmp_path / "dump" / f"rank{r}.safetensors")) for r in (0, 1))

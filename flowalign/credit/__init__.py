@@ -22,9 +22,10 @@ unbiased, filter_zero_std, **options) -> tree.TreeAdvantages`` (advantage and ma
 child node [N]); ``tree.tree_to_batch`` lays them out as [L, T] for ``log_prob_at`` and
 ``TreeAdvantages.edges()`` lists them for ``sampling.tree.edge_log_prob``.
 """
+
 from .dense import calibrate_noise_table, dense_grpo, ladder_steps, per_step_advantages, step_gains
 from .granular import g2rpo, singular_sde_rollout
-from .group import grpo, group_stats, normalize
+from .group import group_stats, grpo, normalize
 from .guided import euphonium, guided_rollout
 from .tree import branch_grpo, tree_grpo, tree_to_batch
 from .turning_point import tp_grpo, turning_points
@@ -32,7 +33,24 @@ from .turning_point import tp_grpo, turning_points
 CREDIT = {"grpo": grpo, "dense": dense_grpo, "turning_point": tp_grpo, "g2rpo": g2rpo, "euphonium": euphonium}
 TREE_CREDIT = {"branchgrpo": branch_grpo, "treegrpo": tree_grpo}
 
-__all__ = ["CREDIT", "TREE_CREDIT", "grpo", "group_stats", "normalize", "dense_grpo", "per_step_advantages",
-           "step_gains", "ladder_steps", "calibrate_noise_table", "tp_grpo", "turning_points", "g2rpo",
-           "singular_sde_rollout",
-           "euphonium", "guided_rollout", "branch_grpo", "tree_grpo", "tree_to_batch"]
+__all__ = [
+    "CREDIT",
+    "TREE_CREDIT",
+    "grpo",
+    "group_stats",
+    "normalize",
+    "dense_grpo",
+    "per_step_advantages",
+    "step_gains",
+    "ladder_steps",
+    "calibrate_noise_table",
+    "tp_grpo",
+    "turning_points",
+    "g2rpo",
+    "singular_sde_rollout",
+    "euphonium",
+    "guided_rollout",
+    "branch_grpo",
+    "tree_grpo",
+    "tree_to_batch",
+]

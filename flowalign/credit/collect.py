@@ -26,11 +26,13 @@ with a non-finite reward (``Collected.ok``).
 ``make_ladder`` builds the ladder and ``calibrate_psi`` runs DenseGRPO's Algorithm 1 for the sampler.
 Departure (G^2RPO): one reward total per stride; several reward models are not z-scored separately.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -52,8 +54,9 @@ class Collected:
     def cat(parts: list[Collected]) -> Collected:
         keys = parts[0].extras.keys()
         stats = {k: sum(p.stats.get(k, 0.0) for p in parts) / len(parts) for k in parts[0].stats}
-        return Collected({k: torch.cat([p.extras[k] for p in parts]) for k in keys},
-                         torch.cat([p.ok for p in parts]), stats)
+        return Collected(
+            {k: torch.cat([p.extras[k] for p in parts]) for k in keys}, torch.cat([p.ok for p in parts]), stats
+        )
 
 
 @dataclass
@@ -78,8 +81,11 @@ def collect_ladder(ctx, cond: Cond, ro: Rollout, images: Tensor, prompts: list[s
     steps = ladder_steps(ctx.mask)
     out = ctx.ladder(ro, cond, steps=steps, prompts=prompts, **ctx.meta)
     ok = torch.isfinite(out.rewards[:, steps]).all(1)
-    return Collected({"ladder": out.rewards}, ok, {"ladder_nfe": float(out.nfe), "ladder_naive_nfe": float(out.naive_nfe),
-                                                  "ladder_scored": float(out.scored)})
+    return Collected(
+        {"ladder": out.rewards},
+        ok,
+        {"ladder_nfe": float(out.nfe), "ladder_naive_nfe": float(out.naive_nfe), "ladder_scored": float(out.scored)},
+    )
 
 
 def collect_balance_ids(ctx, cond, ro: Rollout, images, prompts, scores) -> Collected:
@@ -90,9 +96,11 @@ def collect_balance_ids(ctx, cond, ro: Rollout, images, prompts, scores) -> Coll
 def collect_granular(ctx, cond: Cond, ro: Rollout, images: Tensor, prompts: list[str], scores: Scores) -> Collected:
     c, t = ctx.cfg.credit, ro.num_steps
     trained = torch.nonzero(ctx.mask).flatten().tolist()
-    if len(trained) != 1 or bool((ro.noise_levels[trained[0] + 1:] > 0).any()):
-        raise ValueError(f"g2rpo needs exactly one SDE (trained) step per iteration, got steps {trained}; "
-                         f"use sample.window=random|fixed|progressive with sample.window_size=1.")
+    if len(trained) != 1 or bool((ro.noise_levels[trained[0] + 1 :] > 0).any()):
+        raise ValueError(
+            f"g2rpo needs exactly one SDE (trained) step per iteration, got steps {trained}; "
+            f"use sample.window=random|fixed|progressive with sample.window_size=1."
+        )
     j, vals = trained[0], []
     for s in c.strides:
         grid = granular_grid(t, j + 1, int(s), c.granular_completion)
@@ -127,8 +135,9 @@ def collect_tree(ctx, cond, ro: Rollout, images, prompts, scores: Scores) -> Col
     if opts.get("prune_depths") and cfg.credit.prune_slide_every > 0:
         n_child = torch.bincount(tree.parent[tree.parent >= 0], minlength=tree.num_nodes)
         last_split = int(tree.step[n_child > 1].max()) if bool((n_child > 1).any()) else 0
-        opts["prune_depths"] = slide_depths(opts["prune_depths"], ctx.iteration, cfg.credit.prune_slide_every,
-                                            last_split + 1)
+        opts["prune_depths"] = slide_depths(
+            opts["prune_depths"], ctx.iteration, cfg.credit.prune_slide_every, last_split + 1
+        )
     tadv = TREE_CREDIT[cfg.credit.name](tree, r, **opts)
     tb = tree_to_batch(tree, tadv)
     mask = tb.advantages.mask & ok[:, None]
@@ -137,13 +146,17 @@ def collect_tree(ctx, cond, ro: Rollout, images, prompts, scores: Scores) -> Col
 
 
 COLLECT: dict[str, Callable[..., Collected]] = {
-    "ladder": collect_ladder, "balance_ids": collect_balance_ids, "granular": collect_granular,
-    "process": collect_process, "tree": collect_tree,
+    "ladder": collect_ladder,
+    "balance_ids": collect_balance_ids,
+    "granular": collect_granular,
+    "process": collect_process,
+    "tree": collect_tree,
 }
 
 
-def collect(needs, ctx: CollectContext, cond: Cond, ro: Rollout, images: Tensor, prompts: list[str],
-            scores: Scores) -> Collected:
+def collect(
+    needs, ctx: CollectContext, cond: Cond, ro: Rollout, images: Tensor, prompts: list[str], scores: Scores
+) -> Collected:
     """Run every collector in ``needs`` on one sampling batch and merge their outputs."""
     b = ro.latents.shape[0]
     out = Collected({}, torch.ones(b, dtype=torch.bool), {})
@@ -157,8 +170,9 @@ def collect(needs, ctx: CollectContext, cond: Cond, ro: Rollout, images: Tensor,
     return out
 
 
-def tree_credit(rewards: Tensor, group_ids: Tensor, step_mask: Tensor, *, tree_advantages: Tensor,
-                tree_mask: Tensor, **_: Any) -> Advantages:
+def tree_credit(
+    rewards: Tensor, group_ids: Tensor, step_mask: Tensor, *, tree_advantages: Tensor, tree_mask: Tensor, **_: Any
+) -> Advantages:
     """Pass-through of the per-tree credit computed at sampling time (``collect_tree``) -> [B, T]."""
     mask = tree_mask.bool() & step_mask.bool().expand_as(tree_mask)
     adv = torch.where(mask, tree_advantages.float(), torch.zeros_like(tree_advantages, dtype=torch.float32))
@@ -172,11 +186,13 @@ def credit_options(cfg) -> dict[str, Any]:
     """``cfg.credit`` -> keywords of the configured credit function (normalisation + its own options)."""
     c = cfg.credit
     prune = dict(prune_depths=tuple(c.prune_depths), width_pruning=c.width_pruning or None, width_ratio=c.width_ratio)
-    own = {"dense": dict(reward=c.dense_reward),
-           "turning_point": dict(constraint=c.tp_constraint, balance=c.tp_balance),
-           "euphonium": dict(c_outcome=c.c_outcome, c_process=c.c_process),
-           "branchgrpo": dict(fusion=c.fusion, beta=c.tree_beta, **prune),
-           "treegrpo": dict(beta=c.tree_beta, **prune)}.get(c.name, {})
+    own = {
+        "dense": dict(reward=c.dense_reward),
+        "turning_point": dict(constraint=c.tp_constraint, balance=c.tp_balance),
+        "euphonium": dict(c_outcome=c.c_outcome, c_process=c.c_process),
+        "branchgrpo": dict(fusion=c.fusion, beta=c.tree_beta, **prune),
+        "treegrpo": dict(beta=c.tree_beta, **prune),
+    }.get(c.name, {})
     return dict(scale=c.scale, eps=c.eps, unbiased=c.unbiased, filter_zero_std=c.filter_zero_std, **own, **c.options)
 
 
@@ -201,8 +217,13 @@ def make_ladder(cfg, model, reward_fn: Callable):
     from ..rewards.ladder import RewardLadder
 
     c = cfg.credit
-    return RewardLadder(model, reward_fn, num_steps=c.ladder_steps or None, stride=c.ladder_stride or None,
-                        max_batch=max(64, cfg.sample.batch_size))
+    return RewardLadder(
+        model,
+        reward_fn,
+        num_steps=c.ladder_steps or None,
+        stride=c.ladder_stride or None,
+        max_batch=max(64, cfg.sample.batch_size),
+    )
 
 
 @torch.no_grad()
@@ -221,10 +242,12 @@ def calibrate_psi(model, reward_fn: Callable, prompts, cfg, generator: torch.Gen
     levels0 = torch.tensor(s.noise_table, dtype=torch.float32) if s.noise_table else torch.full((t,), s.noise_level)
     psi0 = levels0 if s.step == "dance_sde" else levels0 * flow_sde_psi(1.0, sigmas)
     ladder = make_ladder(cfg, model, reward_fn)
-    measure = ladder_gain_measure(model, cond, x, sigmas, lambda r, cd: ladder(r, cd, prompts=texts), step=s.step,
-                                  generator=generator)
+    measure = ladder_gain_measure(
+        model, cond, x, sigmas, lambda r, cd: ladder(r, cd, prompts=texts), step=s.step, generator=generator
+    )
     active = torch.ones(t, dtype=torch.bool)
     active[-1] = t == 1
-    cal = calibrate_noise_table(measure, psi0, iterations=c.calibrate_iterations, eps1=c.calibrate_eps1,
-                                eps2=c.calibrate_eps2, steps=active)
+    cal = calibrate_noise_table(
+        measure, psi0, iterations=c.calibrate_iterations, eps1=c.calibrate_eps1, eps2=c.calibrate_eps2, steps=active
+    )
     return psi_to_noise_levels(cal.psi, sigmas, s.step), cal

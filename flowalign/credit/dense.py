@@ -22,10 +22,11 @@ here); psi is clamped to ``[lo, hi]`` (``lo = 0``: a noise level is never negati
 ``steps`` are left as given. Samples of one prompt must share the trained-step mask (the
 per-step statistics would otherwise mix trained and untrained rows): checked.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import Tensor
@@ -40,8 +41,10 @@ def as_step_mask(step_mask: Tensor, batch: int, num_steps: int) -> Tensor:
     """[T] or [B, T] -> [B, T] bool, with one clear error for a wrong shape."""
     m = torch.as_tensor(step_mask).bool()
     if m.shape not in ((num_steps,), (batch, num_steps)):
-        raise ValueError(f"step_mask has shape {tuple(m.shape)}; expected ({num_steps},) or "
-                         f"({batch}, {num_steps}) for {batch} samples of {num_steps} steps.")
+        raise ValueError(
+            f"step_mask has shape {tuple(m.shape)}; expected ({num_steps},) or "
+            f"({batch}, {num_steps}) for {batch} samples of {num_steps} steps."
+        )
     return m.expand(batch, num_steps).clone()
 
 
@@ -49,12 +52,16 @@ def check_ladder(ladder: Tensor, batch: int, need: Tensor | None = None) -> Tens
     """ladder [B, T+1] fp32; ``need`` [B, T+1] bool marks entries that must be finite."""
     ladder = torch.as_tensor(ladder).float()
     if ladder.ndim != 2 or ladder.shape[0] != batch or ladder.shape[1] < 2:
-        raise ValueError(f"ladder has shape {tuple(ladder.shape)}; expected ({batch}, T+1): the reward "
-                         f"of every state latents[:, j] completed to an image, ladder[:, T] = final reward.")
+        raise ValueError(
+            f"ladder has shape {tuple(ladder.shape)}; expected ({batch}, T+1): the reward "
+            f"of every state latents[:, j] completed to an image, ladder[:, T] = final reward."
+        )
     if need is not None and bool((~torch.isfinite(ladder) & need).any()):
         bad = torch.nonzero(~torch.isfinite(ladder) & need)[0].tolist()
-        raise ValueError(f"ladder[{bad[0]}, {bad[1]}] is not finite but a trained step needs it; request "
-                         f"that state from the reward ladder (steps=...).")
+        raise ValueError(
+            f"ladder[{bad[0]}, {bad[1]}] is not finite but a trained step needs it; request "
+            f"that state from the reward ladder (steps=...)."
+        )
     return ladder
 
 
@@ -80,17 +87,27 @@ def step_gains(ladder: Tensor) -> Tensor:
     return ladder[:, 1:] - ladder[:, :-1]
 
 
-def per_step_advantages(values: Tensor, group_ids: Tensor, mask: Tensor, *, scale: str = "group",
-                        eps: float = 1e-4, unbiased: bool = False, filter_zero_std: bool = True,
-                        stats: dict[str, float] | None = None) -> Advantages:
+def per_step_advantages(
+    values: Tensor,
+    group_ids: Tensor,
+    mask: Tensor,
+    *,
+    scale: str = "group",
+    eps: float = 1e-4,
+    unbiased: bool = False,
+    filter_zero_std: bool = True,
+    stats: dict[str, float] | None = None,
+) -> Advantages:
     """Per-step, per-group normalisation (TP-GRPO, DenseGRPO, Euphonium PRA): values [B, T] z-scored
     column by column within each group; pairs outside ``mask`` [B, T] get 0 and are masked;
     with ``filter_zero_std`` pairs whose (group, step) has zero std are masked too."""
     mask = mask.bool()
     frac, _ = group_stats(mask.float(), group_ids)
     if bool(((frac > 0) & (frac < 1)).any()):
-        raise ValueError("samples of one group train different steps; per-step normalisation needs one "
-                         "trained-step mask per group (draw the SDE window once per prompt group).")
+        raise ValueError(
+            "samples of one group train different steps; per-step normalisation needs one "
+            "trained-step mask per group (draw the SDE window once per prompt group)."
+        )
     values = torch.where(mask, values.float(), torch.zeros_like(values, dtype=torch.float32))
     adv, std = normalize(values, group_ids, scale, eps, unbiased)
     zero = (std == 0) & mask
@@ -99,15 +116,27 @@ def per_step_advantages(values: Tensor, group_ids: Tensor, mask: Tensor, *, scal
         mask = mask & (std > 0)
     adv = torch.where(mask, adv, torch.zeros_like(adv))
     kept = max(int(mask.sum()), 1)
-    out = {"zero_std_frac": float(zero.sum()) / max(asked, 1), "adv_abs_mean": float(adv.abs().sum()) / kept,
-           "trained_pairs": float(mask.sum())}
+    out = {
+        "zero_std_frac": float(zero.sum()) / max(asked, 1),
+        "adv_abs_mean": float(adv.abs().sum()) / kept,
+        "trained_pairs": float(mask.sum()),
+    }
     out.update(stats or {})
     return Advantages(advantages=adv, mask=mask, stats=out)
 
 
-def dense_grpo(rewards: Tensor, group_ids: Tensor, step_mask: Tensor, *, ladder: Tensor, reward: str = "gain",
-               scale: str = "group", eps: float = 1e-4, unbiased: bool = False,
-               filter_zero_std: bool = True) -> Advantages:
+def dense_grpo(
+    rewards: Tensor,
+    group_ids: Tensor,
+    step_mask: Tensor,
+    *,
+    ladder: Tensor,
+    reward: str = "gain",
+    scale: str = "group",
+    eps: float = 1e-4,
+    unbiased: bool = False,
+    filter_zero_std: bool = True,
+) -> Advantages:
     """DenseGRPO advantages. rewards [B] (final rewards, unused: ``ladder[:, T]`` carries them);
     group_ids [B]; step_mask [T] or [B, T]; ladder [B, T+1] -> Advantages [B, T].
     ``reward="gain"``: d_j (the method); ``"level"``: ladder[:, j+1] (the paper's dense baseline)."""
@@ -119,8 +148,9 @@ def dense_grpo(rewards: Tensor, group_ids: Tensor, step_mask: Tensor, *, ladder:
     ladder = check_ladder(ladder, b, gain_need(mask))
     clean = torch.nan_to_num(ladder, nan=0.0)
     values = step_gains(clean) if reward == "gain" else clean[:, 1:]
-    return per_step_advantages(values, group_ids, mask, scale=scale, eps=eps, unbiased=unbiased,
-                               filter_zero_std=filter_zero_std)
+    return per_step_advantages(
+        values, group_ids, mask, scale=scale, eps=eps, unbiased=unbiased, filter_zero_std=filter_zero_std
+    )
 
 
 dense_grpo.needs = ("ladder",)
@@ -154,9 +184,17 @@ class Calibration:
     imbalance: Tensor  # [K, T] |#pos - #neg| of the gains measured at each iteration
 
 
-def calibrate_noise_table(measure: Callable[[Tensor], Tensor], psi: Tensor, *, iterations: int = 10,
-                          eps1: float = 2.0, eps2: float = 0.01, steps: Tensor | None = None,
-                          lo: float = 0.0, hi: float | None = None) -> Calibration:
+def calibrate_noise_table(
+    measure: Callable[[Tensor], Tensor],
+    psi: Tensor,
+    *,
+    iterations: int = 10,
+    eps1: float = 2.0,
+    eps2: float = 0.01,
+    steps: Tensor | None = None,
+    lo: float = 0.0,
+    hi: float | None = None,
+) -> Calibration:
     """DenseGRPO Algorithm 1. ``measure(psi [T]) -> gains [N, T]`` samples N trajectories with the
     table and returns their dense rewards (``ladder_gain_measure`` builds one from a model and a reward
     ladder); ``steps`` [T] bool limits which entries move (default all)."""
@@ -176,12 +214,16 @@ def calibrate_noise_table(measure: Callable[[Tensor], Tensor], psi: Tensor, *, i
         psi = torch.where(active, (psi + move).clamp(lo, hi), psi)
         history.append(psi.clone())
         imbalance.append(diff)
-    return Calibration(psi=psi, history=torch.stack(history),
-                       imbalance=torch.stack(imbalance) if imbalance else torch.zeros(0, psi.numel()))
+    return Calibration(
+        psi=psi,
+        history=torch.stack(history),
+        imbalance=torch.stack(imbalance) if imbalance else torch.zeros(0, psi.numel()),
+    )
 
 
-def ladder_gain_measure(model, cond, x: Tensor, sigmas: Tensor, ladder: Callable, *,
-                        step: str = "dance_sde", generator=None) -> Callable[[Tensor], Tensor]:
+def ladder_gain_measure(
+    model, cond, x: Tensor, sigmas: Tensor, ladder: Callable, *, step: str = "dance_sde", generator=None
+) -> Callable[[Tensor], Tensor]:
     """A ``measure`` for ``calibrate_noise_table``: roll out ``x`` [N, *S] with the psi table
     (converted for ``step``), score every state with ``ladder(rollout, cond)`` (a ``RewardLadder`` or
     any callable returning [N, T+1] or an object with ``.rewards``) and return the gains [N, T]."""

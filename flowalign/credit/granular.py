@@ -22,10 +22,11 @@ Departures: std epsilon / ddof come from the caller (code: unbiased std + 1e-8);
 optimiser step per j is the trainer's business; stride 1 is required because the branch's stride-1
 path is the trajectory the trainer stores (its final image is the usual sample).
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -88,10 +89,21 @@ def _ode_on(model, cond: Cond, x: Tensor, sigmas: Tensor, idx: list[int]) -> Ten
 
 
 @torch.no_grad()
-def singular_sde_rollout(model, cond: Cond, x: Tensor, sigmas: Tensor, j: int, k: int,
-                         step: str | Callable = "flow_sde", noise_level: float = 0.7, generator=None,
-                         strides: Sequence[int] = PAPER_STRIDES, *, anchor: Tensor | None = None,
-                         completion: str = "paper") -> SingularRollout:
+def singular_sde_rollout(
+    model,
+    cond: Cond,
+    x: Tensor,
+    sigmas: Tensor,
+    j: int,
+    k: int,
+    step: str | Callable = "flow_sde",
+    noise_level: float = 0.7,
+    generator=None,
+    strides: Sequence[int] = PAPER_STRIDES,
+    *,
+    anchor: Tensor | None = None,
+    completion: str = "paper",
+) -> SingularRollout:
     """x [B, *S] initial noise (one per prompt); cond [B]; sigmas [T+1]; j the SDE step; k branches.
     ``anchor`` [B, >= j+1, *S] reuses ODE anchor states of an earlier call."""
     sigmas = torch.as_tensor(sigmas, dtype=torch.float32).cpu()
@@ -105,8 +117,8 @@ def singular_sde_rollout(model, cond: Cond, x: Tensor, sigmas: Tensor, j: int, k
         raise ValueError(f"noise_level={noise_level} must be > 0: the SDE step is the only source of variance.")
     nfe0, b = model.nfe, x.shape[0]
     if anchor is None:
-        anchor = x.float()[:, None] if j == 0 else rollout(model, cond, x, sigmas[:j + 1], "ode").latents
-    anchor = anchor[:, :j + 1].float()
+        anchor = x.float()[:, None] if j == 0 else rollout(model, cond, x, sigmas[: j + 1], "ode").latents
+    anchor = anchor[:, : j + 1].float()
     if anchor.shape[1] != j + 1:
         raise ValueError(f"anchor holds {anchor.shape[1]} states; step j={j} needs {j + 1}.")
     xj = anchor[:, j]
@@ -114,7 +126,7 @@ def singular_sde_rollout(model, cond: Cond, x: Tensor, sigmas: Tensor, j: int, k
     rep = torch.arange(b).repeat_interleave(k)
     out = get_step(step)(xj[rep], v[rep], sigmas[j], sigmas[j + 1], noise_level, generator=generator)
     crep = cond.select(rep)
-    path = rollout(model, crep, out.x_next, sigmas[j + 1:], "ode").latents if j + 1 < t else out.x_next[:, None]
+    path = rollout(model, crep, out.x_next, sigmas[j + 1 :], "ode").latents if j + 1 < t else out.x_next[:, None]
     finals = []
     for s in strides:
         idx = granular_grid(t, j + 1, s, completion)
@@ -127,8 +139,9 @@ def singular_sde_rollout(model, cond: Cond, x: Tensor, sigmas: Tensor, j: int, k
     levels[j] = noise_level
     nfe = model.nfe - nfe0
     r = Rollout(latents=latents, log_probs=log_probs, sigmas=sigmas, noise_levels=levels, step=step_name(step), nfe=nfe)
-    return SingularRollout(rollout=r, finals=torch.stack(finals), strides=strides, group_ids=rep, cond=crep,
-                           anchor=anchor, j=j, nfe=nfe)
+    return SingularRollout(
+        rollout=r, finals=torch.stack(finals), strides=strides, group_ids=rep, cond=crep, anchor=anchor, j=j, nfe=nfe
+    )
 
 
 def shared_log_prob(model, cond: Cond, sr: SingularRollout, step: str | Callable | None = None) -> StepOut:
@@ -137,13 +150,28 @@ def shared_log_prob(model, cond: Cond, sr: SingularRollout, step: str | Callable
     r, j = sr.rollout, sr.j
     k = r.latents.shape[0] // cond.batch_size
     v = model.velocity(r.latents[::k, j], r.sigmas[j], cond)
-    return get_step(step or r.step)(r.latents[:, j], v[sr.group_ids], r.sigmas[j], r.sigmas[j + 1],
-                                    float(r.noise_levels[j]), x_next=r.latents[:, j + 1])
+    return get_step(step or r.step)(
+        r.latents[:, j],
+        v[sr.group_ids],
+        r.sigmas[j],
+        r.sigmas[j + 1],
+        float(r.noise_levels[j]),
+        x_next=r.latents[:, j + 1],
+    )
 
 
-def g2rpo(rewards: Tensor, group_ids: Tensor, step_mask: Tensor, *, granular: Tensor | None = None,
-          reward_weights: Sequence[float] | None = None, scale: str = "group", eps: float = 1e-8,
-          unbiased: bool = True, filter_zero_std: bool = True) -> Advantages:
+def g2rpo(
+    rewards: Tensor,
+    group_ids: Tensor,
+    step_mask: Tensor,
+    *,
+    granular: Tensor | None = None,
+    reward_weights: Sequence[float] | None = None,
+    scale: str = "group",
+    eps: float = 1e-8,
+    unbiased: bool = True,
+    filter_zero_std: bool = True,
+) -> Advantages:
     """G^2RPO advantages. rewards [B] (used when ``granular`` is None: one granularity); group_ids [B]
     prompt groups; step_mask [T] or [B, T] with exactly one trained step per row (its j);
     granular [B, J] or [B, J, R] rewards per stride (and per reward model) -> Advantages [B, T]."""
@@ -168,8 +196,11 @@ def g2rpo(rewards: Tensor, group_ids: Tensor, step_mask: Tensor, *, granular: Te
     keep = (std > 0).any(1) if filter_zero_std else torch.ones(b, dtype=torch.bool)
     mask = mask & keep[:, None]
     advantages = torch.where(mask, total[:, None].expand(b, t), torch.zeros(b, t))
-    stats = {"zero_std_frac": float((~(std > 0).any(1)).float().mean()), "adv_abs_mean": float(total.abs().mean()),
-             "granularities": float(vals.shape[1])}
+    stats = {
+        "zero_std_frac": float((~(std > 0).any(1)).float().mean()),
+        "adv_abs_mean": float(total.abs().mean()),
+        "granularities": float(vals.shape[1]),
+    }
     return Advantages(advantages=advantages, mask=mask, stats=stats)
 
 

@@ -7,6 +7,7 @@ for the FastVideo repos. Groups whose rewards are all equal carry no signal: wit
 their pairs are masked out (DAPO-style), which flow_grpo does by dropping the samples.
 The trajectory advantage is broadcast to every trained step: ``advantages [B, T]``, ``mask [B, T]``.
 """
+
 from __future__ import annotations
 
 import torch
@@ -31,8 +32,9 @@ def group_stats(values: Tensor, group_ids: Tensor, unbiased: bool = False) -> tu
     return mean[inverse].reshape(values.shape), var.sqrt()[inverse].reshape(values.shape)
 
 
-def normalize(values: Tensor, group_ids: Tensor, scale: str = "group", eps: float = 1e-4,
-              unbiased: bool = False) -> tuple[Tensor, Tensor]:
+def normalize(
+    values: Tensor, group_ids: Tensor, scale: str = "group", eps: float = 1e-4, unbiased: bool = False
+) -> tuple[Tensor, Tensor]:
     """(values - group mean) / (std + eps) and the per-row group std. values [B] or [B, T]."""
     if scale not in SCALES:
         raise ValueError(f"advantage scale {scale!r} must be one of {SCALES}.")
@@ -46,8 +48,16 @@ def normalize(values: Tensor, group_ids: Tensor, scale: str = "group", eps: floa
     return (values - mean) / (std + eps), std
 
 
-def grpo(rewards: Tensor, group_ids: Tensor, step_mask: Tensor, *, scale: str = "group",
-         eps: float = 1e-4, unbiased: bool = False, filter_zero_std: bool = True) -> Advantages:
+def grpo(
+    rewards: Tensor,
+    group_ids: Tensor,
+    step_mask: Tensor,
+    *,
+    scale: str = "group",
+    eps: float = 1e-4,
+    unbiased: bool = False,
+    filter_zero_std: bool = True,
+) -> Advantages:
     """rewards [B]; group_ids [B]; step_mask [T] or [B, T] (trained steps) -> Advantages [B, T]."""
     adv, std = normalize(rewards.float(), group_ids, scale, eps, unbiased)
     b = rewards.shape[0]

@@ -26,10 +26,11 @@ Departures: the release normalises the gradient by the norm of the whole batch t
 within ``steps``. The process score of step j is R at the step's start state x_j, as the code records.
 SPSA gradients and the optional velocity KL are not reproduced.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -49,11 +50,15 @@ def check_process_reward(reward, differentiable: bool | None = None) -> None:
     declared = getattr(reward, "differentiable", None)
     name = getattr(reward, "name", getattr(reward, "__name__", type(reward).__name__))
     if declared is None and differentiable is None:
-        raise ValueError(f"process reward {name!r} does not say whether it is differentiable; set its "
-                         f"`differentiable` attribute or pass differentiable=True if grad flows through it.")
+        raise ValueError(
+            f"process reward {name!r} does not say whether it is differentiable; set its "
+            f"`differentiable` attribute or pass differentiable=True if grad flows through it."
+        )
     if declared is False or (declared is None and not differentiable):
-        raise ValueError(f"process reward {name!r} is not differentiable, so the reward-gradient-guided SDE "
-                         f"cannot use it; choose a differentiable reward or turn guidance off.")
+        raise ValueError(
+            f"process reward {name!r} is not differentiable, so the reward-gradient-guided SDE "
+            f"cannot use it; choose a differentiable reward or turn guidance off."
+        )
 
 
 def kl_optimal_kappa(noise_level: float, beta: float) -> float:
@@ -63,8 +68,12 @@ def kl_optimal_kappa(noise_level: float, beta: float) -> float:
     return noise_level**2 / (2 * beta)
 
 
-def x0_process_reward(reward, decode: Callable[[Tensor], Tensor] | None = None,
-                      prompts: Sequence[str] | None = None, differentiable: bool | None = None) -> Callable:
+def x0_process_reward(
+    reward,
+    decode: Callable[[Tensor], Tensor] | None = None,
+    prompts: Sequence[str] | None = None,
+    differentiable: bool | None = None,
+) -> Callable:
     """Image reward -> process reward f(x, ctx) = reward(decode(x - sigma v), prompts), v fixed."""
     check_process_reward(reward, differentiable)
 
@@ -81,15 +90,27 @@ class RewardGuidance:
     """Hooks for ``rollout``: ``guidance`` adds the drift, ``on_step`` records the unguided log-prob
     and the process score of every step. ``noise_levels`` [T] is the table given to the rollout."""
 
-    def __init__(self, process_reward: Callable, kappa: float, *, step: str | Callable = "dance_sde",
-                 noise_levels: Tensor, steps: Sequence[int] | None = None, scale_by_dt: bool = True,
-                 normalize: bool = False, differentiable: bool | None = None):
+    def __init__(
+        self,
+        process_reward: Callable,
+        kappa: float,
+        *,
+        step: str | Callable = "dance_sde",
+        noise_levels: Tensor,
+        steps: Sequence[int] | None = None,
+        scale_by_dt: bool = True,
+        normalize: bool = False,
+        differentiable: bool | None = None,
+    ):
         check_process_reward(process_reward, differentiable)
         self.process_reward, self.kappa = process_reward, float(kappa)
         self.step_fn, self.levels = get_step(step), torch.as_tensor(noise_levels, dtype=torch.float32)
         t = self.levels.numel()
-        self.guided = (self.levels > 0) & (torch.ones(t, dtype=torch.bool) if steps is None else
-                                           torch.isin(torch.arange(t), torch.as_tensor(list(steps), dtype=torch.long)))
+        self.guided = (self.levels > 0) & (
+            torch.ones(t, dtype=torch.bool)
+            if steps is None
+            else torch.isin(torch.arange(t), torch.as_tensor(list(steps), dtype=torch.long))
+        )
         self.scale_by_dt, self.normalize = scale_by_dt, normalize
         self.log_probs: dict[int, Tensor] = {}
         self.scores: dict[int, Tensor] = {}
@@ -101,8 +122,10 @@ class RewardGuidance:
             x = ctx.x.detach().float().requires_grad_(True)
             r = self.process_reward(x, ctx)
             if not (torch.is_tensor(r) and r.requires_grad):
-                raise ValueError("the process reward returned no gradient w.r.t. the state; it is not "
-                                 "differentiable in practice (detached or under no_grad).")
+                raise ValueError(
+                    "the process reward returned no gradient w.r.t. the state; it is not "
+                    "differentiable in practice (detached or under no_grad)."
+                )
             (grad,) = torch.autograd.grad(r.float().sum(), x)
         self.scores[ctx.j] = r.detach().float().reshape(-1)
         if self.normalize:
@@ -131,29 +154,66 @@ class GuidedRollout:
     guided: Tensor  # [T] bool steps that received guidance
 
 
-def guided_rollout(model, cond: Cond, x: Tensor, sigmas: Tensor, process_reward: Callable, kappa: float,
-                   step: str | Callable = "dance_sde", noise_levels: Tensor | float | None = 0.25, *,
-                   generator=None, steps: Sequence[int] | None = None, scale_by_dt: bool = True,
-                   normalize: bool = False, logprob: str = "unguided",
-                   differentiable: bool | None = None) -> GuidedRollout:
+def guided_rollout(
+    model,
+    cond: Cond,
+    x: Tensor,
+    sigmas: Tensor,
+    process_reward: Callable,
+    kappa: float,
+    step: str | Callable = "dance_sde",
+    noise_levels: Tensor | float | None = 0.25,
+    *,
+    generator=None,
+    steps: Sequence[int] | None = None,
+    scale_by_dt: bool = True,
+    normalize: bool = False,
+    logprob: str = "unguided",
+    differentiable: bool | None = None,
+) -> GuidedRollout:
     """Rollout from x [B, *S] with the reward-gradient-guided kernel (see module docstring)."""
     if logprob not in ("unguided", "guided"):
         raise ValueError(f"logprob={logprob!r} must be 'unguided' (Euphonium release) or 'guided'.")
     levels = as_noise_levels(noise_levels, torch.as_tensor(sigmas).numel() - 1)
-    hook = RewardGuidance(process_reward, kappa, step=step, noise_levels=levels, steps=steps,
-                          scale_by_dt=scale_by_dt, normalize=normalize, differentiable=differentiable)
-    r = rollout(model, cond, x, sigmas, step, levels, generator=generator, guidance=hook.guidance,
-                on_step=hook.on_step if logprob == "unguided" else None)
+    hook = RewardGuidance(
+        process_reward,
+        kappa,
+        step=step,
+        noise_levels=levels,
+        steps=steps,
+        scale_by_dt=scale_by_dt,
+        normalize=normalize,
+        differentiable=differentiable,
+    )
+    r = rollout(
+        model,
+        cond,
+        x,
+        sigmas,
+        step,
+        levels,
+        generator=generator,
+        guidance=hook.guidance,
+        on_step=hook.on_step if logprob == "unguided" else None,
+    )
     if logprob == "unguided":
         r.log_probs = hook.table(hook.log_probs, x.shape[0])
     return GuidedRollout(rollout=r, process=hook.table(hook.scores, x.shape[0]), guided=hook.guided.clone())
 
 
 # --- dual-reward credit ----------------------------------------------------------------------------
-def dual_reward_advantages(rewards: Tensor, group_ids: Tensor, step_mask: Tensor, *, process: Tensor,
-                           outcome_weights: Sequence[float] | None = None, scale: str = "group",
-                           eps: float = 1e-8, unbiased: bool = False,
-                           filter_zero_std: bool = True) -> dict[str, Advantages]:
+def dual_reward_advantages(
+    rewards: Tensor,
+    group_ids: Tensor,
+    step_mask: Tensor,
+    *,
+    process: Tensor,
+    outcome_weights: Sequence[float] | None = None,
+    scale: str = "group",
+    eps: float = 1e-8,
+    unbiased: bool = False,
+    filter_zero_std: bool = True,
+) -> dict[str, Advantages]:
     """rewards [B] or [B, R] outcome rewards; process [B, T] recorded process scores ->
     {"outcome": Advantages [B, T], "process": Advantages [B, T]}."""
     r = torch.as_tensor(rewards, dtype=torch.float32)
@@ -167,37 +227,91 @@ def dual_reward_advantages(rewards: Tensor, group_ids: Tensor, step_mask: Tensor
     total = (adv * w).sum(1)
     keep = (std > 0).any(1) if filter_zero_std else torch.ones(b, dtype=torch.bool)
     out_mask = mask & keep[:, None]
-    outcome = Advantages(advantages=torch.where(out_mask, total[:, None].expand(b, t), torch.zeros(b, t)),
-                         mask=out_mask, stats={"zero_std_frac": float((~keep).float().mean())})
-    proc = per_step_advantages(torch.as_tensor(process, dtype=torch.float32), group_ids, mask, scale=scale,
-                               eps=eps, unbiased=unbiased, filter_zero_std=filter_zero_std)
+    outcome = Advantages(
+        advantages=torch.where(out_mask, total[:, None].expand(b, t), torch.zeros(b, t)),
+        mask=out_mask,
+        stats={"zero_std_frac": float((~keep).float().mean())},
+    )
+    proc = per_step_advantages(
+        torch.as_tensor(process, dtype=torch.float32),
+        group_ids,
+        mask,
+        scale=scale,
+        eps=eps,
+        unbiased=unbiased,
+        filter_zero_std=filter_zero_std,
+    )
     return {"outcome": outcome, "process": proc}
 
 
-def dual_reward_loss(log_prob: Tensor, old_log_prob: Tensor, outcome: Advantages, process: Advantages, *,
-                     c_outcome: float = 1.0, c_process: float = 1.0, clip_range: float = 1e-4,
-                     adv_clip: float | None = 5.0) -> LossOut:
+def dual_reward_loss(
+    log_prob: Tensor,
+    old_log_prob: Tensor,
+    outcome: Advantages,
+    process: Advantages,
+    *,
+    c_outcome: float = 1.0,
+    c_process: float = 1.0,
+    clip_range: float = 1e-4,
+    adv_clip: float | None = 5.0,
+) -> LossOut:
     """Euphonium's two-term clipped loss over [B, T] (log_prob / old_log_prob [B, T])."""
-    lo = clipped_policy_loss(log_prob.flatten(), old_log_prob.flatten(), outcome.advantages.flatten(),
-                             clip_range, adv_clip, outcome.mask.flatten())
-    lp = clipped_policy_loss(log_prob.flatten(), old_log_prob.flatten(), process.advantages.flatten(),
-                             clip_range, adv_clip, process.mask.flatten())
+    lo = clipped_policy_loss(
+        log_prob.flatten(),
+        old_log_prob.flatten(),
+        outcome.advantages.flatten(),
+        clip_range,
+        adv_clip,
+        outcome.mask.flatten(),
+    )
+    lp = clipped_policy_loss(
+        log_prob.flatten(),
+        old_log_prob.flatten(),
+        process.advantages.flatten(),
+        clip_range,
+        adv_clip,
+        process.mask.flatten(),
+    )
     stats = {**{f"outcome/{k}": v for k, v in lo.stats.items()}, **{f"process/{k}": v for k, v in lp.stats.items()}}
     return LossOut(loss=c_outcome * lo.loss + c_process * lp.loss, stats=stats)
 
 
-def euphonium(rewards: Tensor, group_ids: Tensor, step_mask: Tensor, *, process: Tensor,
-              c_outcome: float = 1.0, c_process: float = 1.0, outcome_weights: Sequence[float] | None = None,
-              scale: str = "group", eps: float = 1e-8, unbiased: bool = False,
-              filter_zero_std: bool = True) -> Advantages:
+def euphonium(
+    rewards: Tensor,
+    group_ids: Tensor,
+    step_mask: Tensor,
+    *,
+    process: Tensor,
+    c_outcome: float = 1.0,
+    c_process: float = 1.0,
+    outcome_weights: Sequence[float] | None = None,
+    scale: str = "group",
+    eps: float = 1e-8,
+    unbiased: bool = False,
+    filter_zero_std: bool = True,
+) -> Advantages:
     """Single-advantage form c_outcome A_out + c_process A_proc (mask: either term trained)."""
-    d = dual_reward_advantages(rewards, group_ids, step_mask, process=process, outcome_weights=outcome_weights,
-                               scale=scale, eps=eps, unbiased=unbiased, filter_zero_std=filter_zero_std)
+    d = dual_reward_advantages(
+        rewards,
+        group_ids,
+        step_mask,
+        process=process,
+        outcome_weights=outcome_weights,
+        scale=scale,
+        eps=eps,
+        unbiased=unbiased,
+        filter_zero_std=filter_zero_std,
+    )
     o, p = d["outcome"], d["process"]
     adv = c_outcome * o.advantages + c_process * p.advantages
-    return Advantages(advantages=adv, mask=o.mask | p.mask,
-                      stats={"outcome_abs_mean": float(o.advantages.abs().mean()),
-                             "process_abs_mean": float(p.advantages.abs().mean())})
+    return Advantages(
+        advantages=adv,
+        mask=o.mask | p.mask,
+        stats={
+            "outcome_abs_mean": float(o.advantages.abs().mean()),
+            "process_abs_mean": float(p.advantages.abs().mean()),
+        },
+    )
 
 
 euphonium.needs = ("process",)

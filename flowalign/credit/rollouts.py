@@ -23,12 +23,13 @@ returns a flat batch (``latents [B, T+1]``, ``log_probs [B, T]``), so the TRAIN 
 ``whole_group_batch`` is ``data.group_batch`` with the global slot list sorted by group, so a rank
 (and each sampling batch) holds whole groups; ``make_rollout`` picks the function for a config.
 """
+
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from functools import partial
-from typing import Callable
 
 import torch
 from torch import Tensor
@@ -55,26 +56,41 @@ def _as(cls, r: Rollout, **extra):
     return cls(**{f.name: getattr(r, f.name) for f in fields(Rollout)}, **extra)
 
 
-def whole_group_batch(num_prompts: int, k: int, per_rank: int, world: int, rank: int, seed: int,
-                      iteration: int) -> tuple[list[int], list[int]]:
+def whole_group_batch(
+    num_prompts: int, k: int, per_rank: int, world: int, rank: int, seed: int, iteration: int
+) -> tuple[list[int], list[int]]:
     """(prompt indices, group ids) of this rank's slots, whole groups contiguous (same prompts and
     group ids as ``group_batch`` draws for the iteration, sorted by group)."""
     if per_rank % k:
         raise ValueError(f"{per_rank} images per process do not hold whole groups of {k}.")
     pidx, gids = group_batch(num_prompts, k, per_rank * world, 1, 0, seed, iteration)
     order = sorted(range(len(gids)), key=lambda i: gids[i])
-    mine = order[rank * per_rank:(rank + 1) * per_rank]
+    mine = order[rank * per_rank : (rank + 1) * per_rank]
     return [pidx[i] for i in mine], [gids[i] for i in mine]
 
 
 def _row_keys(cond: Cond, x: Tensor) -> list[bytes]:
     prompts = cond.prompts or [""] * x.shape[0]
-    return [hashlib.blake2b(x[i].detach().float().contiguous().cpu().numpy().tobytes() + p.encode(),
-                            digest_size=16).digest() for i, p in enumerate(prompts)]
+    return [
+        hashlib.blake2b(
+            x[i].detach().float().contiguous().cpu().numpy().tobytes() + p.encode(), digest_size=16
+        ).digest()
+        for i, p in enumerate(prompts)
+    ]
 
 
-def shared_prefix_rollout(model, cond: Cond, x: Tensor, sigmas: Tensor, step="flow_sde", noise_levels=None, *,
-                          generator=None, keep_x0: bool = False, base: Callable = rollout) -> Rollout:
+def shared_prefix_rollout(
+    model,
+    cond: Cond,
+    x: Tensor,
+    sigmas: Tensor,
+    step="flow_sde",
+    noise_levels=None,
+    *,
+    generator=None,
+    keep_x0: bool = False,
+    base: Callable = rollout,
+) -> Rollout:
     """Flat rollout whose ODE prefix (steps before the first SDE step) runs once per distinct
     (initial noise, prompt) row; see the module docstring."""
     sigmas = torch.as_tensor(sigmas, dtype=torch.float32).cpu()
@@ -88,7 +104,7 @@ def shared_prefix_rollout(model, cond: Cond, x: Tensor, sigmas: Tensor, step="fl
     if a == 0 or len(uniq) == x.shape[0]:
         return base(model, cond, x, sigmas, step, levels, generator=generator, **kw)
     inv = torch.tensor([uniq.index(first[k]) for k in keys])
-    pre = base(model, cond.select(uniq), x[uniq], sigmas[:a + 1], step, levels[:a], **kw)
+    pre = base(model, cond.select(uniq), x[uniq], sigmas[: a + 1], step, levels[:a], **kw)
     if a == levels.numel():
         post = None
     else:
@@ -98,25 +114,50 @@ def shared_prefix_rollout(model, cond: Cond, x: Tensor, sigmas: Tensor, step="fl
     x0 = None
     if keep_x0:
         x0 = pre.x0_preds[inv] if post is None else torch.cat([pre.x0_preds[inv], post.x0_preds], 1)
-    return Rollout(latents=lat, log_probs=lp, sigmas=sigmas, noise_levels=levels, step=step_name(step),
-                   x0_preds=x0, nfe=pre.nfe + (post.nfe if post is not None else 0))
+    return Rollout(
+        latents=lat,
+        log_probs=lp,
+        sigmas=sigmas,
+        noise_levels=levels,
+        step=step_name(step),
+        x0_preds=x0,
+        nfe=pre.nfe + (post.nfe if post is not None else 0),
+    )
 
 
-def tree_spec_for(splits, branch, levels: Tensor, *, relative: bool, depth_noise: float = 0.0,
-                  branch_corr: float | None = None) -> TreeSpec:
+def tree_spec_for(
+    splits, branch, levels: Tensor, *, relative: bool, depth_noise: float = 0.0, branch_corr: float | None = None
+) -> TreeSpec:
     """The iteration's TreeSpec: ``splits`` absolute, or offsets from the first SDE step (``relative``)."""
     start = int(torch.nonzero(levels > 0).flatten()[0]) if relative and bool((levels > 0).any()) else 0
     steps = tuple(start + int(j) for j in splits)
     factors = tuple(int(k) for k in branch)
-    spec = TreeSpec(split_steps=steps, branch_factor=factors[0] if len(factors) == 1 else factors,
-                    depth_noise=depth_noise, branch_corr=branch_corr)
+    spec = TreeSpec(
+        split_steps=steps,
+        branch_factor=factors[0] if len(factors) == 1 else factors,
+        depth_noise=depth_noise,
+        branch_corr=branch_corr,
+    )
     spec.check(levels.numel(), levels)
     return spec
 
 
-def tree_batch_rollout(model, cond: Cond, x: Tensor, sigmas: Tensor, step="flow_sde", noise_levels=None, *,
-                       generator=None, splits=(), branch=(2,), relative: bool = False, depth_noise: float = 0.0,
-                       branch_corr: float | None = None, keep_x0: bool = False) -> TreeBatchRollout:
+def tree_batch_rollout(
+    model,
+    cond: Cond,
+    x: Tensor,
+    sigmas: Tensor,
+    step="flow_sde",
+    noise_levels=None,
+    *,
+    generator=None,
+    splits=(),
+    branch=(2,),
+    relative: bool = False,
+    depth_noise: float = 0.0,
+    branch_corr: float | None = None,
+    keep_x0: bool = False,
+) -> TreeBatchRollout:
     """Rows [B] = whole groups of L = #leaves rows; one tree per group from its first row (see module)."""
     sigmas = torch.as_tensor(sigmas, dtype=torch.float32).cpu()
     levels = as_noise_levels(noise_levels, sigmas.numel() - 1)
@@ -133,6 +174,7 @@ def tree_batch_rollout(model, cond: Cond, x: Tensor, sigmas: Tensor, step="flow_
 def x0_reward_process(reward: Callable, decode: Callable[[Tensor], Tensor]) -> Callable:
     """Image reward -> process reward f(x, ctx) = reward(decode(x - sigma v), prompts) with v held
     fixed (no model Jacobian); a ``Scores`` result gives its total."""
+
     def process(x: Tensor, ctx) -> Tensor:
         out = reward(decode(x - ctx.sigma * ctx.v.detach()), ctx.cond.prompts)
         return getattr(out, "total", out)
@@ -141,24 +183,45 @@ def x0_reward_process(reward: Callable, decode: Callable[[Tensor], Tensor]) -> C
     return process
 
 
-def guided_batch_rollout(model, cond: Cond, x: Tensor, sigmas: Tensor, step="dance_sde", noise_levels=None, *,
-                         generator=None, process_reward: Callable, kappa: float, steps=None,
-                         keep_x0: bool = False) -> GuidedBatchRollout:
-    g = guided_rollout(model, cond, x, sigmas, process_reward, kappa, step, noise_levels, generator=generator,
-                       steps=steps or None)
+def guided_batch_rollout(
+    model,
+    cond: Cond,
+    x: Tensor,
+    sigmas: Tensor,
+    step="dance_sde",
+    noise_levels=None,
+    *,
+    generator=None,
+    process_reward: Callable,
+    kappa: float,
+    steps=None,
+    keep_x0: bool = False,
+) -> GuidedBatchRollout:
+    g = guided_rollout(
+        model, cond, x, sigmas, process_reward, kappa, step, noise_levels, generator=generator, steps=steps or None
+    )
     return _as(GuidedBatchRollout, g.rollout, process=g.process)
 
 
-def make_rollout(cfg, needs: tuple[str, ...], base: Callable = rollout, *, model=None,
-                 process_reward: Callable | None = None) -> Callable:
+def make_rollout(
+    cfg, needs: tuple[str, ...], base: Callable = rollout, *, model=None, process_reward: Callable | None = None
+) -> Callable:
     """The trainer's rollout function for ``cfg`` and the credit inputs ``needs``."""
     s, c = cfg.sample, cfg.credit
     if "tree" in needs:
-        return partial(tree_batch_rollout, splits=tuple(s.tree_splits), branch=tuple(s.tree_branch),
-                       relative=s.window != "all", depth_noise=s.tree_depth_noise, branch_corr=s.tree_branch_corr)
+        return partial(
+            tree_batch_rollout,
+            splits=tuple(s.tree_splits),
+            branch=tuple(s.tree_branch),
+            relative=s.window != "all",
+            depth_noise=s.tree_depth_noise,
+            branch_corr=s.tree_branch_corr,
+        )
     if "process" in needs:
         if process_reward is None:
-            raise ValueError("credit 'euphonium' needs a process reward (credit.process_reward or the training reward).")
+            raise ValueError(
+                "credit 'euphonium' needs a process reward (credit.process_reward or the training reward)."
+            )
         check_process_reward(process_reward)
         pr = x0_reward_process(process_reward, model.decode)
         return partial(guided_batch_rollout, process_reward=pr, kappa=c.guidance_kappa, steps=list(c.guidance_steps))

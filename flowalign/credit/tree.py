@@ -33,6 +33,7 @@ Pruning and ``filter_zero_std`` only change which edges train; sampling and rewa
 ``tree_to_batch`` lays the trained edges out as a flat [L, T] batch for ``log_prob_at``; ``edges``
 gives the (nodes, advantages) list for ``sampling.tree.edge_log_prob``.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -65,8 +66,10 @@ def _check(tree: TreeRollout, leaf_rewards: Tensor) -> Tensor:
     r = torch.as_tensor(leaf_rewards, dtype=torch.float32)
     n_leaves = int(tree.is_leaf.sum())
     if r.shape[0] != n_leaves or r.ndim not in (1, 2):
-        raise ValueError(f"leaf_rewards has shape {tuple(r.shape)}; the tree has {n_leaves} leaves "
-                         f"(give [L] or [L, R] in the order of tree.leaves).")
+        raise ValueError(
+            f"leaf_rewards has shape {tuple(r.shape)}; the tree has {n_leaves} leaves "
+            f"(give [L] or [L, R] in the order of tree.leaves)."
+        )
     if not bool(torch.isfinite(r).all()):
         raise ValueError("leaf_rewards contain NaN/inf; drop or fix those leaves before credit.")
     return r
@@ -146,8 +149,9 @@ def slide_depths(depths, iteration: int, interval: int = 1, stop_depth: int = 0)
     return tuple(d - shift for d in base)
 
 
-def width_prune_mask(tree: TreeRollout, advantages: Tensor, mode: str, ratio: float = 0.5,
-                     candidates: Tensor | None = None) -> Tensor:
+def width_prune_mask(
+    tree: TreeRollout, advantages: Tensor, mode: str, ratio: float = 0.5, candidates: Tensor | None = None
+) -> Tensor:
     """[N] bool: False on last-layer edges dropped by width pruning (see module docstring); only
     ``candidates`` [N] (edges still trained, e.g. after depth pruning) are ranked, as in the code."""
     if mode not in WIDTH_MODES:
@@ -169,7 +173,7 @@ def width_prune_mask(tree: TreeRollout, advantages: Tensor, mode: str, ratio: fl
         order = nodes[torch.sort(-advantages[nodes], stable=True).indices]
         n_keep = max(2, int(order.numel() * ratio))
         best = n_keep // 2
-        kept = torch.cat([order[:best], order[order.numel() - (n_keep - best):]])
+        kept = torch.cat([order[:best], order[order.numel() - (n_keep - best) :]])
         keep[nodes] = False
         keep[kept] = True
         return keep
@@ -182,13 +186,20 @@ def width_prune_mask(tree: TreeRollout, advantages: Tensor, mode: str, ratio: fl
     for p in torch.nonzero((tree.step == last) & (n_child > 1)).flatten().tolist():
         heads = torch.nonzero((tree.parent == p) & (tree.step == last + 1)).flatten()
         order = heads[torch.sort(-advantages[heads], stable=True).indices]
-        dropped = order[max(1, int(heads.numel() * ratio)):]
+        dropped = order[max(1, int(heads.numel() * ratio)) :]
         keep &= ~(layer & torch.isin(branch, dropped))
     return keep
 
 
-def _train_mask(tree: TreeRollout, adv: Tensor, zero: Tensor, filter_zero_std: bool, prune_depths,
-                width_pruning: str | None, width_ratio: float) -> Tensor:
+def _train_mask(
+    tree: TreeRollout,
+    adv: Tensor,
+    zero: Tensor,
+    filter_zero_std: bool,
+    prune_depths,
+    width_pruning: str | None,
+    width_ratio: float,
+) -> Tensor:
     mask = tree.trainable.bool() & (tree.parent >= 0)
     if filter_zero_std:
         mask &= ~zero
@@ -199,10 +210,21 @@ def _train_mask(tree: TreeRollout, adv: Tensor, zero: Tensor, filter_zero_std: b
     return mask
 
 
-def branch_grpo(tree: TreeRollout, leaf_rewards: Tensor, *, fusion: str = "mean", beta: float = 1.0,
-                scale: str = "group", eps: float = 1e-8, unbiased: bool = True, min_std: float = 1e-6,
-                filter_zero_std: bool = True, prune_depths=(), width_pruning: str | None = None,
-                width_ratio: float = 0.5) -> TreeAdvantages:
+def branch_grpo(
+    tree: TreeRollout,
+    leaf_rewards: Tensor,
+    *,
+    fusion: str = "mean",
+    beta: float = 1.0,
+    scale: str = "group",
+    eps: float = 1e-8,
+    unbiased: bool = True,
+    min_std: float = 1e-6,
+    filter_zero_std: bool = True,
+    prune_depths=(),
+    width_pruning: str | None = None,
+    width_ratio: float = 0.5,
+) -> TreeAdvantages:
     """BranchGRPO edge advantages from a tree and its leaf rewards [L] -> TreeAdvantages [N]."""
     fused = fuse_rewards(tree, leaf_rewards, fusion, beta)
     level = tree.root * (int(tree.step.max()) + 1) + tree.step  # (tree, depth) groups
@@ -211,14 +233,28 @@ def branch_grpo(tree: TreeRollout, leaf_rewards: Tensor, *, fusion: str = "mean"
     adv = torch.where(zero, torch.zeros_like(adv), adv)
     mask = _train_mask(tree, adv, zero, filter_zero_std, prune_depths, width_pruning, width_ratio)
     adv = torch.where(tree.parent >= 0, adv, torch.zeros_like(adv))
-    stats = {"trained_edges": float(mask.sum()), "edges": float((tree.parent >= 0).sum()),
-             "adv_abs_mean": float(adv[mask].abs().mean()) if mask.any() else 0.0}
+    stats = {
+        "trained_edges": float(mask.sum()),
+        "edges": float((tree.parent >= 0).sum()),
+        "adv_abs_mean": float(adv[mask].abs().mean()) if mask.any() else 0.0,
+    }
     return TreeAdvantages(advantages=adv, mask=mask, node_rewards=fused, stats=stats)
 
 
-def tree_grpo(tree: TreeRollout, leaf_rewards: Tensor, *, beta: float = 1.0, reward_weights=None,
-              scale: str = "group", eps: float = 1e-4, unbiased: bool = False, filter_zero_std: bool = True,
-              prune_depths=(), width_pruning: str | None = None, width_ratio: float = 0.5) -> TreeAdvantages:
+def tree_grpo(
+    tree: TreeRollout,
+    leaf_rewards: Tensor,
+    *,
+    beta: float = 1.0,
+    reward_weights=None,
+    scale: str = "group",
+    eps: float = 1e-4,
+    unbiased: bool = False,
+    filter_zero_std: bool = True,
+    prune_depths=(),
+    width_pruning: str | None = None,
+    width_ratio: float = 0.5,
+) -> TreeAdvantages:
     """TreeGRPO edge advantages from leaf rewards [L] or [L, R] (+ ``reward_weights`` [R])."""
     r = _check(tree, leaf_rewards)
     r = r[:, None] if r.ndim == 1 else r
@@ -235,9 +271,12 @@ def tree_grpo(tree: TreeRollout, leaf_rewards: Tensor, *, beta: float = 1.0, rew
     zero = torch.isin(tree.root, dead_roots)
     mask = _train_mask(tree, adv, zero, filter_zero_std, prune_depths, width_pruning, width_ratio)
     adv = torch.where(tree.parent >= 0, adv, torch.zeros_like(adv))
-    stats = {"trained_edges": float(mask.sum()), "edges": float((tree.parent >= 0).sum()),
-             "zero_std_frac": float(zero[leaves].float().mean()),
-             "adv_abs_mean": float(adv[mask].abs().mean()) if mask.any() else 0.0}
+    stats = {
+        "trained_edges": float(mask.sum()),
+        "edges": float((tree.parent >= 0).sum()),
+        "zero_std_frac": float(zero[leaves].float().mean()),
+        "adv_abs_mean": float(adv[mask].abs().mean()) if mask.any() else 0.0,
+    }
     return TreeAdvantages(advantages=adv, mask=mask, node_rewards=torch.zeros(tree.num_nodes), stats=stats)
 
 
@@ -257,8 +296,10 @@ def tree_to_batch(tree: TreeRollout, tadv: TreeAdvantages, dedupe: bool = True) 
     nodes = paths[:, 1:]
     levels = tree.noise_level[nodes]
     if bool((levels != levels[:1]).any()):
-        raise ValueError("the tree's noise level varies within a step (depth_noise); a flat Rollout has "
-                         "one level per step: train with TreeAdvantages.edges() and edge_log_prob instead.")
+        raise ValueError(
+            "the tree's noise level varies within a step (depth_noise); a flat Rollout has "
+            "one level per step: train with TreeAdvantages.edges() and edge_log_prob instead."
+        )
     mask = tadv.mask[nodes]
     if dedupe:
         seen = torch.zeros(tree.num_nodes, dtype=torch.bool)
@@ -266,5 +307,9 @@ def tree_to_batch(tree: TreeRollout, tadv: TreeAdvantages, dedupe: bool = True) 
             mask[row] &= ~seen[nodes[row]]
             seen[nodes[row]] = True
     adv = torch.where(mask, tadv.advantages[nodes], torch.zeros(nodes.shape))
-    return TreeBatch(rollout=tree.to_rollout(), advantages=Advantages(adv, mask, dict(tadv.stats)),
-                     rows=tree.root[tree.leaves], nodes=nodes)
+    return TreeBatch(
+        rollout=tree.to_rollout(),
+        advantages=Advantages(adv, mask, dict(tadv.stats)),
+        rows=tree.root[tree.leaves],
+        nodes=nodes,
+    )

@@ -34,6 +34,7 @@ SDE but untrained still count in R_n (it is the final image's reward, as in the 
 steps of a row must be contiguous (an SDE window); ``balance_ids`` default: the whole call is one
 balancing batch (the trainer passes each row's sampling-batch id, as the code balances per mini-batch).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -64,8 +65,10 @@ def window_bounds(mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     gaps = has & (mask.sum(1) != last - first + 1)
     if bool(gaps.any()):
         row = int(torch.nonzero(gaps)[0])
-        raise ValueError(f"row {row} trains steps {torch.nonzero(mask[row]).flatten().tolist()}, which are "
-                         f"not contiguous; turning points need one SDE window per sample.")
+        raise ValueError(
+            f"row {row} trains steps {torch.nonzero(mask[row]).flatten().tolist()}, which are "
+            f"not contiguous; turning points need one SDE window per sample."
+        )
     return has, first, last
 
 
@@ -89,9 +92,17 @@ def _balance(turning: Tensor, delta: Tensor, ids: Tensor) -> Tensor:
     return keep
 
 
-def turning_points(ladder: Tensor, step_mask: Tensor, *, constraint: bool = True, first_step: bool = True,
-                   any_flip: bool = False, balance: bool = True, balance_ids: Tensor | None = None,
-                   baseline: Tensor | None = None) -> TurningPoints:
+def turning_points(
+    ladder: Tensor,
+    step_mask: Tensor,
+    *,
+    constraint: bool = True,
+    first_step: bool = True,
+    any_flip: bool = False,
+    balance: bool = True,
+    balance_ids: Tensor | None = None,
+    baseline: Tensor | None = None,
+) -> TurningPoints:
     """Per-step TP-GRPO rewards from ladder [B, T+1] and the trained steps step_mask [T] or [B, T]."""
     b, t = ladder.shape[0], ladder.shape[1] - 1
     mask = as_step_mask(step_mask, b, t)
@@ -126,30 +137,73 @@ def turning_points(ladder: Tensor, step_mask: Tensor, *, constraint: bool = True
     first_rule = (consistent if constraint else s > 0) & first_step
     is_first = torch.arange(t)[None] == first[:, None]
     turning = torch.where(is_first, first_rule, inter) & mask
-    kept = _balance(turning, delta, torch.zeros(b, dtype=torch.long) if balance_ids is None
-                    else torch.as_tensor(balance_ids)) if balance else turning
+    kept = (
+        _balance(
+            turning, delta, torch.zeros(b, dtype=torch.long) if balance_ids is None else torch.as_tensor(balance_ids)
+        )
+        if balance
+        else turning
+    )
     agg = final[:, None] - lad[:, :-1]
     zero = torch.zeros_like(d)
     rewards = torch.where(mask, torch.where(kept, agg, d), zero)
-    return TurningPoints(rewards=rewards, turning=kept, demoted=turning & ~kept, gains=torch.where(mask, d, zero),
-                         aggregated=torch.where(mask, agg, zero), delta=delta)
+    return TurningPoints(
+        rewards=rewards,
+        turning=kept,
+        demoted=turning & ~kept,
+        gains=torch.where(mask, d, zero),
+        aggregated=torch.where(mask, agg, zero),
+        delta=delta,
+    )
 
 
-def tp_grpo(rewards: Tensor, group_ids: Tensor, step_mask: Tensor, *, ladder: Tensor, constraint: bool = True,
-            first_step: bool = True, any_flip: bool = False, balance: bool = True,
-            balance_ids: Tensor | None = None, baseline: Tensor | None = None, scale: str = "group",
-            eps: float = 1e-4, unbiased: bool = False, filter_zero_std: bool = True) -> Advantages:
+def tp_grpo(
+    rewards: Tensor,
+    group_ids: Tensor,
+    step_mask: Tensor,
+    *,
+    ladder: Tensor,
+    constraint: bool = True,
+    first_step: bool = True,
+    any_flip: bool = False,
+    balance: bool = True,
+    balance_ids: Tensor | None = None,
+    baseline: Tensor | None = None,
+    scale: str = "group",
+    eps: float = 1e-4,
+    unbiased: bool = False,
+    filter_zero_std: bool = True,
+) -> Advantages:
     """TP-GRPO advantages. rewards [B] (unused: ladder[:, T] is the final reward); group_ids [B];
     step_mask [T] or [B, T] (contiguous window per row); ladder [B, T+1] -> Advantages [B, T]."""
     ladder = check_ladder(ladder, group_ids.shape[0])
-    tp = turning_points(ladder, step_mask, constraint=constraint, first_step=first_step, any_flip=any_flip,
-                        balance=balance, balance_ids=balance_ids, baseline=baseline)
+    tp = turning_points(
+        ladder,
+        step_mask,
+        constraint=constraint,
+        first_step=first_step,
+        any_flip=any_flip,
+        balance=balance,
+        balance_ids=balance_ids,
+        baseline=baseline,
+    )
     mask = as_step_mask(step_mask, ladder.shape[0], ladder.shape[1] - 1)
-    stats = {"turning_points": float(tp.turning.sum()), "turning_demoted": float(tp.demoted.sum()),
-             "turning_frac": float(tp.turning.sum()) / max(int(mask.sum()), 1),
-             "delta_pos_frac": float((tp.delta > 0).float().mean())}
-    return per_step_advantages(tp.rewards, group_ids, mask, scale=scale, eps=eps, unbiased=unbiased,
-                               filter_zero_std=filter_zero_std, stats=stats)
+    stats = {
+        "turning_points": float(tp.turning.sum()),
+        "turning_demoted": float(tp.demoted.sum()),
+        "turning_frac": float(tp.turning.sum()) / max(int(mask.sum()), 1),
+        "delta_pos_frac": float((tp.delta > 0).float().mean()),
+    }
+    return per_step_advantages(
+        tp.rewards,
+        group_ids,
+        mask,
+        scale=scale,
+        eps=eps,
+        unbiased=unbiased,
+        filter_zero_std=filter_zero_std,
+        stats=stats,
+    )
 
 
 tp_grpo.needs = ("ladder", "balance_ids")

@@ -6,11 +6,13 @@
 
 Nothing heavy is imported here: diffusers is imported by the adapters when they need it.
 """
+
 from __future__ import annotations
 
 import json
 import os
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .base import FlowModel
 from .common import family_of_class, pipeline_family
@@ -35,13 +37,21 @@ def _analytic_2d(**kw: Any) -> FlowModel:
     """A 2-D three-component Gaussian mixture with a closed-form velocity (exactness tests)."""
     from .analytic import GaussianMixtureFlow
 
-    return GaussianMixtureFlow(means=[[-2.0, 0.5], [1.5, -1.0], [0.5, 2.0]],
-                               stds=[[0.5, 0.3], [0.4, 0.6], [0.3, 0.3]], weights=[0.3, 0.5, 0.2], **kw)
+    return GaussianMixtureFlow(
+        means=[[-2.0, 0.5], [1.5, -1.0], [0.5, 2.0]],
+        stds=[[0.5, 0.3], [0.4, 0.6], [0.3, 0.3]],
+        weights=[0.3, 0.5, 0.2],
+        **kw,
+    )
 
 
 FAMILIES: dict[str, type] = {"sd3": SD3Model, "flux": FluxModel}
-MODELS: dict[str, Callable[..., FlowModel]] = {"tiny-sd3": _tiny_sd3, "tiny-flux": _tiny_flux,
-                                               "analytic-2d": _analytic_2d}
+MODELS: dict[str, Callable[..., FlowModel]] = {
+    "tiny-sd3": _tiny_sd3,
+    "tiny-flux": _tiny_flux,
+    "analytic-2d": _analytic_2d,
+}
+
 
 def detect_family(name_or_path: Any) -> str:
     """'sd3' or 'flux' from a pipeline object, a saved pipeline's model_index.json, or a hub id."""
@@ -49,8 +59,10 @@ def detect_family(name_or_path: Any) -> str:
         fam = pipeline_family(name_or_path)
         if fam:
             return fam
-        raise ValueError(f"cannot tell the model family of a {type(name_or_path).__name__}; pass a "
-                         f"StableDiffusion3Pipeline or FluxPipeline, or family= one of {sorted(FAMILIES)}.")
+        raise ValueError(
+            f"cannot tell the model family of a {type(name_or_path).__name__}; pass a "
+            f"StableDiffusion3Pipeline or FluxPipeline, or family= one of {sorted(FAMILIES)}."
+        )
     path = os.path.expanduser(os.fspath(name_or_path))
     index = os.path.join(path, "model_index.json")
     if os.path.isfile(index):
@@ -63,8 +75,10 @@ def detect_family(name_or_path: Any) -> str:
         return "flux"
     if "stable-diffusion-3" in low or "sd3" in low:
         return "sd3"
-    raise ValueError(f"cannot tell the model family of {name_or_path!r} (no model_index.json naming a "
-                     f"StableDiffusion3Pipeline or FluxPipeline); pass family= one of {sorted(FAMILIES)}.")
+    raise ValueError(
+        f"cannot tell the model family of {name_or_path!r} (no model_index.json naming a "
+        f"StableDiffusion3Pipeline or FluxPipeline); pass family= one of {sorted(FAMILIES)}."
+    )
 
 
 def load_model(name_or_path: Any, family: str | None = None, **kw: Any) -> FlowModel:
@@ -76,8 +90,9 @@ def load_model(name_or_path: Any, family: str | None = None, **kw: Any) -> FlowM
     if isinstance(name_or_path, str) and name_or_path in MODELS and family is None:
         return MODELS[name_or_path](**kw)
     if family is not None and family not in FAMILIES:
-        raise ValueError(f"unknown model family {family!r}; choose one of {sorted(FAMILIES)} "
-                         f"(or a name in {sorted(MODELS)}).")
+        raise ValueError(
+            f"unknown model family {family!r}; choose one of {sorted(FAMILIES)} (or a name in {sorted(MODELS)})."
+        )
     fam = family or detect_family(name_or_path)
     if isinstance(name_or_path, (str, os.PathLike)):
         return FAMILIES[fam].from_pretrained(os.fspath(name_or_path), **kw)

@@ -11,14 +11,15 @@ and the exact velocity is the posterior expectation of ``eps - x0``:
 A linear reward ``r(x) = c . x`` tilts the mixture in closed form, which the steering tests use:
 ``N(m, S) exp(lam c.x)`` is proportional to ``N(m + lam S c, S)`` times ``exp(lam c.m + lam^2 c.S c / 2)``.
 """
+
 from __future__ import annotations
 
 import torch
 from torch import Tensor
 
+from ..sampling.schedule import linear_sigmas
 from ..types import Cond
 from .base import FlowModel, check_prompts
-from ..sampling.schedule import linear_sigmas
 
 
 class GaussianMixtureFlow(FlowModel):
@@ -31,7 +32,11 @@ class GaussianMixtureFlow(FlowModel):
             stds = stds[:, None]
         self.stds = stds.expand_as(self.means).clone()  # [K, D]
         k = self.means.shape[0]
-        w = torch.full((k,), 1.0 / k, dtype=torch.float64) if weights is None else torch.as_tensor(weights, dtype=torch.float64)
+        w = (
+            torch.full((k,), 1.0 / k, dtype=torch.float64)
+            if weights is None
+            else torch.as_tensor(weights, dtype=torch.float64)
+        )
         self.weights = w / w.sum()  # [K]
         self.nfe = 0
 

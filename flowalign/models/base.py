@@ -4,10 +4,11 @@ Everything outside ``flowalign/models/`` sees a ``FlowModel`` and nothing else: 
 whether SD3, Flux or an analytic mixture is underneath. This module is also the only place the
 flow time ``sigma`` in [0, 1] is converted to a diffusers model timestep (``1000 * sigma``).
 """
+
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch import Tensor
@@ -35,8 +36,12 @@ class FlowModel:
     default_guidance: float = 1.0
 
     # --- the contract -------------------------------------------------------------------------
-    def encode(self, prompts: str | Sequence[str], guidance_scale: float | None = None,
-               negative_prompts: str | Sequence[str] | None = None) -> Cond:
+    def encode(
+        self,
+        prompts: str | Sequence[str],
+        guidance_scale: float | None = None,
+        negative_prompts: str | Sequence[str] | None = None,
+    ) -> Cond:
         raise NotImplementedError
 
     def velocity(self, x: Tensor, sigma: Tensor | float, cond: Cond) -> Tensor:
@@ -47,8 +52,9 @@ class FlowModel:
         families (Flux) need the image size for non-square images."""
         raise NotImplementedError
 
-    def initial_noise(self, batch_size: int, height: int, width: int,
-                      generator: torch.Generator | list[torch.Generator] | None = None) -> Tensor:
+    def initial_noise(
+        self, batch_size: int, height: int, width: int, generator: torch.Generator | list[torch.Generator] | None = None
+    ) -> Tensor:
         """Initial latents [B, *S] at sigma = 1, drawn exactly as the matching diffusers pipeline."""
         raise NotImplementedError
 
@@ -79,8 +85,10 @@ def check_prompts(prompts: object, name: str = "prompt") -> list[str]:
         return [prompts]
     if isinstance(prompts, (list, tuple)) and prompts and all(isinstance(p, str) for p in prompts):
         return list(prompts)
-    raise ValueError(f"`{name}` must be a str or a non-empty list of str, got {type(prompts).__name__}"
-                     f" {str(prompts)[:80]!r}; pass e.g. {name}=['a red circle'].")
+    raise ValueError(
+        f"`{name}` must be a str or a non-empty list of str, got {type(prompts).__name__}"
+        f" {str(prompts)[:80]!r}; pass e.g. {name}=['a red circle']."
+    )
 
 
 def check_size(height: int, width: int, factor: int, what: str) -> None:
@@ -88,14 +96,15 @@ def check_size(height: int, width: int, factor: int, what: str) -> None:
     for name, value in (("height", height), ("width", width)):
         if not isinstance(value, int) or value <= 0 or value % factor:
             fixed = max(factor, (int(value) // factor) * factor) if isinstance(value, (int, float)) else factor
-            raise ValueError(f"{name}={value!r} is not a positive multiple of {factor} ({what}); "
-                             f"use {name}={fixed}.")
+            raise ValueError(f"{name}={value!r} is not a positive multiple of {factor} ({what}); use {name}={fixed}.")
 
 
 def check_generators(generator: object, batch_size: int) -> None:
     if isinstance(generator, (list, tuple)) and len(generator) != batch_size:
-        raise ValueError(f"got a list of {len(generator)} generators for a batch of {batch_size}; "
-                         f"pass one torch.Generator, or exactly {batch_size} of them.")
+        raise ValueError(
+            f"got a list of {len(generator)} generators for a batch of {batch_size}; "
+            f"pass one torch.Generator, or exactly {batch_size} of them."
+        )
 
 
 def as_sigma(sigma: Tensor | float, batch_size: int, device: torch.device) -> Tensor:

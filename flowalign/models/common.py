@@ -5,13 +5,15 @@ off a fresh scheduler for configs the closed forms in ``sampling.schedule`` do n
 
 diffusers is imported inside functions only, so ``import flowalign.models`` stays light.
 """
+
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -21,8 +23,10 @@ from .base import FlowModel, check_prompts
 
 
 def _offline() -> bool:
-    return any(os.environ.get(k, "").strip().lower() in ("1", "true", "yes", "on")
-               for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "DIFFUSERS_OFFLINE"))
+    return any(
+        os.environ.get(k, "").strip().lower() in ("1", "true", "yes", "on")
+        for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "DIFFUSERS_OFFLINE")
+    )
 
 
 def _looks_local(path: str) -> bool:
@@ -38,19 +42,26 @@ def null_components(path: str) -> dict[str, None]:
         return {}
     with open(index, encoding="utf-8") as f:
         config = json.load(f)
-    return {k: None for k, v in config.items()
-            if not k.startswith("_") and isinstance(v, list) and all(x is None for x in v)}
+    return {
+        k: None
+        for k, v in config.items()
+        if not k.startswith("_") and isinstance(v, list) and all(x is None for x in v)
+    }
 
 
 def load_pipeline(pipeline_cls: type, id_or_dir: str, **kwargs: Any):
     """``pipeline_cls.from_pretrained`` with a local-dir fast path and one clear error when the
     weights are neither on disk nor downloadable (offline)."""
     if not isinstance(id_or_dir, (str, os.PathLike)):
-        raise ValueError(f"expected a local directory or a hub id (str), got {type(id_or_dir).__name__} "
-                         f"{id_or_dir!r}; pass e.g. '/path/to/saved_pipeline'.")
+        raise ValueError(
+            f"expected a local directory or a hub id (str), got {type(id_or_dir).__name__} "
+            f"{id_or_dir!r}; pass e.g. '/path/to/saved_pipeline'."
+        )
     path = os.path.expanduser(os.fspath(id_or_dir))
-    how = ("pass a directory written by `pipeline.save_pretrained(dir)`, or a hub id with "
-           "network access (unset HF_HUB_OFFLINE)")
+    how = (
+        "pass a directory written by `pipeline.save_pretrained(dir)`, or a hub id with "
+        "network access (unset HF_HUB_OFFLINE)"
+    )
     if os.path.isdir(path):
         kwargs = {**null_components(path), **kwargs}
         return realign(pipeline_cls.from_pretrained(path, **kwargs))
@@ -61,8 +72,10 @@ def load_pipeline(pipeline_cls: type, id_or_dir: str, **kwargs: Any):
     except (OSError, ValueError) as err:
         if not _offline():
             raise
-        raise ValueError(f"{path!r} is not a local directory and HF_HUB_OFFLINE=1 forbids downloading "
-                         f"it (and it is not in the local hub cache); {how}.") from err
+        raise ValueError(
+            f"{path!r} is not a local directory and HF_HUB_OFFLINE=1 forbids downloading "
+            f"it (and it is not in the local hub cache); {how}."
+        ) from err
 
 
 def realign(pipe: Any, alignment: int = 64):
@@ -92,8 +105,10 @@ def adapters_disabled(module: torch.nn.Module) -> Iterator[None]:
     ``get_peft_model``) and restore each layer's state and the adapters' ``requires_grad`` on exit.
     A no-op when no adapter is attached. Merged adapters are unmerged by peft on first use."""
     layers = _peft_layers(module)
-    saved = [(layer, bool(layer.disable_adapters),
-              [(p, p.requires_grad) for p in layer.parameters() if p is not None]) for layer in layers]
+    saved = [
+        (layer, bool(layer.disable_adapters), [(p, p.requires_grad) for p in layer.parameters() if p is not None])
+        for layer in layers
+    ]
     try:
         for layer in layers:
             layer.enable_adapters(False)
@@ -116,12 +131,15 @@ def scheduler_sigmas(scheduler, num_steps: int, **set_timesteps_kwargs: Any) -> 
 def is_plain_flow_scheduler(config: Any) -> bool:
     """True when only the static/exponential shift applies (no karras/exponential/beta sigmas,
     terminal stretch or inversion), i.e. the closed forms of ``sampling.schedule`` are exact."""
-    return (config.get("num_train_timesteps", 1000) == 1000
-            and not config.get("shift_terminal") and not config.get("invert_sigmas", False)
-            and not config.get("use_karras_sigmas", False)
-            and not config.get("use_exponential_sigmas", False)
-            and not config.get("use_beta_sigmas", False)
-            and config.get("time_shift_type", "exponential") == "exponential")
+    return (
+        config.get("num_train_timesteps", 1000) == 1000
+        and not config.get("shift_terminal")
+        and not config.get("invert_sigmas", False)
+        and not config.get("use_karras_sigmas", False)
+        and not config.get("use_exponential_sigmas", False)
+        and not config.get("use_beta_sigmas", False)
+        and config.get("time_shift_type", "exponential") == "exponential"
+    )
 
 
 _CLASS_TO_FAMILY = {"StableDiffusion3": "sd3", "Flux": "flux"}
@@ -141,12 +159,16 @@ def check_pipeline(pipe: Any, needs: Sequence[str], family: str, adapter: str) -
     """One clear error when ``pipe`` is another family's pipeline or lacks a component."""
     found = pipeline_family(pipe)
     if found is not None and found != family:
-        raise ValueError(f"{adapter} needs a {family} pipeline, got a {type(pipe).__name__} ({found}); "
-                         f"use flowalign.models.load_model(pipe), which picks the adapter.")
+        raise ValueError(
+            f"{adapter} needs a {family} pipeline, got a {type(pipe).__name__} ({found}); "
+            f"use flowalign.models.load_model(pipe), which picks the adapter."
+        )
     missing = [n for n in needs if getattr(pipe, n, None) is None]
     if missing:
-        raise ValueError(f"{type(pipe).__name__} is missing {missing} needed by {adapter}; pass a "
-                         f"complete diffusers pipeline (or use {adapter}.from_pretrained(dir)).")
+        raise ValueError(
+            f"{type(pipe).__name__} is missing {missing} needed by {adapter}; pass a "
+            f"complete diffusers pipeline (or use {adapter}.from_pretrained(dir))."
+        )
 
 
 @dataclass
@@ -177,14 +199,22 @@ class DiffusersFlowModel(FlowModel):
         if guidance_scale is not None:
             self.default_guidance = float(guidance_scale)
         if not isinstance(max_sequence_length, int) or not 1 <= max_sequence_length <= 512:
-            raise ValueError(f"max_sequence_length={max_sequence_length!r} must be an int in [1, 512]; "
-                             f"use e.g. 256 (SD3) or 512 (Flux).")
+            raise ValueError(
+                f"max_sequence_length={max_sequence_length!r} must be an int in [1, 512]; "
+                f"use e.g. 256 (SD3) or 512 (Flux)."
+            )
         self.max_sequence_length = max_sequence_length
 
     @classmethod
-    def from_pretrained(cls, id_or_dir: str, torch_dtype: torch.dtype | None = None,
-                        device: str | torch.device | None = None, guidance_scale: float | None = None,
-                        max_sequence_length: int | None = None, **pipeline_kwargs: Any):
+    def from_pretrained(
+        cls,
+        id_or_dir: str,
+        torch_dtype: torch.dtype | None = None,
+        device: str | torch.device | None = None,
+        guidance_scale: float | None = None,
+        max_sequence_length: int | None = None,
+        **pipeline_kwargs: Any,
+    ):
         """Load ``id_or_dir`` (a saved pipeline directory or a hub id) into this adapter."""
         import diffusers
 
@@ -228,26 +258,35 @@ class DiffusersFlowModel(FlowModel):
 
     # --- convenience --------------------------------------------------------------------------
     @torch.no_grad()
-    def sample(self, prompts: str | Sequence[str], num_steps: int | None = None,
-               guidance_scale: float | None = None, height: int | None = None, width: int | None = None,
-               generator: torch.Generator | list[torch.Generator] | None = None, step: str = "ode",
-               noise_level: float = 0.0, negative_prompts: str | Sequence[str] | None = None,
-               decode: bool = True) -> Sample:
+    def sample(
+        self,
+        prompts: str | Sequence[str],
+        num_steps: int | None = None,
+        guidance_scale: float | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        step: str = "ode",
+        noise_level: float = 0.0,
+        negative_prompts: str | Sequence[str] | None = None,
+        decode: bool = True,
+    ) -> Sample:
         """encode -> initial_noise -> ``sampling.rollout.rollout`` -> decode, like the pipeline's
         ``__call__`` (noise_level 0 = ODE, i.e. the pipeline's sampler)."""
         from ..sampling.rollout import rollout
 
         prompts = check_prompts(prompts)
         if noise_level and step == "ode":
-            raise ValueError(f"noise_level={noise_level} needs a stochastic step kind, but step='ode'; "
-                             f"pass e.g. step='flow_sde' (or noise_level=0 for the pipeline's sampler).")
+            raise ValueError(
+                f"noise_level={noise_level} needs a stochastic step kind, but step='ode'; "
+                f"pass e.g. step='flow_sde' (or noise_level=0 for the pipeline's sampler)."
+            )
         height = self.default_size if height is None else height
         width = self.default_size if width is None else width
         x = self.initial_noise(len(prompts), height, width, generator)
         cond = self.encode(prompts, guidance_scale, negative_prompts)
         sigmas = self.sigmas(self.default_steps if num_steps is None else num_steps, height, width)
-        ro = rollout(self, cond, x, sigmas, step=step, noise_levels=noise_level or None,
-                     generator=generator)
+        ro = rollout(self, cond, x, sigmas, step=step, noise_levels=noise_level or None, generator=generator)
         images = self.decode(ro.final, height, width) if decode else None
         return Sample(images=images, rollout=ro, cond=cond)
 

@@ -13,18 +13,19 @@ Latents are packed tokens ``[B, (h/2)(w/2), 4C]`` with ``h = H / f``; the image 
 count is remembered by ``initial_noise`` (or given to ``encode``, which wins), else a square image
 is assumed. Alternating two sizes with the same token count (32x64 / 64x32): pass them to ``encode``.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from ..sampling.schedule import flux_mu, flux_sigmas
 from ..types import Cond
-from .base import (NUM_TRAIN_TIMESTEPS, as_sigma, check_generators, check_prompts, check_size,
-                   sigma_to_timestep)
+from .base import NUM_TRAIN_TIMESTEPS, as_sigma, check_generators, check_prompts, check_size, sigma_to_timestep
 from .common import DiffusersFlowModel, check_pipeline, is_plain_flow_scheduler, scheduler_sigmas
 
 _NEEDS = ("transformer", "vae", "scheduler", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2")
@@ -32,9 +33,13 @@ _NEEDS = ("transformer", "vae", "scheduler", "text_encoder", "tokenizer", "text_
 
 def scheduler_mu(config: Any, image_seq_len: int, max_shift_default: float = 1.15) -> float:
     """``calculate_shift`` with the scheduler config's values and the pipelines' defaults."""
-    return flux_mu(image_seq_len, config.get("base_image_seq_len", 256),
-                   config.get("max_image_seq_len", 4096), config.get("base_shift", 0.5),
-                   config.get("max_shift", max_shift_default))
+    return flux_mu(
+        image_seq_len,
+        config.get("base_image_seq_len", 256),
+        config.get("max_image_seq_len", 4096),
+        config.get("base_shift", 0.5),
+        config.get("max_shift", max_shift_default),
+    )
 
 
 class FluxModel(DiffusersFlowModel):
@@ -73,8 +78,10 @@ class FluxModel(DiffusersFlowModel):
             return self._sizes[tokens]
         side = math.isqrt(tokens)
         if side * side != tokens:
-            raise ValueError(f"cannot tell the image size of {tokens} packed Flux tokens; create the "
-                             f"latents with initial_noise(batch, height, width) or pass height/width.")
+            raise ValueError(
+                f"cannot tell the image size of {tokens} packed Flux tokens; create the "
+                f"latents with initial_noise(batch, height, width) or pass height/width."
+            )
         return side * self.size_factor, side * self.size_factor
 
     def image_ids(self, height: int, width: int) -> Tensor:
@@ -83,36 +90,47 @@ class FluxModel(DiffusersFlowModel):
         if key not in self._img_ids:
             h, w = self._latent_hw(height, width)
             self._img_ids[key] = self.pipe._prepare_latent_image_ids(
-                1, h // 2, w // 2, self.device, self.pipe.text_encoder_2.dtype)
+                1, h // 2, w // 2, self.device, self.pipe.text_encoder_2.dtype
+            )
         return self._img_ids[key]
 
     # --- encode --------------------------------------------------------------------------------
     @torch.no_grad()
-    def encode(self, prompts: str | Sequence[str], guidance_scale: float | None = None,
-               negative_prompts: str | Sequence[str] | None = None, *, height: int | None = None,
-               width: int | None = None) -> Cond:
+    def encode(
+        self,
+        prompts: str | Sequence[str],
+        guidance_scale: float | None = None,
+        negative_prompts: str | Sequence[str] | None = None,
+        *,
+        height: int | None = None,
+        width: int | None = None,
+    ) -> Cond:
         prompts = check_prompts(prompts)
         if negative_prompts is not None:
-            raise ValueError("FluxModel does not support negative_prompts (true CFG); Flux uses the "
-                             "distilled guidance value instead: pass guidance_scale=3.5 and no negatives.")
+            raise ValueError(
+                "FluxModel does not support negative_prompts (true CFG); Flux uses the "
+                "distilled guidance value instead: pass guidance_scale=3.5 and no negatives."
+            )
         w = self.default_guidance if guidance_scale is None else float(guidance_scale)
-        pe, pooled, txt_ids = self.pipe.encode_prompt(prompt=prompts, prompt_2=None, device=self.device,
-                                                      max_sequence_length=self.max_sequence_length)
+        pe, pooled, txt_ids = self.pipe.encode_prompt(
+            prompt=prompts, prompt_2=None, device=self.device, max_sequence_length=self.max_sequence_length
+        )
         static: dict[str, Any] = {"txt_ids": txt_ids}
         if height is not None or width is not None:
             height, width = height or width, width or height
             check_size(height, width, self.size_factor, "Flux: VAE scale factor x 2 (latent packing)")
             static.update(img_ids=self.image_ids(height, width), size=(height, width))
-        return Cond(embeds={"prompt_embeds": pe, "pooled": pooled}, guidance_scale=w, static=static,
-                    prompts=prompts)
+        return Cond(embeds={"prompt_embeds": pe, "pooled": pooled}, guidance_scale=w, static=static, prompts=prompts)
 
     # --- velocity ------------------------------------------------------------------------------
     def velocity(self, x: Tensor, sigma: Tensor | float, cond: Cond) -> Tensor:
         """x [B, N, 4C] packed, sigma scalar or [B] -> v [B, N, 4C] fp32."""
         b, dtype = x.shape[0], self.dtype
         if cond.embeds["prompt_embeds"].shape[0] != b:
-            raise ValueError(f"latents have batch {b} but the conditioning has "
-                             f"{cond.embeds['prompt_embeds'].shape[0]} rows; select/repeat the Cond.")
+            raise ValueError(
+                f"latents have batch {b} but the conditioning has "
+                f"{cond.embeds['prompt_embeds'].shape[0]} rows; select/repeat the Cond."
+            )
         img_ids = cond.static.get("img_ids")
         if img_ids is None or img_ids.shape[0] != x.shape[1]:
             img_ids = self.image_ids(*self._size_of(x.shape[1]))
@@ -121,10 +139,16 @@ class FluxModel(DiffusersFlowModel):
         guidance = None
         if self.transformer_config.guidance_embeds:
             guidance = torch.full([b], float(cond.guidance_scale), device=x.device, dtype=torch.float32)
-        out = self.transformer(hidden_states=x.to(dtype), timestep=t, guidance=guidance,
-                               pooled_projections=cond.embeds["pooled"].to(dtype),
-                               encoder_hidden_states=cond.embeds["prompt_embeds"].to(dtype),
-                               txt_ids=cond.static["txt_ids"], img_ids=img_ids, return_dict=False)[0]
+        out = self.transformer(
+            hidden_states=x.to(dtype),
+            timestep=t,
+            guidance=guidance,
+            pooled_projections=cond.embeds["pooled"].to(dtype),
+            encoder_hidden_states=cond.embeds["prompt_embeds"].to(dtype),
+            txt_ids=cond.static["txt_ids"],
+            img_ids=img_ids,
+            return_dict=False,
+        )[0]
         self.count(b)
         return out.float()
 
@@ -139,8 +163,9 @@ class FluxModel(DiffusersFlowModel):
         """Packed latents -> images [B, 3, H, W] in [0, 1] (differentiable)."""
         return self._vae_decode(self.unpack(x, height, width))
 
-    def initial_noise(self, batch_size: int, height: int, width: int,
-                      generator: torch.Generator | list[torch.Generator] | None = None) -> Tensor:
+    def initial_noise(
+        self, batch_size: int, height: int, width: int, generator: torch.Generator | list[torch.Generator] | None = None
+    ) -> Tensor:
         """[B, (h/2)(w/2), 4C] fp32 drawn and packed exactly as ``FluxPipeline.prepare_latents``."""
         from diffusers.utils.torch_utils import randn_tensor
 
@@ -148,8 +173,7 @@ class FluxModel(DiffusersFlowModel):
         check_generators(generator, batch_size)
         h, w = self._latent_hw(height, width)
         shape = (batch_size, self.latent_channels, h, w)
-        noise = randn_tensor(shape, generator=generator, device=self.device,
-                             dtype=self.pipe.text_encoder_2.dtype)
+        noise = randn_tensor(shape, generator=generator, device=self.device, dtype=self.pipe.text_encoder_2.dtype)
         packed = self.pipe._pack_latents(noise, batch_size, self.latent_channels, h, w)
         self._sizes[packed.shape[1]] = (height, width)
         return packed.float()
@@ -162,8 +186,11 @@ class FluxModel(DiffusersFlowModel):
         h, w = self._latent_hw(height, width)
         config = self.pipe.scheduler.config
         mu = scheduler_mu(config, (h // 2) * (w // 2))
-        if is_plain_flow_scheduler(config) and config.get("use_dynamic_shifting", False) \
-                and not config.get("use_flow_sigmas", False):
+        if (
+            is_plain_flow_scheduler(config)
+            and config.get("use_dynamic_shifting", False)
+            and not config.get("use_flow_sigmas", False)
+        ):
             return flux_sigmas(num_steps, mu)
         import numpy as np
 

@@ -8,9 +8,11 @@ Departures: the guidance combination and the states between steps stay in fp32 (
 keeps both in the weights' dtype, so bf16 runs differ by bf16 rounding: 0.05 on latents of
 magnitude 5 for the tiny model); skip-layer guidance and IP-adapters are not supported.
 """
+
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -31,8 +33,9 @@ def broadcast_negatives(negative_prompts: Any, batch_size: int) -> list[str]:
     if len(negs) == 1:
         return negs * batch_size
     if len(negs) != batch_size:
-        raise ValueError(f"got {len(negs)} negative_prompts for {batch_size} prompts; pass one str or "
-                         f"exactly {batch_size}.")
+        raise ValueError(
+            f"got {len(negs)} negative_prompts for {batch_size} prompts; pass one str or exactly {batch_size}."
+        )
     return negs
 
 
@@ -65,16 +68,25 @@ class SD3Model(DiffusersFlowModel):
 
     # --- encode --------------------------------------------------------------------------------
     @torch.no_grad()
-    def encode(self, prompts: str | Sequence[str], guidance_scale: float | None = None,
-               negative_prompts: str | Sequence[str] | None = None) -> Cond:
+    def encode(
+        self,
+        prompts: str | Sequence[str],
+        guidance_scale: float | None = None,
+        negative_prompts: str | Sequence[str] | None = None,
+    ) -> Cond:
         prompts = check_prompts(prompts)
         w = self.default_guidance if guidance_scale is None else float(guidance_scale)
         cfg = w > 1
         negs = broadcast_negatives(negative_prompts, len(prompts)) if cfg else None
         pe, npe, pooled, npooled = self.pipe.encode_prompt(
-            prompt=prompts, prompt_2=None, prompt_3=None, device=self.device,
-            do_classifier_free_guidance=cfg, negative_prompt=negs,
-            max_sequence_length=self.max_sequence_length)
+            prompt=prompts,
+            prompt_2=None,
+            prompt_3=None,
+            device=self.device,
+            do_classifier_free_guidance=cfg,
+            negative_prompt=negs,
+            max_sequence_length=self.max_sequence_length,
+        )
         embeds = {"prompt_embeds": pe, "pooled": pooled}
         if cfg:
             embeds.update(negative_prompt_embeds=npe, negative_pooled=npooled)
@@ -87,21 +99,29 @@ class SD3Model(DiffusersFlowModel):
         t = sigma_to_timestep(as_sigma(sigma, b, x.device))
         e = cond.embeds
         if e["prompt_embeds"].shape[0] != b:
-            raise ValueError(f"latents have batch {b} but the conditioning has "
-                             f"{e['prompt_embeds'].shape[0]} rows; select/repeat the Cond to match.")
+            raise ValueError(
+                f"latents have batch {b} but the conditioning has "
+                f"{e['prompt_embeds'].shape[0]} rows; select/repeat the Cond to match."
+            )
         cfg = w > 1
         if cfg and "negative_prompt_embeds" not in e:
-            raise ValueError(f"guidance_scale={w} > 1 needs negative embeddings, but this Cond was "
-                             f"encoded without CFG; call encode(prompts, guidance_scale={w}).")
+            raise ValueError(
+                f"guidance_scale={w} > 1 needs negative embeddings, but this Cond was "
+                f"encoded without CFG; call encode(prompts, guidance_scale={w})."
+            )
         if cfg:
             hidden, t = torch.cat([x, x]), torch.cat([t, t])
             text = torch.cat([e["negative_prompt_embeds"], e["prompt_embeds"]])
             pooled = torch.cat([e["negative_pooled"], e["pooled"]])
         else:
             hidden, text, pooled = x, e["prompt_embeds"], e["pooled"]
-        out = self.transformer(hidden_states=hidden.to(dtype), timestep=t,
-                               encoder_hidden_states=text.to(dtype), pooled_projections=pooled.to(dtype),
-                               return_dict=False)[0].float()
+        out = self.transformer(
+            hidden_states=hidden.to(dtype),
+            timestep=t,
+            encoder_hidden_states=text.to(dtype),
+            pooled_projections=pooled.to(dtype),
+            return_dict=False,
+        )[0].float()
         self.count(b)
         if not cfg:
             return out
@@ -113,15 +133,15 @@ class SD3Model(DiffusersFlowModel):
         """Latents [B, C, h, w] -> images [B, 3, h f, w f] in [0, 1] (differentiable)."""
         return self._vae_decode(x)
 
-    def initial_noise(self, batch_size: int, height: int, width: int,
-                      generator: torch.Generator | list[torch.Generator] | None = None) -> Tensor:
+    def initial_noise(
+        self, batch_size: int, height: int, width: int, generator: torch.Generator | list[torch.Generator] | None = None
+    ) -> Tensor:
         """[B, C, H / f, W / f] fp32 drawn exactly as ``StableDiffusion3Pipeline.prepare_latents``."""
         from diffusers.utils.torch_utils import randn_tensor
 
         check_size(height, width, self.size_factor, "SD3: VAE scale factor x transformer patch size")
         check_generators(generator, batch_size)
-        shape = (batch_size, self.latent_channels, height // self.vae_scale_factor,
-                 width // self.vae_scale_factor)
+        shape = (batch_size, self.latent_channels, height // self.vae_scale_factor, width // self.vae_scale_factor)
         return randn_tensor(shape, generator=generator, device=self.device, dtype=self._embed_dtype).float()
 
     @property

@@ -16,10 +16,12 @@ holding them; a missing or wrong file is one ``RewardWeightsError`` that lists t
 | ``artifact`` | ``artifact_head.safetensors`` + ``clip=`` backbone weights | artifact.py |
 | ``compositional``, ``testbed_aesthetic``, ``testbed_artifact`` | testbed assets (default dir) | testbed.py |
 """
+
 from __future__ import annotations
 
 import importlib
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .base import Reward, RewardWeightsError, preprocess
 from .multi import MultiReward

@@ -7,6 +7,7 @@ same weights Flow-GRPO loads through transformers' ``openai/clip-vit-large-patch
 an open_clip checkpoint or hub id (see ``clip.load_open_clip``). Preprocessing is CLIP's
 resize-shortest + centre crop + mean/std in torch ops, so the score is differentiable.
 """
+
 from __future__ import annotations
 
 import os
@@ -19,8 +20,10 @@ from .clip import OpenClipFeatures, clip_how, load_open_clip, random_open_clip
 
 HEAD_FILE = "sac+logos+ava1-l14-linearMSE.pth"
 CLIP_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
-HOW = (f"download {HEAD_FILE} from the improved-aesthetic-predictor repository and pass "
-       f"load_reward('aesthetic', path=FILE_OR_DIR, clip=...); for the CLIP tower " + clip_how("ViT-L-14", "clip"))
+HOW = (
+    f"download {HEAD_FILE} from the improved-aesthetic-predictor repository and pass "
+    f"load_reward('aesthetic', path=FILE_OR_DIR, clip=...); for the CLIP tower " + clip_how("ViT-L-14", "clip")
+)
 
 
 class AestheticReward(Reward):
@@ -61,6 +64,6 @@ def load_aesthetic(path=None, clip=None, arch: str = "ViT-L-14", device=None, dt
     model = load_open_clip("aesthetic", arch, clip, param="clip")
     head = laion_mlp(_embed_dim(model))
     state = load_state_dict_file("aesthetic", files[HEAD_FILE], [HEAD_FILE], HOW)
-    state = {k[len("layers."):] if k.startswith("layers.") else k: v for k, v in state.items()}
+    state = {k[len("layers.") :] if k.startswith("layers.") else k: v for k, v in state.items()}
     load_into("aesthetic", head, state, [HEAD_FILE], HOW)
     return AestheticReward(model, head).to(device=device, dtype=dtype)

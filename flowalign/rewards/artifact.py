@@ -11,6 +11,7 @@ which is cheap enough to run every step. Outputs:
   detector saturates).
 The head file is safetensors with metadata (backbone arch, feature size, hidden size).
 """
+
 from __future__ import annotations
 
 import json
@@ -24,9 +25,11 @@ from .base import Reward, resolve_weights, weights_error
 from .clip import OpenClipFeatures, load_open_clip
 
 FORMAT = "flowalign-artifact-head-v1"
-HOW = ("train a head with `python scripts/train_artifact_reward.py --data DIR --clip WEIGHTS --out head.safetensors` "
-       "(DIR/clean/*.png and DIR/artifact/*.png) and pass load_reward('artifact', path='head.safetensors', "
-       "clip=WEIGHTS) with the same CLIP weights used for training.")
+HOW = (
+    "train a head with `python scripts/train_artifact_reward.py --data DIR --clip WEIGHTS --out head.safetensors` "
+    "(DIR/clean/*.png and DIR/artifact/*.png) and pass load_reward('artifact', path='head.safetensors', "
+    "clip=WEIGHTS) with the same CLIP weights used for training."
+)
 
 
 class ArtifactHead(nn.Module):
@@ -38,8 +41,9 @@ class ArtifactHead(nn.Module):
         self.dim, self.hidden = dim, hidden
         self.register_buffer("shift", torch.zeros(dim))  # [D]
         self.register_buffer("scale", torch.ones(dim))  # [D]
-        self.net = nn.Linear(dim, 1) if hidden == 0 else nn.Sequential(
-            nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, 1))
+        self.net = (
+            nn.Linear(dim, 1) if hidden == 0 else nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, 1))
+        )
 
     def forward(self, feats: Tensor) -> Tensor:
         return self.net((feats - self.shift) / self.scale).squeeze(-1)
@@ -75,7 +79,7 @@ class HeadStats:
 
 @torch.no_grad()
 def extract_features(features: OpenClipFeatures, images: Tensor, batch_size: int = 32) -> Tensor:
-    return torch.cat([features.image(images[i:i + batch_size]) for i in range(0, len(images), batch_size)])
+    return torch.cat([features.image(images[i : i + batch_size]) for i in range(0, len(images), batch_size)])
 
 
 def auc(scores: Tensor, labels: Tensor) -> float:
@@ -87,8 +91,17 @@ def auc(scores: Tensor, labels: Tensor) -> float:
     return float(((diff > 0).float() + 0.5 * (diff == 0).float()).mean())
 
 
-def train_head(train_x: Tensor, train_y: Tensor, val_x: Tensor, val_y: Tensor, hidden: int = 256, epochs: int = 200,
-               lr: float = 1e-3, weight_decay: float = 1e-4, seed: int = 0) -> tuple[ArtifactHead, HeadStats]:
+def train_head(
+    train_x: Tensor,
+    train_y: Tensor,
+    val_x: Tensor,
+    val_y: Tensor,
+    hidden: int = 256,
+    epochs: int = 200,
+    lr: float = 1e-3,
+    weight_decay: float = 1e-4,
+    seed: int = 0,
+) -> tuple[ArtifactHead, HeadStats]:
     """Full-batch AdamW with class-balanced BCE on fixed features; labels 1 = artifact."""
     torch.manual_seed(seed)
     head = ArtifactHead(train_x.shape[1], hidden)
@@ -113,8 +126,13 @@ def train_head(train_x: Tensor, train_y: Tensor, val_x: Tensor, val_y: Tensor, h
 def save_head(head: ArtifactHead, path: str, arch: str, extra: dict | None = None) -> None:
     from safetensors.torch import save_file
 
-    meta = {"format": FORMAT, "arch": arch, "dim": str(head.dim), "hidden": str(head.hidden),
-            "extra": json.dumps(extra or {})}
+    meta = {
+        "format": FORMAT,
+        "arch": arch,
+        "dim": str(head.dim),
+        "hidden": str(head.hidden),
+        "extra": json.dumps(extra or {}),
+    }
     save_file({k: v.contiguous() for k, v in head.state_dict().items()}, path, metadata=meta)
 
 
@@ -126,18 +144,27 @@ def load_head(path: str) -> tuple[ArtifactHead, dict]:
             meta = f.metadata() or {}
             state = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as e:
-        raise weights_error("artifact", ["head.safetensors (written by train_artifact_reward.py)"], HOW,
-                            f"cannot read {path} ({type(e).__name__}: {str(e)[:200]}).") from e
+        raise weights_error(
+            "artifact",
+            ["head.safetensors (written by train_artifact_reward.py)"],
+            HOW,
+            f"cannot read {path} ({type(e).__name__}: {str(e)[:200]}).",
+        ) from e
     if meta.get("format") != FORMAT:
-        raise weights_error("artifact", ["head.safetensors (written by train_artifact_reward.py)"], HOW,
-                            f"{path} is not an artifact head (metadata format={meta.get('format')!r}).")
+        raise weights_error(
+            "artifact",
+            ["head.safetensors (written by train_artifact_reward.py)"],
+            HOW,
+            f"{path} is not an artifact head (metadata format={meta.get('format')!r}).",
+        )
     head = ArtifactHead(int(meta["dim"]), int(meta["hidden"]))
     head.load_state_dict(state)
     return head.eval(), meta
 
 
-def load_artifact(path=None, clip=None, arch: str | None = None, output: str = "prob", device=None,
-                  dtype=None) -> ArtifactReward:
+def load_artifact(
+    path=None, clip=None, arch: str | None = None, output: str = "prob", device=None, dtype=None
+) -> ArtifactReward:
     """``path``: the head (.safetensors or a directory with ``artifact_head.safetensors``);
     ``clip``: the open_clip weights the head was trained on; ``arch`` defaults to the head's."""
     import open_clip
@@ -150,6 +177,10 @@ def load_artifact(path=None, clip=None, arch: str | None = None, output: str = "
     with torch.no_grad():
         dim = features.image(torch.zeros(1, 3, features.size, features.size)).shape[1]
     if dim != head.dim:
-        raise weights_error("artifact", ["artifact_head.safetensors", f"open_clip {arch} weights"], HOW,
-                            f"the head expects {head.dim}-d features but {arch} gives {dim}-d.")
+        raise weights_error(
+            "artifact",
+            ["artifact_head.safetensors", f"open_clip {arch} weights"],
+            HOW,
+            f"the head expects {head.dim}-d features but {arch} gives {dim}-d.",
+        )
     return ArtifactReward(features, head, output=output).to(device=device, dtype=dtype)

@@ -6,10 +6,12 @@ the reward runs on one worker thread (torch ops release the GIL). Scoring is gra
 first waits for the work already queued on the caller's stream (so the images are ready), and it
 synchronises that stream before the future resolves, so results are safe to use on any stream.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -45,7 +47,7 @@ class BackgroundScorer:
     def close(self, wait: bool = True) -> None:
         self.pool.shutdown(wait=wait)
 
-    def __enter__(self) -> "BackgroundScorer":
+    def __enter__(self) -> BackgroundScorer:
         return self
 
     def __exit__(self, *exc) -> None:

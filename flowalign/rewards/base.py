@@ -9,10 +9,12 @@ Weights are never fetched unless the caller passes a hub id: ``resolve_weights``
 file, a local directory or a hub id and raises ONE ``RewardWeightsError`` naming the expected files
 and how to supply them when something is missing or wrong.
 """
+
 from __future__ import annotations
 
 import os
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -53,11 +55,11 @@ class Reward(nn.Module):
                 out.append(self.score(images[sl], prompts[sl], **meta).float().reshape(-1))
         return torch.cat(out)
 
-    def freeze(self) -> "Reward":
+    def freeze(self) -> Reward:
         self.requires_grad_(False)
         return super().train(False)
 
-    def train(self, mode: bool = True) -> "Reward":  # scorers never leave eval mode (no dropout)
+    def train(self, mode: bool = True) -> Reward:  # scorers never leave eval mode (no dropout)
         return super().train(False)
 
     @property
@@ -82,11 +84,12 @@ def check_inputs(images: Any, prompts: Any, name: str = "reward") -> tuple[Tenso
     """The reward boundary: images [B,3,H,W] float in [0,1], prompts a str or B str."""
     if not torch.is_tensor(images) or images.ndim != 4 or images.shape[1] != 3:
         shape = tuple(images.shape) if torch.is_tensor(images) else type(images).__name__
-        raise ValueError(f"{name}: images must be a float tensor [B, 3, H, W] in [0, 1], got {shape}; "
-                         f"convert PIL/uint8 images with torchvision.transforms.functional.to_tensor.")
+        raise ValueError(
+            f"{name}: images must be a float tensor [B, 3, H, W] in [0, 1], got {shape}; "
+            f"convert PIL/uint8 images with torchvision.transforms.functional.to_tensor."
+        )
     if not images.is_floating_point():
-        raise ValueError(f"{name}: images have dtype {images.dtype}; pass float in [0, 1] "
-                         f"(e.g. images.float() / 255).")
+        raise ValueError(f"{name}: images have dtype {images.dtype}; pass float in [0, 1] (e.g. images.float() / 255).")
     b = images.shape[0]
     if isinstance(prompts, str):
         prompts = [prompts] * b
@@ -105,8 +108,9 @@ def _rows(value: Any, sl: slice, b: int, key: str) -> Any:
     return value  # a scalar / batch-free value goes to every chunk
 
 
-def preprocess(images: Tensor, size: int | tuple[int, int], mean: Sequence[float], std: Sequence[float],
-               mode: str = "crop") -> Tensor:
+def preprocess(
+    images: Tensor, size: int | tuple[int, int], mean: Sequence[float], std: Sequence[float], mode: str = "crop"
+) -> Tensor:
     """Differentiable image preparation for a vision tower: [B,3,H,W] in [0,1] -> normalised [B,3,s,s].
 
     Bicubic antialiased resize (torch's kernel, the one torchvision's tensor ``Resize`` uses), then:
@@ -128,7 +132,7 @@ def preprocess(images: Tensor, size: int | tuple[int, int], mean: Sequence[float
         nh, nw = (th, new_long) if h <= w else (new_long, th)
         x = _resize(x, nh, nw)
         top, left = int(round((nh - th) / 2.0)), int(round((nw - tw) / 2.0))
-        x = x[..., top:top + th, left:left + tw]
+        x = x[..., top : top + th, left : left + tw]
     elif mode == "pad":
         scale = th / float(max(h, w))
         nh, nw = round(h * scale), round(w * scale)
@@ -154,8 +158,16 @@ def laion_mlp(width: int) -> nn.Sequential:
     """The MLP head shared by ImageReward and the LAION aesthetic predictor: Linear layers
     width-1024-128-64-16-1 without activations; the dropouts are parameter-free slots kept so the
     indices (0/2/4/6/7) match both published checkpoints."""
-    return nn.Sequential(nn.Linear(width, 1024), nn.Dropout(0.2), nn.Linear(1024, 128), nn.Dropout(0.2),
-                         nn.Linear(128, 64), nn.Dropout(0.1), nn.Linear(64, 16), nn.Linear(16, 1))
+    return nn.Sequential(
+        nn.Linear(width, 1024),
+        nn.Dropout(0.2),
+        nn.Linear(1024, 128),
+        nn.Dropout(0.2),
+        nn.Linear(128, 64),
+        nn.Dropout(0.1),
+        nn.Linear(64, 16),
+        nn.Linear(16, 1),
+    )
 
 
 def unique_prompts(prompts: list[str]) -> tuple[list[str], Tensor]:
@@ -174,13 +186,23 @@ def weights_error(reward: str, expected: Sequence[str], how: str, problem: str) 
 def is_hub_id(path: str) -> bool:
     """'owner/name' that is not a local path."""
     parts = path.split("/")
-    return (len(parts) == 2 and all(parts) and not os.path.exists(path)
-            and not path.startswith((".", "~")) and "\\" not in path
-            and not path.endswith((".pt", ".pth", ".bin", ".safetensors", ".json", ".txt", ".ckpt")))
+    return (
+        len(parts) == 2
+        and all(parts)
+        and not os.path.exists(path)
+        and not path.startswith((".", "~"))
+        and "\\" not in path
+        and not path.endswith((".pt", ".pth", ".bin", ".safetensors", ".json", ".txt", ".ckpt"))
+    )
 
 
-def resolve_weights(reward: str, path: str | os.PathLike | None, files: Sequence[str], how: str,
-                    alternatives: Sequence[Sequence[str]] = ()) -> dict[str, str]:
+def resolve_weights(
+    reward: str,
+    path: str | os.PathLike | None,
+    files: Sequence[str],
+    how: str,
+    alternatives: Sequence[Sequence[str]] = (),
+) -> dict[str, str]:
     """Find ``files`` (names) in a local directory or download them from a hub repo id.
 
     ``path`` may be a directory holding the files, a single file (only when one file is expected),
@@ -195,8 +217,12 @@ def resolve_weights(reward: str, path: str | os.PathLike | None, files: Sequence
     path = os.path.expanduser(str(path))
     if os.path.isfile(path):
         if len(files) != 1:
-            raise weights_error(reward, listing, how, f"{path} is a single file but {len(files)} files are needed; "
-                                "pass the directory that holds them.")
+            raise weights_error(
+                reward,
+                listing,
+                how,
+                f"{path} is a single file but {len(files)} files are needed; pass the directory that holds them.",
+            )
         return {files[0]: path}
     if os.path.isdir(path):
         for option in options:
@@ -208,10 +234,15 @@ def resolve_weights(reward: str, path: str | os.PathLike | None, files: Sequence
     if is_hub_id(path):
         try:
             from huggingface_hub import hf_hub_download
+
             return {f: hf_hub_download(path, f) for f in files}
         except Exception as e:  # offline, unknown repo, missing file
-            raise weights_error(reward, listing, how, f"could not fetch {files} from hub repo {path!r} "
-                                f"({type(e).__name__}: {str(e)[:200]}).") from e
+            raise weights_error(
+                reward,
+                listing,
+                how,
+                f"could not fetch {files} from hub repo {path!r} ({type(e).__name__}: {str(e)[:200]}).",
+            ) from e
     raise weights_error(reward, listing, how, f"{path!r} is neither a file, a directory nor a hub id.")
 
 
@@ -221,6 +252,7 @@ def load_state_dict_file(reward: str, path: str, expected: Sequence[str], how: s
     try:
         if path.endswith(".safetensors"):
             from safetensors.torch import load_file
+
             obj: Any = load_file(path)
         else:
             try:  # memory-map large zip-format checkpoints instead of reading them whole
@@ -234,18 +266,27 @@ def load_state_dict_file(reward: str, path: str, expected: Sequence[str], how: s
             obj = obj[key]
     if not isinstance(obj, dict) or not all(torch.is_tensor(v) for v in obj.values()):
         raise weights_error(reward, expected, how, f"{path} does not hold a state dict of tensors.")
-    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in obj.items()}
+    return {k[len("module.") :] if k.startswith("module.") else k: v for k, v in obj.items()}
 
 
-def load_into(reward: str, module: nn.Module, state: dict[str, Tensor], expected: Sequence[str], how: str,
-              ignore: Sequence[str] = ()) -> None:
+def load_into(
+    reward: str,
+    module: nn.Module,
+    state: dict[str, Tensor],
+    expected: Sequence[str],
+    how: str,
+    ignore: Sequence[str] = (),
+) -> None:
     """Strict load with one clear error on missing / unexpected / mis-shaped keys."""
     own = module.state_dict()
     state = {k: v for k, v in state.items() if not any(k.startswith(p) for p in ignore)}
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
-    shapes = [f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
-              for k, v in state.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
+    shapes = [
+        f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+        for k, v in state.items()
+        if k in own and tuple(v.shape) != tuple(own[k].shape)
+    ]
     if missing or unexpected or shapes:
         parts = []
         if missing:
@@ -254,6 +295,10 @@ def load_into(reward: str, module: nn.Module, state: dict[str, Tensor], expected
             parts.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[:3]})")
         if shapes:
             parts.append(f"{len(shapes)} shape mismatches (e.g. {shapes[:2]})")
-        raise weights_error(reward, expected, how, "the weights do not match the model: " + "; ".join(parts)
-                            + ". Is this the right file / architecture?")
+        raise weights_error(
+            reward,
+            expected,
+            how,
+            "the weights do not match the model: " + "; ".join(parts) + ". Is this the right file / architecture?",
+        )
     module.load_state_dict(state, strict=True)

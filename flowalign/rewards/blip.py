@@ -11,6 +11,7 @@ rename), on torch's ``scaled_dot_product_attention``; the image tower is timm's
 ``VisionTransformer``, whose parameter names equal BLIP's ViT. Inference only: no dropout, no
 KV cache, no decoder mode. The padding mask uses BLIP's additive ``-10000``.
 """
+
 from __future__ import annotations
 
 import json
@@ -39,15 +40,17 @@ class MedConfig:
     encoder_width: int = 768  # replaced by the ViT width, as BLIP does
 
     @classmethod
-    def from_json(cls, path: str, encoder_width: int | None = None) -> "MedConfig":
+    def from_json(cls, path: str, encoder_width: int | None = None) -> MedConfig:
         with open(path) as f:
             raw = json.load(f)
         cfg = cls(**{f.name: raw[f.name] for f in fields(cls) if f.name in raw})
         if encoder_width is not None:
             cfg.encoder_width = encoder_width
         if cfg.hidden_size % cfg.num_attention_heads:
-            raise ValueError(f"med_config: hidden_size={cfg.hidden_size} is not a multiple of "
-                             f"num_attention_heads={cfg.num_attention_heads}.")
+            raise ValueError(
+                f"med_config: hidden_size={cfg.hidden_size} is not a multiple of "
+                f"num_attention_heads={cfg.num_attention_heads}."
+            )
         if not cfg.hidden_act.startswith("gelu"):
             raise ValueError(f"med_config: hidden_act={cfg.hidden_act!r} unsupported; BLIP uses 'gelu'.")
         return cfg
@@ -149,21 +152,32 @@ class BlipTextEncoder(nn.Module):
         """input_ids, attention_mask [B, L]; image_tokens [B, N, encoder_width] -> hidden [B, L, D]."""
         x = self.embeddings(input_ids)
         # BLIP's extended mask: 0 where attended, -10000 at padding, broadcast over heads and queries
-        mask = ((1.0 - attention_mask[:, None, None, :].to(x.dtype)) * -10000.0)
+        mask = (1.0 - attention_mask[:, None, None, :].to(x.dtype)) * -10000.0
         for layer in self.encoder.layer:
             x = layer(x, mask, image_tokens)
         return x
 
 
-def build_vit(width: int = 1024, depth: int = 24, heads: int = 16, patch: int = 16, image_size: int = 224,
-              mlp_ratio: float = 4.0) -> nn.Module:
+def build_vit(
+    width: int = 1024, depth: int = 24, heads: int = 16, patch: int = 16, image_size: int = 224, mlp_ratio: float = 4.0
+) -> nn.Module:
     """BLIP's ViT as timm's ``VisionTransformer`` (class token, learned positions incl. the class
     token, pre-norm blocks, final LayerNorm eps 1e-6); ``forward_features`` returns all tokens."""
     from timm.models.vision_transformer import VisionTransformer
 
-    return VisionTransformer(img_size=image_size, patch_size=patch, embed_dim=width, depth=depth,
-                             num_heads=heads, mlp_ratio=mlp_ratio, qkv_bias=True, num_classes=0,
-                             global_pool="", class_token=True, norm_layer=partial(nn.LayerNorm, eps=1e-6))
+    return VisionTransformer(
+        img_size=image_size,
+        patch_size=patch,
+        embed_dim=width,
+        depth=depth,
+        num_heads=heads,
+        mlp_ratio=mlp_ratio,
+        qkv_bias=True,
+        num_classes=0,
+        global_pool="",
+        class_token=True,
+        norm_layer=partial(nn.LayerNorm, eps=1e-6),
+    )
 
 
 def vit_shape_from_state(state: dict[str, Tensor], prefix: str, head_dim: int = 64) -> dict[str, int]:
@@ -171,8 +185,14 @@ def vit_shape_from_state(state: dict[str, Tensor], prefix: str, head_dim: int = 
     BLIP's 64-dim heads unless told otherwise)."""
     w = state[prefix + "patch_embed.proj.weight"]  # [width, 3, patch, patch]
     width, patch = int(w.shape[0]), int(w.shape[-1])
-    depth = 1 + max(int(k[len(prefix) + 7:].split(".")[0]) for k in state if k.startswith(prefix + "blocks."))
+    depth = 1 + max(int(k[len(prefix) + 7 :].split(".")[0]) for k in state if k.startswith(prefix + "blocks."))
     grid = int(math.isqrt(int(state[prefix + "pos_embed"].shape[1]) - 1))
     hidden = int(state[prefix + "blocks.0.mlp.fc1.weight"].shape[0])
-    return dict(width=width, depth=depth, heads=max(1, width // head_dim), patch=patch,
-                image_size=grid * patch, mlp_ratio=hidden / width)
+    return dict(
+        width=width,
+        depth=depth,
+        heads=max(1, width // head_dim),
+        patch=patch,
+        image_size=grid * patch,
+        mlp_ratio=hidden / width,
+    )

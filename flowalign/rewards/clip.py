@@ -10,6 +10,7 @@ id or an open_clip pretrained tag such as ``"openai"``; only the last two touch 
 only because the caller named them. Preprocessing follows the model's ``preprocess_cfg``
 (size, mean/std, resize mode) with torch ops (``base.preprocess``).
 """
+
 from __future__ import annotations
 
 import os
@@ -24,9 +25,11 @@ RESIZE_MODES = {"shortest": "crop", "longest": "pad", "squash": "squash"}
 
 
 def clip_how(arch: str, param: str = "path", example: str = "hf-hub:timm/vit_large_patch14_clip_224.openai") -> str:
-    return (f"pass {param}=PATH to an open_clip checkpoint for {arch} (open_clip_pytorch_model.bin, "
-            f"open_clip_model.safetensors or a converted .pt), or a directory with open_clip_config.json "
-            f"+ weights, or (network) a hub id such as {example!r} or an open_clip tag such as 'openai'.")
+    return (
+        f"pass {param}=PATH to an open_clip checkpoint for {arch} (open_clip_pytorch_model.bin, "
+        f"open_clip_model.safetensors or a converted .pt), or a directory with open_clip_config.json "
+        f"+ weights, or (network) a hub id such as {example!r} or an open_clip tag such as 'openai'."
+    )
 
 
 def load_open_clip(reward: str, arch: str, pretrained, device=None, dtype=None, param: str = "path") -> nn.Module:
@@ -52,11 +55,17 @@ def load_open_clip(reward: str, arch: str, pretrained, device=None, dtype=None, 
         elif src in open_clip.list_pretrained_tags_by_model(arch):
             model = open_clip.create_model(arch, pretrained=src)
         else:
-            raise FileNotFoundError(f"{pretrained!r} is not a file, a directory, a hub id or an open_clip tag "
-                                    f"for {arch} (tags: {open_clip.list_pretrained_tags_by_model(arch)})")
+            raise FileNotFoundError(
+                f"{pretrained!r} is not a file, a directory, a hub id or an open_clip tag "
+                f"for {arch} (tags: {open_clip.list_pretrained_tags_by_model(arch)})"
+            )
     except Exception as e:
-        raise weights_error(reward, expected, how, f"cannot load {arch} weights from {pretrained!r} "
-                            f"({type(e).__name__}: {str(e)[:300]}).") from e
+        raise weights_error(
+            reward,
+            expected,
+            how,
+            f"cannot load {arch} weights from {pretrained!r} ({type(e).__name__}: {str(e)[:300]}).",
+        ) from e
     return model.to(device=device, dtype=dtype).eval()
 
 
@@ -106,8 +115,9 @@ class ClipScoreReward(Reward):
     name = "clip"
     differentiable = True
 
-    def __init__(self, model: nn.Module, tokenizer, scale: float = 1.0, clip_at: float | None = None,
-                 batch_size: int = 32):
+    def __init__(
+        self, model: nn.Module, tokenizer, scale: float = 1.0, clip_at: float | None = None, batch_size: int = 32
+    ):
         super().__init__()
         self.features = OpenClipFeatures(model, tokenizer)
         self.scale, self.clip_at, self.batch_size = scale, clip_at, batch_size
@@ -137,8 +147,9 @@ def build_clip_score(arch: str = "ViT-L-14", seed: int | None = None, **kw) -> C
     return ClipScoreReward(random_open_clip(arch, seed), tokenizer_for(arch, None), **kw)
 
 
-def load_clip_score(path=None, arch: str = "ViT-L-14", scale: float = 1.0, clip_at: float | None = None,
-                    device=None, dtype=None) -> ClipScoreReward:
+def load_clip_score(
+    path=None, arch: str = "ViT-L-14", scale: float = 1.0, clip_at: float | None = None, device=None, dtype=None
+) -> ClipScoreReward:
     """CLIP score with open_clip weights from ``path`` (see ``load_open_clip``)."""
     model = load_open_clip("clip", arch, path)
     reward = ClipScoreReward(model, tokenizer_for(arch, path), scale=scale, clip_at=clip_at)

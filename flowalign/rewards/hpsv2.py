@@ -14,28 +14,46 @@ protobuf<4, and downloads the 3.9 GB LAION weights before loading the HPS checkp
   on the same float input (the reference converts PIL -> float first);
 * fp32 by default (the reference runs under CUDA autocast); pass ``dtype`` for half precision.
 """
+
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, Reward, load_into, load_state_dict_file, preprocess,
-                   resolve_weights, unique_prompts)
+from .base import (
+    OPENAI_CLIP_MEAN,
+    OPENAI_CLIP_STD,
+    Reward,
+    load_into,
+    load_state_dict_file,
+    preprocess,
+    resolve_weights,
+    unique_prompts,
+)
 
 CHECKPOINTS = {"v2.0": "HPS_v2_compressed.pt", "v2.1": "HPS_v2.1_compressed.pt"}
 HUB_ID = "xswu/HPSv2"
-HOW = (f"download {CHECKPOINTS['v2.1']} (or {CHECKPOINTS['v2.0']}) from the hub repo {HUB_ID} and pass "
-       f"load_reward('hpsv2', path='/dir/or/file.pt'), or pass path='{HUB_ID}' to let huggingface_hub "
-       "download it (network).")
+HOW = (
+    f"download {CHECKPOINTS['v2.1']} (or {CHECKPOINTS['v2.0']}) from the hub repo {HUB_ID} and pass "
+    f"load_reward('hpsv2', path='/dir/or/file.pt'), or pass path='{HUB_ID}' to let huggingface_hub "
+    "download it (network)."
+)
 
 
 class HPSv2Reward(Reward):
     name = "hpsv2"
     differentiable = True
 
-    def __init__(self, model: torch.nn.Module, tokenizer, image_size: int = 224,
-                 mean=OPENAI_CLIP_MEAN, std=OPENAI_CLIP_STD, batch_size: int = 16):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer,
+        image_size: int = 224,
+        mean=OPENAI_CLIP_MEAN,
+        std=OPENAI_CLIP_STD,
+        batch_size: int = 16,
+    ):
         super().__init__()
         self.model, self.tokenizer = model, tokenizer
         self.image_size, self.mean, self.std, self.batch_size = image_size, mean, std, batch_size
@@ -69,15 +87,20 @@ def build_hpsv2(arch: str = "ViT-H-14", device=None, dtype=None, seed: int | Non
     return reward.to(device=device, dtype=dtype)
 
 
-def load_hpsv2(path=None, version: str = "v2.1", arch: str = "ViT-H-14", device=None, dtype=None,
-               batch_size: int = 16) -> HPSv2Reward:
+def load_hpsv2(
+    path=None, version: str = "v2.1", arch: str = "ViT-H-14", device=None, dtype=None, batch_size: int = 16
+) -> HPSv2Reward:
     """HPSv2 from a checkpoint file, a directory holding it, or the hub id ``xswu/HPSv2``.
 
     The file is the published ``{"state_dict": ...}`` dict, read with ``weights_only=True``."""
     if version not in CHECKPOINTS:
         raise ValueError(f"hpsv2 version={version!r}; use one of {sorted(CHECKPOINTS)}.")
-    files = resolve_weights("hpsv2", path, [CHECKPOINTS[version]], HOW + f" (version={version!r} "
-                            f"expects {CHECKPOINTS[version]}; pass version='v2.0' for the other file)")
+    files = resolve_weights(
+        "hpsv2",
+        path,
+        [CHECKPOINTS[version]],
+        HOW + f" (version={version!r} expects {CHECKPOINTS[version]}; pass version='v2.0' for the other file)",
+    )
     file = next(iter(files.values()))
     reward = build_hpsv2(arch)
     state = load_state_dict_file("hpsv2", file, list(CHECKPOINTS.values()), HOW)

@@ -13,6 +13,7 @@ always fetches its tokenizer from the hub). Preprocessing is the package's ``Res
 + CenterCrop + CLIP mean/std`` done with torch ops on tensors, so it is differentiable (the package
 works on PIL images, i.e. on 8-bit pixels).
 """
+
 from __future__ import annotations
 
 import os
@@ -20,16 +21,27 @@ import os
 import torch
 from torch import Tensor, nn
 
-from .base import (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, Reward, laion_mlp, load_into, load_state_dict_file,
-                   preprocess, resolve_weights, weights_error)
+from .base import (
+    OPENAI_CLIP_MEAN,
+    OPENAI_CLIP_STD,
+    Reward,
+    laion_mlp,
+    load_into,
+    load_state_dict_file,
+    preprocess,
+    resolve_weights,
+    weights_error,
+)
 from .blip import BlipTextEncoder, MedConfig, build_vit, vit_shape_from_state
 
 FILES = ["ImageReward.pt", "med_config.json", "vocab.txt"]
 HUB_ID = "THUDM/ImageReward"
 BERT_HUB_ID = "google-bert/bert-base-uncased"
-HOW = (f"put ImageReward.pt and med_config.json (hub repo {HUB_ID}) and vocab.txt (hub repo "
-       f"{BERT_HUB_ID}) in one directory and pass load_reward('imagereward', path=DIR); or pass "
-       f"path='{HUB_ID}' (network; the vocab then comes from {BERT_HUB_ID} unless vocab=... is given).")
+HOW = (
+    f"put ImageReward.pt and med_config.json (hub repo {HUB_ID}) and vocab.txt (hub repo "
+    f"{BERT_HUB_ID}) in one directory and pass load_reward('imagereward', path=DIR); or pass "
+    f"path='{HUB_ID}' (network; the vocab then comes from {BERT_HUB_ID} unless vocab=... is given)."
+)
 REWARD_MEAN, REWARD_STD = 0.16717362830052426, 1.0333394966054072
 MAX_LENGTH = 35
 
@@ -67,12 +79,12 @@ def convert_state(state: dict[str, Tensor]) -> dict[str, Tensor]:
     out = {}
     for k, v in state.items():
         if k.startswith("blip.visual_encoder."):
-            out["vision." + k[len("blip.visual_encoder."):]] = v
+            out["vision." + k[len("blip.visual_encoder.") :]] = v
         elif k.startswith("blip.text_encoder."):
             if not k.endswith("embeddings.position_ids"):
-                out["text." + k[len("blip.text_encoder."):]] = v
+                out["text." + k[len("blip.text_encoder.") :]] = v
         elif k.startswith("mlp.layers."):
-            out["head." + k[len("mlp.layers."):]] = v
+            out["head." + k[len("mlp.layers.") :]] = v
         elif not k.startswith(("blip.vision_proj.", "blip.text_proj.")):
             out[k] = v  # unknown: reported by the strict load
     return out
@@ -88,8 +100,7 @@ class ImageRewardReward(Reward):
         self.freeze()
 
     def tokenize(self, prompts: list[str]) -> tuple[Tensor, Tensor]:
-        t = self.tokenizer(prompts, padding="max_length", truncation=True, max_length=MAX_LENGTH,
-                           return_tensors="pt")
+        t = self.tokenizer(prompts, padding="max_length", truncation=True, max_length=MAX_LENGTH, return_tensors="pt")
         return t["input_ids"].to(self.device), t["attention_mask"].to(self.device)
 
     def score(self, images: Tensor, prompts: list[str], **metadata) -> Tensor:
@@ -98,8 +109,9 @@ class ImageRewardReward(Reward):
         return self.model(x.to(self.dtype), ids, mask)
 
 
-def build_imagereward(med: MedConfig | None = None, vit: dict | None = None, tokenizer=None,
-                      seed: int | None = None) -> ImageRewardReward:
+def build_imagereward(
+    med: MedConfig | None = None, vit: dict | None = None, tokenizer=None, seed: int | None = None
+) -> ImageRewardReward:
     """Random weights of the given shape (defaults: BLIP ViT-L/16 + BERT-base); for tests/benchmarks."""
     if seed is not None:
         torch.manual_seed(seed)
@@ -108,8 +120,9 @@ def build_imagereward(med: MedConfig | None = None, vit: dict | None = None, tok
     return ImageRewardReward(ImageRewardModel(med, vit), tokenizer)
 
 
-def load_imagereward(path=None, vocab: str | None = None, device=None, dtype=None, vit_heads: int | None = None,
-                     batch_size: int = 16) -> ImageRewardReward:
+def load_imagereward(
+    path=None, vocab: str | None = None, device=None, dtype=None, vit_heads: int | None = None, batch_size: int = 16
+) -> ImageRewardReward:
     """ImageReward from a directory with ImageReward.pt + med_config.json + vocab.txt, or a hub id.
 
     ``vocab``: a vocab.txt (or a directory / hub id holding one) when it is not beside the weights.
@@ -122,8 +135,12 @@ def load_imagereward(path=None, vocab: str | None = None, device=None, dtype=Non
         files.update(resolve_weights("imagereward", vocab_src, ["vocab.txt"], HOW))
     state = convert_state(load_state_dict_file("imagereward", files["ImageReward.pt"], FILES, HOW))
     if "vision.patch_embed.proj.weight" not in state:
-        raise weights_error("imagereward", FILES, HOW, f"{files['ImageReward.pt']} has no "
-                            "'blip.visual_encoder.*' tensors: not an ImageReward checkpoint.")
+        raise weights_error(
+            "imagereward",
+            FILES,
+            HOW,
+            f"{files['ImageReward.pt']} has no 'blip.visual_encoder.*' tensors: not an ImageReward checkpoint.",
+        )
     vit = vit_shape_from_state(state, "vision.")
     if vit_heads is not None:
         vit["heads"] = vit_heads

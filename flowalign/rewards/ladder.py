@@ -27,12 +27,14 @@ i every completion currently at sigma_i takes its step in one velocity call (chu
 NFE accounting: ``naive_nfe`` is completing every requested state separately with all its
 remaining steps, sum_j (T - j) per sample (the DenseGRPO / TP-GRPO cost); ``nfe`` what was spent.
 """
+
 from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -56,9 +58,20 @@ def _digest(t: Tensor) -> bytes:
 
 
 class RewardLadder:
-    def __init__(self, model, reward: Callable[..., Tensor], *, mode: str = "ode", num_steps: int | None = None,
-                 stride: int | None = None, share_ode_steps: bool = True, reuse_velocity: bool = True,
-                 max_batch: int = 64, cache_size: int = 4096, decode: Callable[[Tensor], Tensor] | None = None):
+    def __init__(
+        self,
+        model,
+        reward: Callable[..., Tensor],
+        *,
+        mode: str = "ode",
+        num_steps: int | None = None,
+        stride: int | None = None,
+        share_ode_steps: bool = True,
+        reuse_velocity: bool = True,
+        max_batch: int = 64,
+        cache_size: int = 4096,
+        decode: Callable[[Tensor], Tensor] | None = None,
+    ):
         if mode not in ("ode", "x0"):
             raise ValueError(f"ladder mode={mode!r}; use 'ode' (ODE completion) or 'x0' (one-step x0_pred).")
         if mode == "x0" and (num_steps is not None or stride is not None):
@@ -83,12 +96,22 @@ class RewardLadder:
         return [int(torch.nonzero(sigmas == v)[0]) for v in values]
 
     def _shares_next(self, sigmas: Tensor, j: int, ode_step: bool) -> bool:
-        return (self.mode == "ode" and self.share_ode_steps and ode_step
-                and self._grid(sigmas, j)[1:] == self._grid(sigmas, j + 1))
+        return (
+            self.mode == "ode"
+            and self.share_ode_steps
+            and ode_step
+            and self._grid(sigmas, j)[1:] == self._grid(sigmas, j + 1)
+        )
 
     # --- front ends ----------------------------------------------------------------------------
-    def __call__(self, rollout: Rollout, cond: Cond, steps: Sequence[int] | None = None,
-                 prompts: Sequence[str] | None = None, **metadata: Any) -> LadderOut:
+    def __call__(
+        self,
+        rollout: Rollout,
+        cond: Cond,
+        steps: Sequence[int] | None = None,
+        prompts: Sequence[str] | None = None,
+        **metadata: Any,
+    ) -> LadderOut:
         """Rewards of ``rollout.latents[:, j]`` for j in ``steps`` (default all 0..T) -> [B, T+1]."""
         b, t = rollout.latents.shape[0], rollout.num_steps
         sigmas = rollout.sigmas.float().cpu()
@@ -104,10 +127,10 @@ class RewardLadder:
         reqs = [(bi, canon[j]) for bi in range(b) for j in steps]
         uniq = sorted(set(reqs))
         states = torch.stack([rollout.latents[bi, j] for bi, j in uniq]) if uniq else rollout.latents[:0, 0]
-        v0 = [None if (x0 is None or j >= t) else (rollout.latents[bi, j] - x0[bi, j]) / sigmas[j]
-              for bi, j in uniq]
-        scores, nfe, done, hit = self._score(states, [j for _, j in uniq], [bi for bi, _ in uniq], v0,
-                                             sigmas, cond, prompts, metadata)
+        v0 = [None if (x0 is None or j >= t) else (rollout.latents[bi, j] - x0[bi, j]) / sigmas[j] for bi, j in uniq]
+        scores, nfe, done, hit = self._score(
+            states, [j for _, j in uniq], [bi for bi, _ in uniq], v0, sigmas, cond, prompts, metadata
+        )
         table = torch.full((b, t + 1), float("nan"))
         lookup = dict(zip(uniq, scores.tolist()))
         for bi in range(b):
@@ -116,8 +139,14 @@ class RewardLadder:
         naive = b * sum(t - j for j in steps)
         return LadderOut(table, nfe, naive, done, len(reqs) - done)
 
-    def tree(self, tree: TreeRollout, cond: Cond, nodes: Sequence[int] | Tensor | None = None,
-             prompts: Sequence[str] | None = None, **metadata: Any) -> LadderOut:
+    def tree(
+        self,
+        tree: TreeRollout,
+        cond: Cond,
+        nodes: Sequence[int] | Tensor | None = None,
+        prompts: Sequence[str] | None = None,
+        **metadata: Any,
+    ) -> LadderOut:
         """Rewards of tree nodes -> [N] (NaN where not requested). ``cond``, ``prompts`` and
         ``metadata`` have one row per root, indexed by ``tree.root``."""
         n_nodes, t = tree.num_nodes, tree.sigmas.numel() - 1
@@ -128,14 +157,25 @@ class RewardLadder:
         order = sorted(range(n_nodes), key=lambda n: -int(tree.step[n]))  # children before parents
         for c in order:
             p = int(tree.parent[c])
-            if p >= 0 and float(tree.noise_level[c]) == 0.0 and float(tree.std[c]) == 0.0 \
-                    and self._shares_next(sigmas, int(tree.step[p]), True):
+            if (
+                p >= 0
+                and float(tree.noise_level[c]) == 0.0
+                and float(tree.std[c]) == 0.0
+                and self._shares_next(sigmas, int(tree.step[p]), True)
+            ):
                 canon[p] = canon[c]
         uniq = sorted(set(canon[n] for n in nodes))
         states = tree.latents[uniq] if uniq else tree.latents[:0]
-        scores, nfe, done, _ = self._score(states, [int(tree.step[n]) for n in uniq],
-                                           [int(tree.root[n]) for n in uniq], [None] * len(uniq),
-                                           sigmas, cond, prompts, metadata)
+        scores, nfe, done, _ = self._score(
+            states,
+            [int(tree.step[n]) for n in uniq],
+            [int(tree.root[n]) for n in uniq],
+            [None] * len(uniq),
+            sigmas,
+            cond,
+            prompts,
+            metadata,
+        )
         out = torch.full((n_nodes,), float("nan"))
         lookup = dict(zip(uniq, scores.tolist()))
         for n in nodes:
@@ -147,8 +187,10 @@ class RewardLadder:
     def _prompts(prompts, cond: Cond, rows: int) -> list[str]:
         prompts = list(prompts) if prompts is not None else cond.prompts
         if prompts is None or len(prompts) != rows:
-            raise ValueError(f"the ladder needs {rows} prompts for the reward: pass prompts=[...] or a Cond "
-                             f"with .prompts (got {None if prompts is None else len(prompts)}).")
+            raise ValueError(
+                f"the ladder needs {rows} prompts for the reward: pass prompts=[...] or a Cond "
+                f"with .prompts (got {None if prompts is None else len(prompts)})."
+            )
         return prompts
 
     # --- core ----------------------------------------------------------------------------------
@@ -160,8 +202,17 @@ class RewardLadder:
                 memo[row] = b"".join(_digest(v[row]) for _, v in sorted(cond.embeds.items()))
         return memo[row]
 
-    def _score(self, states: Tensor, starts: list[int], rows: list[int], v0: list[Tensor | None], sigmas: Tensor,
-               cond: Cond, prompts: list[str], metadata: dict[str, Any]) -> tuple[Tensor, int, int, int]:
+    def _score(
+        self,
+        states: Tensor,
+        starts: list[int],
+        rows: list[int],
+        v0: list[Tensor | None],
+        sigmas: Tensor,
+        cond: Cond,
+        prompts: list[str],
+        metadata: dict[str, Any],
+    ) -> tuple[Tensor, int, int, int]:
         """Rewards [K] of states [K, *S] at grid indices ``starts``, cond rows ``rows``; dedup + cache."""
         memo: dict[int, Any] = {}
         keys = [(s, _digest(x), self._row_key(cond, r, prompts, memo)) for x, s, r in zip(states, starts, rows)]
@@ -169,8 +220,9 @@ class RewardLadder:
         todo = [first.setdefault(k, i) for i, k in enumerate(keys) if k not in self.cache and k not in first]
         nfe0 = self.model.nfe
         if todo:
-            finals = self._finish(states[todo], [starts[i] for i in todo], [rows[i] for i in todo],
-                                  [v0[i] for i in todo], sigmas, cond)
+            finals = self._finish(
+                states[todo], [starts[i] for i in todo], [rows[i] for i in todo], [v0[i] for i in todo], sigmas, cond
+            )
             rows_t = [rows[i] for i in todo]
             meta = {k: _take(v, rows_t) for k, v in metadata.items()}
             vals = []
@@ -189,8 +241,9 @@ class RewardLadder:
         return out, self.model.nfe - nfe0, len(todo), len(keys) - len(todo)
 
     @torch.no_grad()
-    def _finish(self, x: Tensor, starts: list[int], rows: list[int], v0: list[Tensor | None], sigmas: Tensor,
-                cond: Cond) -> Tensor:
+    def _finish(
+        self, x: Tensor, starts: list[int], rows: list[int], v0: list[Tensor | None], sigmas: Tensor, cond: Cond
+    ) -> Tensor:
         """Staircase batching: every state walks its grid; at index i all states sitting there take
         their step together. Mode 'x0' takes the single jump x - sigma v (= Euler step to sigma 0)."""
         x = x.float().clone()
@@ -207,7 +260,7 @@ class RewardLadder:
                 if pos[k] == 0 and v0[k] is not None:
                     v[a] = v0[k].to(device)
             for c in range(0, len(need), self.max_batch):
-                idx = need[c:c + self.max_batch]
+                idx = need[c : c + self.max_batch]
                 ks = [active[a] for a in idx]
                 v[idx] = self.model.velocity(x[ks], sigmas[i], cond.select([rows[k] for k in ks])).float()
             s_next = torch.stack([sigmas[grids[k][pos[k] + 1]] for k in active])

@@ -14,6 +14,7 @@ As Flow-GRPO's ``multi_score({name: weight})`` (reference-flow-grpo.md section 1
   statistics, ``num_invalid[name]`` counts them and a warning names the component.
 Components are returned detached (for logging); ``total`` keeps the graph when the inputs have one.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -29,8 +30,14 @@ NORMALIZE = ("none", "batch", "running")
 
 
 class MultiReward(nn.Module):
-    def __init__(self, weights: dict[str, float], rewards: dict[str, Reward] | None = None,
-                 normalize: str = "none", eps: float = 1e-6, **reward_kwargs: dict[str, Any]):
+    def __init__(
+        self,
+        weights: dict[str, float],
+        rewards: dict[str, Reward] | None = None,
+        normalize: str = "none",
+        eps: float = 1e-6,
+        **reward_kwargs: dict[str, Any],
+    ):
         """``weights`` {name: weight}; ``rewards`` {name: Reward} for names already built, the rest
         are built with ``load_reward(name, **reward_kwargs[name])``."""
         super().__init__()
@@ -79,9 +86,13 @@ class MultiReward(nn.Module):
             n_bad = int((~finite).sum())
             if n_bad:
                 self.num_invalid[name] += n_bad
-                warnings.warn(f"MultiReward: '{name}' returned {n_bad} NaN/inf score(s) in a batch of {b}; "
-                              f"those samples are masked (Scores.valid False, total NaN). "
-                              f"Total so far: {self.num_invalid[name]}.", RuntimeWarning, stacklevel=2)
+                warnings.warn(
+                    f"MultiReward: '{name}' returned {n_bad} NaN/inf score(s) in a batch of {b}; "
+                    f"those samples are masked (Scores.valid False, total NaN). "
+                    f"Total so far: {self.num_invalid[name]}.",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
             valid &= finite
         total = torch.zeros(b, device=valid.device)
         for name, r in raw.items():

@@ -8,6 +8,7 @@ rescale / normalise is replaced by torch ops with the processor's own size, mean
 (``base.preprocess``), so the score is differentiable; ``divisor`` rescales the score (Flow-GRPO
 divides by 26 to land near [0, 1]).
 """
+
 from __future__ import annotations
 
 import os
@@ -20,12 +21,16 @@ from .base import Reward, is_hub_id, preprocess, unique_prompts, weights_error
 
 MODEL_HUB_ID = "yuvalkirstain/PickScore_v1"
 PROCESSOR_HUB_ID = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
-EXPECTED = ["config.json + model.safetensors | pytorch_model.bin (CLIPModel)",
-            "preprocessor_config.json | processor_config.json + tokenizer files (tokenizer.json | vocab.json + "
-            "merges.txt) (CLIPProcessor)"]
-HOW = (f"save the model ({MODEL_HUB_ID}) and the processor ({PROCESSOR_HUB_ID}) locally and pass "
-       f"load_reward('pickscore', path=MODEL_DIR, processor=PROCESSOR_DIR) (one directory may hold both); "
-       f"or pass the hub ids (network).")
+EXPECTED = [
+    "config.json + model.safetensors | pytorch_model.bin (CLIPModel)",
+    "preprocessor_config.json | processor_config.json + tokenizer files (tokenizer.json | vocab.json + "
+    "merges.txt) (CLIPProcessor)",
+]
+HOW = (
+    f"save the model ({MODEL_HUB_ID}) and the processor ({PROCESSOR_HUB_ID}) locally and pass "
+    f"load_reward('pickscore', path=MODEL_DIR, processor=PROCESSOR_DIR) (one directory may hold both); "
+    f"or pass the hub ids (network)."
+)
 
 
 def _features(out) -> Tensor:
@@ -66,8 +71,13 @@ def _check_dir(path: str, need: list[list[str]], what: str) -> None:
     if not os.path.isdir(path):
         return
     if not any(all(os.path.isfile(os.path.join(path, f)) for f in option) for option in need):
-        raise weights_error("pickscore", EXPECTED, HOW, f"{what} directory {path} lacks "
-                            f"{' or '.join(' + '.join(o) for o in need)} (it has {sorted(os.listdir(path))[:20]}).")
+        raise weights_error(
+            "pickscore",
+            EXPECTED,
+            HOW,
+            f"{what} directory {path} lacks "
+            f"{' or '.join(' + '.join(o) for o in need)} (it has {sorted(os.listdir(path))[:20]}).",
+        )
 
 
 def load_pickscore(path=None, processor=None, divisor: float = 1.0, device=None, dtype=None) -> PickScoreReward:
@@ -82,14 +92,25 @@ def load_pickscore(path=None, processor=None, divisor: float = 1.0, device=None,
         if not os.path.isdir(p) and not is_hub_id(p):
             raise weights_error("pickscore", EXPECTED, HOW, f"{p!r} is neither a directory nor a hub id.")
     _check_dir(path, [["config.json", "model.safetensors"], ["config.json", "pytorch_model.bin"]], "model")
-    _check_dir(processor, [[cfg, *tok] for cfg in ("preprocessor_config.json", "processor_config.json")
-                           for tok in (["tokenizer.json"], ["vocab.json", "merges.txt"])], "processor")
+    _check_dir(
+        processor,
+        [
+            [cfg, *tok]
+            for cfg in ("preprocessor_config.json", "processor_config.json")
+            for tok in (["tokenizer.json"], ["vocab.json", "merges.txt"])
+        ],
+        "processor",
+    )
     try:
         model = CLIPModel.from_pretrained(path)
         proc = CLIPProcessor.from_pretrained(processor)
     except Exception as e:
-        raise weights_error("pickscore", EXPECTED, HOW, f"cannot load from {path!r} / {processor!r} "
-                            f"({type(e).__name__}: {str(e)[:300]}).") from e
+        raise weights_error(
+            "pickscore",
+            EXPECTED,
+            HOW,
+            f"cannot load from {path!r} / {processor!r} ({type(e).__name__}: {str(e)[:300]}).",
+        ) from e
     return PickScoreReward(model, proc, divisor=divisor).to(device=device, dtype=dtype)
 
 

@@ -11,6 +11,7 @@
   [0, 1] (as the artifact reward); ``"logodds"``: r = -logit = log P(clean) / P(artifact).
 Prompts outside the testbed grammar are one clear ValueError (``world.parse_prompt``).
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -20,8 +21,10 @@ from torch import Tensor, nn
 
 from .base import Reward, weights_error
 
-HOW = ("the testbed scorers ship in assets/testbed/scorers (or $FLOWALIGN_TESTBED_DIR); rebuild them with "
-       "`python scripts/train_testbed.py`, or pass path=ASSETS_DIR.")
+HOW = (
+    "the testbed scorers ship in assets/testbed/scorers (or $FLOWALIGN_TESTBED_DIR); rebuild them with "
+    "`python scripts/train_testbed.py`, or pass path=ASSETS_DIR."
+)
 
 
 def _load(kind: str, path, device) -> nn.Module:
@@ -30,8 +33,9 @@ def _load(kind: str, path, device) -> nn.Module:
     try:
         return load_scorer(kind, path, device or "cpu")
     except (ValueError, OSError) as e:
-        raise weights_error(f"testbed {kind}", [f"scorers/{kind}.safetensors", f"scorers/{kind}.json"], HOW,
-                            str(e)) from e
+        raise weights_error(
+            f"testbed {kind}", [f"scorers/{kind}.safetensors", f"scorers/{kind}.json"], HOW, str(e)
+        ) from e
 
 
 class CompositionalReward(Reward):
@@ -57,8 +61,13 @@ class CompositionalReward(Reward):
     def details(self, images: Tensor, prompts: list[str]) -> dict[str, Tensor]:
         """fraction [B], all_correct [B] bool, soft_fraction [B], clause correct / mask [B, K]."""
         out = self.checker(images.to(self.device), list(prompts))
-        return {"fraction": out.fraction, "all_correct": out.all_correct, "soft_fraction": out.soft_fraction,
-                "clause_correct": out.correct, "clause_mask": out.mask}
+        return {
+            "fraction": out.fraction,
+            "all_correct": out.all_correct,
+            "soft_fraction": out.soft_fraction,
+            "clause_correct": out.correct,
+            "clause_mask": out.mask,
+        }
 
 
 class AestheticProxyReward(Reward):

@@ -12,10 +12,11 @@ and draw no random numbers. Two hooks make it reusable:
 ``log_prob_at`` recomputes a stored transition under the current weights (training), and
 ``complete`` finishes states with ODE steps (reward ladders, FK look-ahead, G^2RPO).
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import Tensor
@@ -44,13 +45,17 @@ def check_rollout_args(sigmas: Tensor, noise_levels: Tensor, batch_size: int, ge
     if bool((sigmas[1:] >= sigmas[:-1]).any()):
         raise ValueError(f"sigmas must decrease strictly (1 = noise -> 0 = data), got {sigmas.tolist()}.")
     if noise_levels.shape != (sigmas.numel() - 1,):
-        raise ValueError(f"noise_levels has shape {tuple(noise_levels.shape)}, expected "
-                         f"({sigmas.numel() - 1},) = one level per step.")
+        raise ValueError(
+            f"noise_levels has shape {tuple(noise_levels.shape)}, expected "
+            f"({sigmas.numel() - 1},) = one level per step."
+        )
     if bool((noise_levels < 0).any()):
         raise ValueError(f"noise_level must be >= 0, got {noise_levels.min().item():g}; 0 = ODE step.")
     if isinstance(generator, (list, tuple)) and len(generator) != batch_size:
-        raise ValueError(f"got {len(generator)} generators for a batch of {batch_size}; pass one "
-                         f"torch.Generator or exactly {batch_size}.")
+        raise ValueError(
+            f"got {len(generator)} generators for a batch of {batch_size}; pass one "
+            f"torch.Generator or exactly {batch_size}."
+        )
 
 
 def as_noise_levels(noise_levels: Tensor | float | None, num_steps: int) -> Tensor:
@@ -61,11 +66,19 @@ def as_noise_levels(noise_levels: Tensor | float | None, num_steps: int) -> Tens
     return noise_table(num_steps, t) if t.ndim == 0 else t.float().cpu()
 
 
-def rollout(model, cond: Cond, x: Tensor, sigmas: Tensor, step: str | Callable = "flow_sde",
-            noise_levels: Tensor | float | None = None, *, generator=None,
-            on_step: Callable[[StepContext], Tensor | None] | None = None,
-            guidance: Callable[[StepContext], Tensor | None] | None = None,
-            keep_x0: bool = False) -> Rollout:
+def rollout(
+    model,
+    cond: Cond,
+    x: Tensor,
+    sigmas: Tensor,
+    step: str | Callable = "flow_sde",
+    noise_levels: Tensor | float | None = None,
+    *,
+    generator=None,
+    on_step: Callable[[StepContext], Tensor | None] | None = None,
+    guidance: Callable[[StepContext], Tensor | None] | None = None,
+    keep_x0: bool = False,
+) -> Rollout:
     """Sample trajectories from ``x`` at ``sigmas[0]`` down to ``sigmas[-1]``.
 
     x [B, *S]; sigmas [T+1]; noise_levels [T] (see ``as_noise_levels``). Returns a ``Rollout``
@@ -98,13 +111,20 @@ def rollout(model, cond: Cond, x: Tensor, sigmas: Tensor, step: str | Callable =
                 states = [t[index] for t in states]
                 log_probs = [t[index] for t in log_probs]
                 x0_preds = [t[index] for t in x0_preds]
-    return Rollout(latents=torch.stack(states, 1), log_probs=torch.stack(log_probs, 1), sigmas=sigmas,
-                   noise_levels=levels, step=step_name(step),
-                   x0_preds=torch.stack(x0_preds, 1) if keep_x0 else None, nfe=model.nfe - nfe0)
+    return Rollout(
+        latents=torch.stack(states, 1),
+        log_probs=torch.stack(log_probs, 1),
+        sigmas=sigmas,
+        noise_levels=levels,
+        step=step_name(step),
+        x0_preds=torch.stack(x0_preds, 1) if keep_x0 else None,
+        nfe=model.nfe - nfe0,
+    )
 
 
-def log_prob_at(model, cond: Cond, rollout: Rollout, j: int, step: str | Callable | None = None,
-                drift: Tensor | None = None) -> StepOut:
+def log_prob_at(
+    model, cond: Cond, rollout: Rollout, j: int, step: str | Callable | None = None, drift: Tensor | None = None
+) -> StepOut:
     """Recompute step ``j`` of stored trajectories under the current weights (with gradients if
     enabled): the velocity at ``latents[:, j]`` and the log-prob of the stored ``latents[:, j+1]``."""
     x, x_next = rollout.latents[:, j], rollout.latents[:, j + 1]
@@ -114,8 +134,7 @@ def log_prob_at(model, cond: Cond, rollout: Rollout, j: int, step: str | Callabl
     return fn(x, v, rollout.sigmas[j], rollout.sigmas[j + 1], level, x_next=x_next, drift=drift)
 
 
-def completion_grid(sigmas: Tensor, start: int, num_steps: int | None = None,
-                    stride: int | None = None) -> Tensor:
+def completion_grid(sigmas: Tensor, start: int, num_steps: int | None = None, stride: int | None = None) -> Tensor:
     """Sub-grid of ``sigmas`` from index ``start`` to the end used for an ODE completion:
     every remaining point (default), every ``stride``-th point, or ``num_steps`` evenly spaced
     steps; always ends at sigmas[-1]."""
@@ -140,8 +159,9 @@ def completion_grid(sigmas: Tensor, start: int, num_steps: int | None = None,
 
 
 @torch.no_grad()
-def complete(model, cond: Cond, x: Tensor, sigmas: Tensor, start: int, *, num_steps: int | None = None,
-             stride: int | None = None) -> tuple[Tensor, int]:
+def complete(
+    model, cond: Cond, x: Tensor, sigmas: Tensor, start: int, *, num_steps: int | None = None, stride: int | None = None
+) -> tuple[Tensor, int]:
     """ODE completion of states x [B, *S] at ``sigmas[start]`` down to 0 -> (final [B, *S], nfe)."""
     grid = completion_grid(torch.as_tensor(sigmas, dtype=torch.float32).cpu(), start, num_steps, stride)
     nfe0 = model.nfe

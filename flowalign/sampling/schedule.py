@@ -12,6 +12,7 @@
   ``steps_noise_table`` builds one from a step list such as ``"6-15"`` (``parse_steps``), the form
   the command lines and the steering entry point take.
 """
+
 from __future__ import annotations
 
 import math
@@ -43,8 +44,13 @@ def shifted_sigmas(num_steps: int, shift: float = 3.0) -> Tensor:
     return torch.cat([torch.from_numpy(sigmas).float(), torch.zeros(1)])
 
 
-def flux_mu(image_seq_len: int, base_seq_len: int = 256, max_seq_len: int = 4096,
-            base_shift: float = 0.5, max_shift: float = 1.15) -> float:
+def flux_mu(
+    image_seq_len: int,
+    base_seq_len: int = 256,
+    max_seq_len: int = 4096,
+    base_shift: float = 0.5,
+    max_shift: float = 1.15,
+) -> float:
     """Flux's resolution-dependent shift: linear in the packed image sequence length."""
     m = (max_shift - base_shift) / (max_seq_len - base_seq_len)
     return image_seq_len * m + (base_shift - m * base_seq_len)
@@ -74,27 +80,33 @@ def window_mask(num_steps: int, size: int | None = None, start: int = 0) -> Tens
         mask[-1] = num_steps == 1
         return mask
     if not 1 <= size <= num_steps or not 0 <= start <= num_steps - size:
-        raise ValueError(f"SDE window of size {size} starting at step {start} does not fit in "
-                         f"{num_steps} steps; need 1 <= size <= {num_steps} and 0 <= start <= "
-                         f"{num_steps} - size.")
+        raise ValueError(
+            f"SDE window of size {size} starting at step {start} does not fit in "
+            f"{num_steps} steps; need 1 <= size <= {num_steps} and 0 <= start <= "
+            f"{num_steps} - size."
+        )
     mask = torch.zeros(num_steps, dtype=torch.bool)
-    mask[start:start + size] = True
+    mask[start : start + size] = True
     return mask
 
 
-def random_window(num_steps: int, size: int, lo: int = 0, hi: int | None = None,
-                  rng: random.Random | None = None) -> Tensor:
+def random_window(
+    num_steps: int, size: int, lo: int = 0, hi: int | None = None, rng: random.Random | None = None
+) -> Tensor:
     """Flow-GRPO-Fast: a window of ``size`` steps with a uniform start in [lo, hi - size]."""
     hi = num_steps if hi is None else hi
     if not 0 <= lo < hi <= num_steps or size > hi - lo:
-        raise ValueError(f"window range [{lo}, {hi}) with size {size} does not fit in {num_steps} "
-                         f"steps; need 0 <= lo < hi <= {num_steps} and size <= hi - lo.")
+        raise ValueError(
+            f"window range [{lo}, {hi}) with size {size} does not fit in {num_steps} "
+            f"steps; need 0 <= lo < hi <= {num_steps} and size <= hi - lo."
+        )
     start = (rng or random).randint(lo, hi - size)
     return window_mask(num_steps, size, start)
 
 
-def progressive_window(num_steps: int, size: int, iteration: int, every: int = 25,
-                       stride: int = 1, last_start: int | None = None) -> Tensor:
+def progressive_window(
+    num_steps: int, size: int, iteration: int, every: int = 25, stride: int = 1, last_start: int | None = None
+) -> Tensor:
     """MixGRPO: the window starts at step 0 and moves ``stride`` steps later every ``every``
     iterations, up to ``last_start`` (default ``num_steps - size``), then starts over."""
     last = num_steps - size if last_start is None else last_start
@@ -135,8 +147,10 @@ def parse_steps(spec, what: str = "steps") -> list[int] | None:
     for part in (p.strip() for p in spec.split(",")):
         lo, dash, hi = part.partition("-")
         if not lo.strip().isdigit() or (dash and not hi.strip().isdigit()) or (dash and int(hi) < int(lo)):
-            raise ValueError(f"{what}={spec!r}: {part!r} is not a step or a range LO-HI of 0-based steps; "
-                             f"pass e.g. '6-15', '4,8,12' or 'all'.")
+            raise ValueError(
+                f"{what}={spec!r}: {part!r} is not a step or a range LO-HI of 0-based steps; "
+                f"pass e.g. '6-15', '4,8,12' or 'all'."
+            )
         out.update(range(int(lo), int(hi) + 1) if dash else [int(lo)])
     return sorted(out)
 
@@ -150,8 +164,10 @@ def steps_noise_table(num_steps: int, noise_level: float | Tensor, steps) -> Ten
     _check_steps(num_steps)
     bad = [i for i in idx if not 0 <= i < num_steps]
     if bad:
-        raise ValueError(f"noise_steps {bad} lie outside the {num_steps} steps (0 .. {num_steps - 1}); "
-                         f"pass steps in that range, e.g. '{num_steps // 3}-{num_steps - 1}'.")
+        raise ValueError(
+            f"noise_steps {bad} lie outside the {num_steps} steps (0 .. {num_steps - 1}); "
+            f"pass steps in that range, e.g. '{num_steps // 3}-{num_steps - 1}'."
+        )
     mask = torch.zeros(num_steps, dtype=torch.bool)
     mask[idx] = True
     return noise_table(num_steps, noise_level, mask)

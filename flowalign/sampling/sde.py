@@ -31,10 +31,11 @@ displacement added to the mean, e.g. ``dt * guidance``; the returned log-prob is
 kernel — score the same ``x_next`` without ``drift`` to get the unguided density).
 All math is fp32 whatever the input dtype. No state is kept between calls.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -93,8 +94,9 @@ def ode(x, v, sigma, sigma_next, noise_level=0.0, *, noise=None, x_next=None, ge
     if drift is not None:
         mean = mean + drift.float()
     zeros = x.new_zeros(x.shape[0])
-    return StepOut(x_next=mean if x_next is None else x_next.float(), mean=mean, std=zeros,
-                   log_prob=zeros, x0_pred=x - s * v)
+    return StepOut(
+        x_next=mean if x_next is None else x_next.float(), mean=mean, std=zeros, log_prob=zeros, x0_pred=x - s * v
+    )
 
 
 def _reverse_sde(x, v, s, s_next, g):
@@ -144,8 +146,18 @@ def flowgrpo_cps_log_prob(x_next: Tensor, mean: Tensor, std: Tensor) -> Tensor:
 def cps_flowgrpo(x, v, sigma, sigma_next, noise_level, *, noise=None, x_next=None, generator=None, drift=None):
     x, v, s, s_next = _prep(x, v, sigma, sigma_next)
     mean, std = _cps_kernel(x, v, s, s_next, noise_level)
-    return _finish(x, v, s, mean, std, noise=noise, x_next=x_next, generator=generator, drift=drift,
-                   log_prob_fn=flowgrpo_cps_log_prob)
+    return _finish(
+        x,
+        v,
+        s,
+        mean,
+        std,
+        noise=noise,
+        x_next=x_next,
+        generator=generator,
+        drift=drift,
+        log_prob_fn=flowgrpo_cps_log_prob,
+    )
 
 
 StepFn = Callable[..., StepOut]
@@ -164,8 +176,10 @@ def get_step(kind: str | StepFn) -> StepFn:
     if callable(kind):
         return kind
     if kind not in STEPS:
-        raise ValueError(f"unknown step kind {kind!r}; choose one of {sorted(STEPS)} "
-                         f"(or add a function to flowalign.sampling.sde.STEPS).")
+        raise ValueError(
+            f"unknown step kind {kind!r}; choose one of {sorted(STEPS)} "
+            f"(or add a function to flowalign.sampling.sde.STEPS)."
+        )
     return STEPS[kind]
 
 

@@ -15,10 +15,11 @@ Options and departures:
   standard normal, so its log-prob under the kernel is exact (BranchGRPO's code instead scales the
   noise and scores it with the unscaled std; not reproduced).
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -44,20 +45,25 @@ class TreeSpec:
     def check(self, num_steps: int, noise_levels: Tensor | None = None) -> None:
         steps, factors = list(self.split_steps), self.factors()
         if any(not isinstance(j, int) or not 0 <= j < num_steps for j in steps):
-            raise ValueError(f"split_steps={steps} must be step indices in [0, {num_steps - 1}] "
-                             f"for a {num_steps}-step grid.")
+            raise ValueError(
+                f"split_steps={steps} must be step indices in [0, {num_steps - 1}] for a {num_steps}-step grid."
+            )
         if any(b <= a for a, b in zip(steps, steps[1:])):
             raise ValueError(f"split_steps={steps} must be strictly increasing, e.g. {sorted(set(steps))}.")
         if len(factors) != len(steps):
-            raise ValueError(f"branch_factor has {len(factors)} values for {len(steps)} split steps; "
-                             f"give one value or one per split.")
+            raise ValueError(
+                f"branch_factor has {len(factors)} values for {len(steps)} split steps; "
+                f"give one value or one per split."
+            )
         if any(not isinstance(k, int) or k < 1 for k in factors):
             raise ValueError(f"branch_factor={list(factors)} must be ints >= 1.")
         if noise_levels is not None:
             dead = [j for j, k in zip(steps, factors) if k > 1 and float(noise_levels[j]) <= 0]
             if dead:
-                raise ValueError(f"split steps {dead} have noise level 0, so their children would be "
-                                 f"identical; give those steps a noise level > 0.")
+                raise ValueError(
+                    f"split steps {dead} have noise level 0, so their children would be "
+                    f"identical; give those steps a noise level > 0."
+                )
 
     def num_leaves(self) -> int:
         n = 1
@@ -66,9 +72,18 @@ class TreeSpec:
         return n
 
 
-def tree_rollout(model, cond: Cond, x: Tensor, sigmas: Tensor, spec: TreeSpec,
-                 step: str | Callable = "flow_sde", noise_levels: Tensor | float | None = None, *,
-                 generator=None, keep_mean: bool = False) -> TreeRollout:
+def tree_rollout(
+    model,
+    cond: Cond,
+    x: Tensor,
+    sigmas: Tensor,
+    spec: TreeSpec,
+    step: str | Callable = "flow_sde",
+    noise_levels: Tensor | float | None = None,
+    *,
+    generator=None,
+    keep_mean: bool = False,
+) -> TreeRollout:
     """Grow one tree per row of x [B, *S] (its root) over the grid ``sigmas`` [T+1]."""
     step_fn = get_step(step)
     sigmas = torch.as_tensor(sigmas, dtype=torch.float32).cpu()
@@ -82,9 +97,16 @@ def tree_rollout(model, cond: Cond, x: Tensor, sigmas: Tensor, spec: TreeSpec,
     n_splits = max(len(spec.split_steps), 1)
     nfe0, b = model.nfe, x.shape[0]
     ids = torch.arange(b)
-    nodes = dict(latents=[x.float()], parent=[torch.full((b,), -1)], step=[torch.zeros(b, dtype=torch.long)],
-                 depth=[torch.zeros(b, dtype=torch.long)], root=[ids], log_prob=[torch.zeros(b)],
-                 std=[torch.zeros(b)], noise_level=[torch.zeros(b)])
+    nodes = dict(
+        latents=[x.float()],
+        parent=[torch.full((b,), -1)],
+        step=[torch.zeros(b, dtype=torch.long)],
+        depth=[torch.zeros(b, dtype=torch.long)],
+        root=[ids],
+        log_prob=[torch.zeros(b)],
+        std=[torch.zeros(b)],
+        noise_level=[torch.zeros(b)],
+    )
     if keep_mean:
         nodes["mean"] = [x.float()]
     fx, fid, fdepth, froot, fcond = x.float(), ids, torch.zeros(b, dtype=torch.long), ids, cond
@@ -108,14 +130,24 @@ def tree_rollout(model, cond: Cond, x: Tensor, sigmas: Tensor, spec: TreeSpec,
         fx, fid = out.x_next, new_ids
     cat = {key: torch.cat(val) for key, val in nodes.items()}
     std = cat["std"]
-    return TreeRollout(latents=cat["latents"], parent=cat["parent"], step=cat["step"], depth=cat["depth"],
-                       root=cat["root"], log_prob=cat["log_prob"], mean=cat.get("mean"),
-                       std=std, noise_level=cat["noise_level"], trainable=std > 0, sigmas=sigmas,
-                       step_kind=step_name(step), nfe=model.nfe - nfe0)
+    return TreeRollout(
+        latents=cat["latents"],
+        parent=cat["parent"],
+        step=cat["step"],
+        depth=cat["depth"],
+        root=cat["root"],
+        log_prob=cat["log_prob"],
+        mean=cat.get("mean"),
+        std=std,
+        noise_level=cat["noise_level"],
+        trainable=std > 0,
+        sigmas=sigmas,
+        step_kind=step_name(step),
+        nfe=model.nfe - nfe0,
+    )
 
 
-def _append(nodes: dict, out: StepOut, parent: Tensor, step: int, depth: Tensor, root: Tensor,
-            level: Tensor) -> None:
+def _append(nodes: dict, out: StepOut, parent: Tensor, step: int, depth: Tensor, root: Tensor, level: Tensor) -> None:
     n = parent.numel()
     nodes["latents"].append(out.x_next)
     nodes["parent"].append(parent)
@@ -129,8 +161,9 @@ def _append(nodes: dict, out: StepOut, parent: Tensor, step: int, depth: Tensor,
         nodes["mean"].append(out.mean)
 
 
-def edge_log_prob(model, cond: Cond, tree: TreeRollout, nodes: Sequence[int] | Tensor,
-                  step: str | Callable | None = None) -> StepOut:
+def edge_log_prob(
+    model, cond: Cond, tree: TreeRollout, nodes: Sequence[int] | Tensor, step: str | Callable | None = None
+) -> StepOut:
     """Recompute the edges into ``nodes`` under the current weights (batched, mixed steps allowed).
     ``cond`` is the per-root conditioning the tree was grown with."""
     nodes = torch.as_tensor(nodes, dtype=torch.long)

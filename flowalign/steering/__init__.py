@@ -9,10 +9,12 @@
 Every method returns a ``SteerResult`` (chosen latents and rewards per prompt, NFE spent, the
 candidates) and accepts ``nfe_budget`` (model evaluations per prompt).
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
-from typing import Any, Callable
+from typing import Any
 
 from .common import LatentReward, SteerResult, VelocityCache, default_schedule
 from .dts import tree_search
@@ -37,5 +39,19 @@ def steer(method: str, model: Any, prompts: Any, reward: Any, **kwargs: Any) -> 
     return SEARCH[method](model, prompts, reward, **kwargs)
 
 
-__all__ = ["POTENTIALS", "RESAMPLERS", "SEARCH", "FKSteering", "LatentReward", "SteerResult", "VelocityCache",
-           "beam_search", "best_of_n", "default_schedule", "ess", "fk_steer", "steer", "tree_search"]
+__all__ = [
+    "POTENTIALS",
+    "RESAMPLERS",
+    "SEARCH",
+    "FKSteering",
+    "LatentReward",
+    "SteerResult",
+    "VelocityCache",
+    "beam_search",
+    "best_of_n",
+    "default_schedule",
+    "ess",
+    "fk_steer",
+    "steer",
+    "tree_search",
+]

@@ -11,11 +11,13 @@ velocity cache so look-aheads cost no extra model call, the result record and th
   model. Entries are keyed by the exact bytes of the state, so resampled copies hit; served
   entries are kept until a call at another sigma arrives. NFE counts only real evaluations.
 """
+
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -46,8 +48,10 @@ class LatentReward:
 
             reward = load_reward(reward)
         if not callable(reward):
-            raise ValueError(f"reward must be a reward name, a flowalign Reward or a callable "
-                             f"(images, prompts) -> [B], got {type(reward).__name__}.")
+            raise ValueError(
+                f"reward must be a reward name, a flowalign Reward or a callable "
+                f"(images, prompts) -> [B], got {type(reward).__name__}."
+            )
         self.reward, self.model, self.max_batch = reward, model, max_batch
         self.name = getattr(reward, "name", getattr(reward, "__name__", type(reward).__name__))
         self.differentiable = getattr(reward, "differentiable", None)  # None = unknown (plain callable)
@@ -110,8 +114,10 @@ class VelocityCache:
     def _cond_keys(cond: Cond, rows: int) -> list:
         if cond.prompts is not None and len(cond.prompts) == rows:
             return [(p, float(cond.guidance_scale)) for p in cond.prompts]
-        return [tuple(row_hashes(v.reshape(rows, -1)[i:i + 1])[0] for _, v in sorted(cond.embeds.items()))
-                for i in range(rows)]
+        return [
+            tuple(row_hashes(v.reshape(rows, -1)[i : i + 1])[0] for _, v in sorted(cond.embeds.items()))
+            for i in range(rows)
+        ]
 
     def _keys(self, x: Tensor, cond: Cond) -> list[tuple]:
         return list(zip(row_hashes(x), self._cond_keys(cond, x.shape[0])))
@@ -171,8 +177,10 @@ def check_particles(n: Any, what: str = "num_particles") -> int:
 
 def check_lam(lam: Any) -> float:
     if not isinstance(lam, (int, float)) or isinstance(lam, bool) or not lam >= 0 or lam == float("inf"):
-        raise ValueError(f"lam={lam!r} must be a finite float >= 0 (the inverse temperature of the "
-                         f"tilt p(x) exp(lam r(x))); use lam=0 for the base model or e.g. lam=10.")
+        raise ValueError(
+            f"lam={lam!r} must be a finite float >= 0 (the inverse temperature of the "
+            f"tilt p(x) exp(lam r(x))); use lam=0 for the base model or e.g. lam=10."
+        )
     return float(lam)
 
 
@@ -182,8 +190,9 @@ def noise_levels(noise_level: Any, num_steps: int, method: str, noise_steps: Any
     if noise_steps is None:
         return as_noise_levels(noise_level, num_steps)
     if noise_level is None:
-        raise ValueError(f"{method}: noise_steps={noise_steps!r} needs a noise level; pass e.g. step='flow_sde', "
-                         f"noise_level=0.7.")
+        raise ValueError(
+            f"{method}: noise_steps={noise_steps!r} needs a noise level; pass e.g. step='flow_sde', noise_level=0.7."
+        )
     return steps_noise_table(num_steps, noise_level, noise_steps)
 
 
@@ -192,9 +201,11 @@ def stochastic_levels(step: Any, noise_level: Any, num_steps: int, method: str, 
     branched copy of a particle would then stay identical to its source forever)."""
     levels = noise_levels(noise_level, num_steps, method, noise_steps)
     if step_name(step) == "ode" or not bool((levels > 0).any()):
-        raise ValueError(f"{method} needs a stochastic sampler, but step={step_name(step)!r} with "
-                         f"noise_level={noise_level!r} is deterministic (copies of a particle would "
-                         f"stay identical); pass e.g. step='flow_sde', noise_level=0.7.")
+        raise ValueError(
+            f"{method} needs a stochastic sampler, but step={step_name(step)!r} with "
+            f"noise_level={noise_level!r} is deterministic (copies of a particle would "
+            f"stay identical); pass e.g. step='flow_sde', noise_level=0.7."
+        )
     return levels
 
 
@@ -202,9 +213,11 @@ def check_budget(nfe_budget: Any, one_rollout: int, method: str) -> int | None:
     if nfe_budget is None:
         return None
     if isinstance(nfe_budget, bool) or not isinstance(nfe_budget, int) or nfe_budget < one_rollout:
-        raise ValueError(f"nfe_budget={nfe_budget!r} is smaller than one rollout ({one_rollout} model "
-                         f"evaluations per prompt for this grid) so {method} cannot return a sample; "
-                         f"pass nfe_budget >= {one_rollout}.")
+        raise ValueError(
+            f"nfe_budget={nfe_budget!r} is smaller than one rollout ({one_rollout} model "
+            f"evaluations per prompt for this grid) so {method} cannot return a sample; "
+            f"pass nfe_budget >= {one_rollout}."
+        )
     return nfe_budget
 
 
@@ -216,8 +229,10 @@ def check_steps_in_grid(steps: Sequence[int] | str, num_steps: int, what: str = 
     steps = list(steps)
     bad = [j for j in steps if isinstance(j, bool) or not isinstance(j, int) or not 0 <= j < num_steps]
     if bad:
-        raise ValueError(f"{what}={steps} has {bad} outside the schedule: steps are 0-based indices "
-                         f"in [0, {num_steps - 1}] for a {num_steps}-step grid.")
+        raise ValueError(
+            f"{what}={steps} has {bad} outside the schedule: steps are 0-based indices "
+            f"in [0, {num_steps - 1}] for a {num_steps}-step grid."
+        )
     return sorted(set(steps))
 
 
@@ -237,8 +252,10 @@ def expected_best_of_n(pool: Tensor) -> Tensor:
     import math
 
     m = pool.shape[1]
-    w = torch.tensor([[math.comb(i - 1, n - 1) / math.comb(m, n) for i in range(1, m + 1)] for n in range(1, m + 1)],
-                     dtype=torch.float64)  # [n, i]; each row sums to 1
+    w = torch.tensor(
+        [[math.comb(i - 1, n - 1) / math.comb(m, n) for i in range(1, m + 1)] for n in range(1, m + 1)],
+        dtype=torch.float64,
+    )  # [n, i]; each row sums to 1
     return pool.double().sort(-1).values @ w.T
 
 
@@ -259,18 +276,33 @@ class Setup:
     width: int
 
 
-def prepare(model: Any, prompts: Any, k: int, *, num_steps: int | None = None, sigmas: Any = None,
-            guidance: float | None = None, negative_prompts: Any = None, height: int | None = None,
-            width: int | None = None, generator: Any = None, cond: Cond | None = None,
-            x: Tensor | None = None, draw_noise: bool = True) -> Setup:
+def prepare(
+    model: Any,
+    prompts: Any,
+    k: int,
+    *,
+    num_steps: int | None = None,
+    sigmas: Any = None,
+    guidance: float | None = None,
+    negative_prompts: Any = None,
+    height: int | None = None,
+    width: int | None = None,
+    generator: Any = None,
+    cond: Cond | None = None,
+    x: Tensor | None = None,
+    draw_noise: bool = True,
+) -> Setup:
     """Encode P prompts once (or take ``cond`` with P rows), repeat each K times, draw the P * K
     initial latents as the matching diffusers pipeline would (or take ``x``), build the grid."""
     from ..models.base import check_prompts
 
     if cond is None:
         prompts = check_prompts(prompts)
-        cond = model.encode(prompts, guidance, negative_prompts) if negative_prompts is not None \
+        cond = (
+            model.encode(prompts, guidance, negative_prompts)
+            if negative_prompts is not None
             else model.encode(prompts, guidance)
+        )
     else:
         prompts = list(cond.prompts) if cond.prompts is not None else check_prompts(prompts)
     p = cond.batch_size
@@ -284,8 +316,7 @@ def prepare(model: Any, prompts: Any, k: int, *, num_steps: int | None = None, s
         steps = num_steps if num_steps is not None else model.default_steps
         sigmas = model.sigmas(steps, height, width)
     sigmas = torch.as_tensor(sigmas, dtype=torch.float32).cpu()
-    return Setup(cond=cond.repeat(k), x=x.float(), sigmas=sigmas, prompts=list(prompts), height=height,
-                 width=width)
+    return Setup(cond=cond.repeat(k), x=x.float(), sigmas=sigmas, prompts=list(prompts), height=height, width=width)
 
 
 def side_generator(generator: Any, salt: int) -> torch.Generator:

@@ -22,6 +22,7 @@ Departures and implementation choices:
 * The NFE budget is per prompt; a rollout is started only if it fits in what is left: once a
   rollout from the top no longer fits, selection walks past such nodes to deeper, cheaper ones.
 """
+
 from __future__ import annotations
 
 import math
@@ -32,8 +33,17 @@ import torch
 from torch import Tensor
 
 from ..sampling.rollout import rollout
-from .common import (LatentReward, SteerResult, check_budget, check_lam, check_steps_in_grid,
-                     default_schedule, prepare, side_generator, stochastic_levels)
+from .common import (
+    LatentReward,
+    SteerResult,
+    check_budget,
+    check_lam,
+    check_steps_in_grid,
+    default_schedule,
+    prepare,
+    side_generator,
+    stochastic_levels,
+)
 
 FINALS = ("sample", "greedy", "max_reward")
 
@@ -108,9 +118,21 @@ class Forest:
         return out
 
 
-def _select(forest: Forest, root: int, *, star: bool, lam: float, c_pw: float, alpha: float, c_uct: float,
-            last: int, virtual: dict[int, int], pending: dict[int, int], rng: random.Random,
-            min_gidx: int = 0) -> tuple[int, list[int]]:
+def _select(
+    forest: Forest,
+    root: int,
+    *,
+    star: bool,
+    lam: float,
+    c_pw: float,
+    alpha: float,
+    c_uct: float,
+    last: int,
+    virtual: dict[int, int],
+    pending: dict[int, int],
+    rng: random.Random,
+    min_gidx: int = 0,
+) -> tuple[int, list[int]]:
     """Walk down from ``root``; returns (node to expand or leaf reached, path). A node above grid
     index ``min_gidx`` (its rollout would not fit in the budget left) is not expanded: the walk
     goes on to a child, so the last NFEs still buy the cheaper, deeper branches."""
@@ -140,8 +162,9 @@ def branch_depths(branch_steps: Any, levels: Tensor, t: int, method: str = "dts"
     depth) on a T-step grid with the [T] noise ``levels``. One clear error when a chosen depth's
     children would all be equal (no noisy step before the next depth). Needs no model, so a
     command line can check its flags before loading one."""
-    steps = default_schedule(t)[:-1] if branch_steps is None else \
-        check_steps_in_grid(branch_steps, t - 1, "branch_steps")
+    steps = (
+        default_schedule(t)[:-1] if branch_steps is None else check_steps_in_grid(branch_steps, t - 1, "branch_steps")
+    )
     depths = sorted({j + 1 for j in steps})
 
     def dead_segments(ds: list[int]) -> list[int]:
@@ -153,18 +176,40 @@ def branch_depths(branch_steps: Any, levels: Tensor, t: int, method: str = "dts"
     dead = dead_segments(depths)
     if dead:
         last = " (the last step is always noise-free)" if t - 1 in dead else ""
-        raise ValueError(f"{method}: the steps after grid indices {dead} up to the next branch depth are all "
-                         f"deterministic (noise level 0), so sibling nodes would be identical; raise the "
-                         f"noise there or move branch_steps{last}.")
+        raise ValueError(
+            f"{method}: the steps after grid indices {dead} up to the next branch depth are all "
+            f"deterministic (noise level 0), so sibling nodes would be identical; raise the "
+            f"noise there or move branch_steps{last}."
+        )
     return depths
 
 
-def tree_search(model: Any, prompts: Any, reward: Any, *, nfe_budget: int, star: bool = True, lam: float = 1.0,
-                branch_steps: Any = None, widen_c: float = 2.0, widen_alpha: float = 0.8, c_uct: float = 1.0,
-                batch: int | None = None, final: str | None = None, num_steps: int | None = None, sigmas: Any = None,
-                step: str = "flow_sde", noise_level: Any = 0.7, noise_steps: Any = None, cfg: float | None = None,
-                negative_prompts: Any = None, height: int | None = None, width: int | None = None,
-                generator: Any = None, cond: Any = None) -> SteerResult:
+def tree_search(
+    model: Any,
+    prompts: Any,
+    reward: Any,
+    *,
+    nfe_budget: int,
+    star: bool = True,
+    lam: float = 1.0,
+    branch_steps: Any = None,
+    widen_c: float = 2.0,
+    widen_alpha: float = 0.8,
+    c_uct: float = 1.0,
+    batch: int | None = None,
+    final: str | None = None,
+    num_steps: int | None = None,
+    sigmas: Any = None,
+    step: str = "flow_sde",
+    noise_level: Any = 0.7,
+    noise_steps: Any = None,
+    cfg: float | None = None,
+    negative_prompts: Any = None,
+    height: int | None = None,
+    width: int | None = None,
+    generator: Any = None,
+    cond: Any = None,
+) -> SteerResult:
     """DTS (``star=False``) or DTS* (``star=True``) with ``nfe_budget`` model evaluations per prompt.
 
     ``branch_steps``: 0-based steps after which a node may get several children (default the FK
@@ -178,12 +223,25 @@ def tree_search(model: Any, prompts: Any, reward: Any, *, nfe_budget: int, star:
     if batch is not None and (not isinstance(batch, int) or batch < 1):
         raise ValueError(f"batch={batch!r} must be an int >= 1 (rollouts per tree and round).")
     if widen_c <= 0 or not 0 < widen_alpha <= 1:
-        raise ValueError(f"progressive widening needs widen_c > 0 and 0 < widen_alpha <= 1 (the number of "
-                         f"children C N^alpha must grow with the visits N), got {widen_c}, {widen_alpha}.")
+        raise ValueError(
+            f"progressive widening needs widen_c > 0 and 0 < widen_alpha <= 1 (the number of "
+            f"children C N^alpha must grow with the visits N), got {widen_c}, {widen_alpha}."
+        )
     rew = LatentReward(reward, model)
-    setup = prepare(model, prompts, 1, num_steps=num_steps, sigmas=sigmas, guidance=cfg,
-                    negative_prompts=negative_prompts, height=height, width=width, generator=generator,
-                    cond=cond, draw_noise=False)
+    setup = prepare(
+        model,
+        prompts,
+        1,
+        num_steps=num_steps,
+        sigmas=sigmas,
+        guidance=cfg,
+        negative_prompts=negative_prompts,
+        height=height,
+        width=width,
+        generator=generator,
+        cond=cond,
+        draw_noise=False,
+    )
     t = setup.sigmas.numel() - 1
     levels = stochastic_levels(step, noise_level, t, method, noise_steps)
     check_budget(nfe_budget, t, method)
@@ -208,9 +266,20 @@ def tree_search(model: Any, prompts: Any, reward: Any, *, nfe_budget: int, star:
             for _ in range(4 * batch if not done[tr] else 0):
                 if n_jobs >= batch:
                     break
-                node, path = _select(forest, tr, star=star, lam=lam, c_pw=widen_c, alpha=widen_alpha, c_uct=c_uct,
-                                     last=t, virtual=virtual, pending=pending, rng=rng,
-                                     min_gidx=t - (nfe_budget - spent[tr]))
+                node, path = _select(
+                    forest,
+                    tr,
+                    star=star,
+                    lam=lam,
+                    c_pw=widen_c,
+                    alpha=widen_alpha,
+                    c_uct=c_uct,
+                    last=t,
+                    virtual=virtual,
+                    pending=pending,
+                    rng=rng,
+                    min_gidx=t - (nfe_budget - spent[tr]),
+                )
                 if forest.gidx[node] == t:  # reached a leaf: a free revisit
                     forest.backup(node, None, lam)
                     continue
@@ -241,14 +310,14 @@ def _expand(model, forest: Forest, jobs, setup, levels, step, stops, shape, gene
     for g0, group in sorted(by_start.items()):
         trees = [tr for _, tr in group]
         roots = [node for node, _ in group if forest.gidx[node] < 0]
-        x = torch.stack([forest.state[n] if forest.gidx[n] >= 0 else torch.zeros(shape, device=model.device)
-                         for n, _ in group])
+        x = torch.stack(
+            [forest.state[n] if forest.gidx[n] >= 0 else torch.zeros(shape, device=model.device) for n, _ in group]
+        )
         if roots:  # fresh initial noise for new root children, drawn as the pipeline draws it
             fresh = model.initial_noise(len(roots), setup.height, setup.width, generator).to(x)
             x[[i for i, (n, _) in enumerate(group) if forest.gidx[n] < 0]] = fresh.float()
         with torch.no_grad():
-            ro = rollout(model, setup.cond.select(trees), x, setup.sigmas[g0:], step, levels[g0:],
-                         generator=generator)
+            ro = rollout(model, setup.cond.select(trees), x, setup.sigmas[g0:], step, levels[g0:], generator=generator)
         for i, (node, tr) in enumerate(group):
             cur = node
             if forest.gidx[node] < 0:
@@ -265,8 +334,9 @@ def _expand(model, forest: Forest, jobs, setup, levels, step, stops, shape, gene
         forest.backup(leaf, val, lam)
 
 
-def _finish(forest: Forest, p: int, lam: float, final: str, gen, method: str, nfe: int, calls: int,
-            spent: list[int], t: int) -> SteerResult:
+def _finish(
+    forest: Forest, p: int, lam: float, final: str, gen, method: str, nfe: int, calls: int, spent: list[int], t: int
+) -> SteerResult:
     chosen, rewards, leaf_x, leaf_r, probs = [], [], [], [], []
     for tr in range(p):
         leaves = forest.leaves(tr)
@@ -286,8 +356,20 @@ def _finish(forest: Forest, p: int, lam: float, final: str, gen, method: str, nf
         leaf_x.append(torch.stack([forest.state[n] for n in leaves]))
         leaf_r.append(torch.tensor([forest.reward[n] for n in leaves]))
         probs.append(torch.tensor([pr.get(n, 0.0) for n in leaves], dtype=torch.float64))
-    info = dict(leaf_latents=leaf_x, leaf_rewards=leaf_r, readout_probs=probs, nfe_per_prompt=spent,
-                rollouts=[len(lx) for lx in leaf_x], root_children=[len(forest.children[tr]) for tr in range(p)],
-                nodes=len(forest.parent))
-    return SteerResult(latents=torch.stack(chosen), rewards=torch.tensor(rewards, dtype=torch.float32), nfe=nfe,
-                       method=method, reward_calls=calls, info=info)
+    info = dict(
+        leaf_latents=leaf_x,
+        leaf_rewards=leaf_r,
+        readout_probs=probs,
+        nfe_per_prompt=spent,
+        rollouts=[len(lx) for lx in leaf_x],
+        root_children=[len(forest.children[tr]) for tr in range(p)],
+        nodes=len(forest.parent),
+    )
+    return SteerResult(
+        latents=torch.stack(chosen),
+        rewards=torch.tensor(rewards, dtype=torch.float32),
+        nfe=nfe,
+        method=method,
+        reward_calls=calls,
+        info=info,
+    )

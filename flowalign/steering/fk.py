@@ -32,19 +32,32 @@ Optional gradient-guided proposal (TDS / DAS style, "FK with a gradient proposal
 steps the kernel mean moves by ``guidance_scale * std^2 * grad_x r(x0_pred(x))`` (one extra NFE
 with autograd through the model, decoder and reward) and the weight gets log p(x'|x) - log q(x'|x).
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from ..sampling.rollout import StepContext, complete, completion_grid, rollout
 from ..sampling.sde import get_step, ode
-from .common import (LatentReward, SteerResult, VelocityCache, check_budget, check_lam, check_particles,
-                     check_steps_in_grid, default_schedule, prepare, side_generator, stochastic_levels)
+from .common import (
+    LatentReward,
+    SteerResult,
+    VelocityCache,
+    check_budget,
+    check_lam,
+    check_particles,
+    check_steps_in_grid,
+    default_schedule,
+    prepare,
+    side_generator,
+    stochastic_levels,
+)
 from .resample import ess, flat_index, get_resampler, normalize
 
 
@@ -72,11 +85,27 @@ class FKSteering:
     ``carry`` (the potential's running value), ``ancestor`` (the initial particle it descends from).
     """
 
-    def __init__(self, model: VelocityCache, reward: LatentReward, sigmas: Tensor, levels: Tensor,
-                 step: Any, groups: int, k: int, *, lam: float, potential: str, lookahead: str,
-                 lookahead_steps: int | None, resampler: Any, schedule: list[int], ess_threshold: float,
-                 guidance_scale: float, generator: torch.Generator,
-                 callback: Callable[[StepContext], None] | None = None):
+    def __init__(
+        self,
+        model: VelocityCache,
+        reward: LatentReward,
+        sigmas: Tensor,
+        levels: Tensor,
+        step: Any,
+        groups: int,
+        k: int,
+        *,
+        lam: float,
+        potential: str,
+        lookahead: str,
+        lookahead_steps: int | None,
+        resampler: Any,
+        schedule: list[int],
+        ess_threshold: float,
+        guidance_scale: float,
+        generator: torch.Generator,
+        callback: Callable[[StepContext], None] | None = None,
+    ):
         self.model, self.reward, self.sigmas, self.levels = model, reward, sigmas, levels
         self.step_fn, self.groups, self.k = get_step(step), groups, k
         self.lam, self.pot = lam, POTENTIALS[potential]
@@ -129,7 +158,7 @@ class FKSteering:
         """log p(x'|x) - log q(x'|x) for q = p shifted by the drift d: with z = x' - mean_q,
         sum[(z^2 - (z + d)^2)] / (2 std^2) (sums over elements; constants cancel)."""
         out, d = ctx.out, self._drift.double()
-        z = (out.x_next.double() - out.mean.double())
+        z = out.x_next.double() - out.mean.double()
         var = out.std.double().reshape(-1, *[1] * (z.ndim - 1)) ** 2
         self.log_w += ((z**2 - (z + d) ** 2) / (2 * var)).flatten(1).sum(1).cpu()
         self._drift = None
@@ -174,8 +203,9 @@ class FKSteering:
         return self.log_z + torch.logsumexp(grouped, -1) - math.log(self.k)
 
 
-def fk_cost_per_particle(sigmas: Tensor, schedule: list[int], lookahead: str, lookahead_steps: int | None,
-                         levels: Tensor, guided: bool) -> int:
+def fk_cost_per_particle(
+    sigmas: Tensor, schedule: list[int], lookahead: str, lookahead_steps: int | None, levels: Tensor, guided: bool
+) -> int:
     """Model evaluations one particle costs: T steps, plus the ODE look-ahead steps beyond the first
     (that one is reused), plus one autograd evaluation per guided (stochastic) step."""
     t = sigmas.numel() - 1
@@ -185,14 +215,36 @@ def fk_cost_per_particle(sigmas: Tensor, schedule: list[int], lookahead: str, lo
     return t + extra + (int((levels > 0).sum()) if guided else 0)
 
 
-def fk_steer(model: Any, prompts: Any, reward: Any, *, num_particles: int = 4, lam: float = 10.0,
-             potential: str = "max", lookahead: str = "x0", lookahead_steps: int | None = None,
-             resampler: str = "systematic", resample_steps: Any = None, ess_threshold: float = 1.0,
-             final: str = "max_reward", guidance_scale: float = 0.0, num_steps: int | None = None,
-             sigmas: Any = None, step: str = "flow_sde", noise_level: Any = 0.7, noise_steps: Any = None,
-             cfg: float | None = None, negative_prompts: Any = None, height: int | None = None,
-             width: int | None = None, generator: Any = None, cond: Any = None, x: Tensor | None = None,
-             callback: Callable[[StepContext], None] | None = None, nfe_budget: int | None = None) -> SteerResult:
+def fk_steer(
+    model: Any,
+    prompts: Any,
+    reward: Any,
+    *,
+    num_particles: int = 4,
+    lam: float = 10.0,
+    potential: str = "max",
+    lookahead: str = "x0",
+    lookahead_steps: int | None = None,
+    resampler: str = "systematic",
+    resample_steps: Any = None,
+    ess_threshold: float = 1.0,
+    final: str = "max_reward",
+    guidance_scale: float = 0.0,
+    num_steps: int | None = None,
+    sigmas: Any = None,
+    step: str = "flow_sde",
+    noise_level: Any = 0.7,
+    noise_steps: Any = None,
+    cfg: float | None = None,
+    negative_prompts: Any = None,
+    height: int | None = None,
+    width: int | None = None,
+    generator: Any = None,
+    cond: Any = None,
+    x: Tensor | None = None,
+    callback: Callable[[StepContext], None] | None = None,
+    nfe_budget: int | None = None,
+) -> SteerResult:
     """FK steering of P prompts with ``num_particles`` particles each -> one sample per prompt.
 
     ``resample_steps``: 0-based step indices (or '7-14') after which particles are weighted and (if the
@@ -205,23 +257,39 @@ def fk_steer(model: Any, prompts: Any, reward: Any, *, num_particles: int = 4, l
     evaluations included)."""
     k = check_particles(num_particles)
     lam = check_lam(lam)
-    for name, value, options in (("potential", potential, POTENTIALS), ("lookahead", lookahead, LOOKAHEADS),
-                                 ("final", final, FINALS)):
+    for name, value, options in (
+        ("potential", potential, POTENTIALS),
+        ("lookahead", lookahead, LOOKAHEADS),
+        ("final", final, FINALS),
+    ):
         if value not in options:
             raise ValueError(f"unknown {name} {value!r}; choose one of {sorted(options)}.")
     if not 0 <= ess_threshold <= 1:
         raise ValueError(f"ess_threshold={ess_threshold} must be in [0, 1] (fraction of K; 1 = always resample).")
     rew = LatentReward(reward, model)
     if guidance_scale and rew.differentiable is False:
-        raise ValueError(f"the gradient proposal (guidance_scale={guidance_scale}) needs a differentiable "
-                         f"reward, but {rew.name!r} has differentiable=False; use guidance_scale=0 or a "
-                         f"differentiable reward.")
+        raise ValueError(
+            f"the gradient proposal (guidance_scale={guidance_scale}) needs a differentiable "
+            f"reward, but {rew.name!r} has differentiable=False; use guidance_scale=0 or a "
+            f"differentiable reward."
+        )
     if guidance_scale < 0:
         raise ValueError(f"guidance_scale={guidance_scale} must be >= 0.")
     cached = VelocityCache(model)
-    setup = prepare(model, prompts, k, num_steps=num_steps, sigmas=sigmas, guidance=cfg,
-                    negative_prompts=negative_prompts, height=height, width=width, generator=generator,
-                    cond=cond, x=x)
+    setup = prepare(
+        model,
+        prompts,
+        k,
+        num_steps=num_steps,
+        sigmas=sigmas,
+        guidance=cfg,
+        negative_prompts=negative_prompts,
+        height=height,
+        width=width,
+        generator=generator,
+        cond=cond,
+        x=x,
+    )
     t = setup.sigmas.numel() - 1
     levels = stochastic_levels(step, noise_level, t, "FK steering", noise_steps)
     schedule = default_schedule(t) if resample_steps is None else check_steps_in_grid(resample_steps, t)
@@ -231,22 +299,59 @@ def fk_steer(model: Any, prompts: Any, reward: Any, *, num_particles: int = 4, l
         per = fk_cost_per_particle(setup.sigmas, schedule, lookahead, lookahead_steps, levels, guidance_scale > 0)
         k_fit = nfe_budget // per
         if k_fit < 1:
-            raise ValueError(f"nfe_budget={nfe_budget} is smaller than one FK particle ({per} evaluations with "
-                             f"this look-ahead / guidance); pass nfe_budget >= {per}.")
+            raise ValueError(
+                f"nfe_budget={nfe_budget} is smaller than one FK particle ({per} evaluations with "
+                f"this look-ahead / guidance); pass nfe_budget >= {per}."
+            )
         if k_fit != k:
             k = k_fit
-            setup = prepare(model, prompts, k, num_steps=num_steps, sigmas=setup.sigmas, guidance=cfg,
-                            negative_prompts=negative_prompts, height=height, width=width,
-                            generator=generator, cond=cond, x=x if x is not None and x.shape[0] == k * len(setup.prompts) else None)
+            setup = prepare(
+                model,
+                prompts,
+                k,
+                num_steps=num_steps,
+                sigmas=setup.sigmas,
+                guidance=cfg,
+                negative_prompts=negative_prompts,
+                height=height,
+                width=width,
+                generator=generator,
+                cond=cond,
+                x=x if x is not None and x.shape[0] == k * len(setup.prompts) else None,
+            )
     p = len(setup.prompts)
-    hook = FKSteering(cached, rew, setup.sigmas, levels, step, p, k, lam=lam, potential=potential,
-                      lookahead=lookahead, lookahead_steps=lookahead_steps, resampler=resampler,
-                      schedule=schedule, ess_threshold=ess_threshold, guidance_scale=guidance_scale,
-                      generator=side_generator(generator, 7919), callback=callback)
+    hook = FKSteering(
+        cached,
+        rew,
+        setup.sigmas,
+        levels,
+        step,
+        p,
+        k,
+        lam=lam,
+        potential=potential,
+        lookahead=lookahead,
+        lookahead_steps=lookahead_steps,
+        resampler=resampler,
+        schedule=schedule,
+        ess_threshold=ess_threshold,
+        guidance_scale=guidance_scale,
+        generator=side_generator(generator, 7919),
+        callback=callback,
+    )
     nfe0 = model.nfe
     with torch.no_grad():
-        ro = rollout(cached, setup.cond, setup.x, setup.sigmas, step, levels, generator=generator,
-                     on_step=hook.on_step, guidance=hook.guidance if guidance_scale else None)
+        ro = rollout(
+            cached,
+            setup.cond,
+            setup.x,
+            setup.sigmas,
+            step,
+            levels,
+            generator=generator,
+            on_step=hook.on_step,
+            guidance=hook.guidance if guidance_scale else None,
+        )
     final_x = ro.final.reshape(p, k, *ro.final.shape[1:])
     rewards = hook.final_rewards.reshape(p, k)
     log_w = hook.log_w.reshape(p, k)
@@ -257,10 +362,23 @@ def fk_steer(model: Any, prompts: Any, reward: Any, *, num_particles: int = 4, l
     else:
         pick = torch.multinomial(normalize(log_w), 1, generator=hook.gen).squeeze(-1)
     rows = torch.arange(p)
-    info = dict(log_z=hook.final_log_z(), ancestors=hook.ancestor.reshape(p, k),
-                unique_ancestors=[len(set(a.tolist())) for a in hook.ancestor.reshape(p, k)],
-                resample_events=[(j, e) for j, e, _ in hook.history], schedule=schedule,
-                cache_hits=cached.hits, sigmas=setup.sigmas)
-    return SteerResult(latents=final_x[rows, pick], rewards=rewards[rows, pick], nfe=model.nfe - nfe0,
-                       method=f"fk_{potential}", reward_calls=rew.calls, candidates=final_x,
-                       candidate_rewards=rewards, log_weights=log_w, info=info)
+    info = dict(
+        log_z=hook.final_log_z(),
+        ancestors=hook.ancestor.reshape(p, k),
+        unique_ancestors=[len(set(a.tolist())) for a in hook.ancestor.reshape(p, k)],
+        resample_events=[(j, e) for j, e, _ in hook.history],
+        schedule=schedule,
+        cache_hits=cached.hits,
+        sigmas=setup.sigmas,
+    )
+    return SteerResult(
+        latents=final_x[rows, pick],
+        rewards=rewards[rows, pick],
+        nfe=model.nfe - nfe0,
+        method=f"fk_{potential}",
+        reward_calls=rew.calls,
+        candidates=final_x,
+        candidate_rewards=rewards,
+        log_weights=log_w,
+        info=info,
+    )

@@ -9,10 +9,12 @@ every step of the main particle rollout (FK, best-of-N, beam), before the steeri
 step; returned ``latents`` replace the state in place. DTS grows a tree of partial rollouts, so it
 takes no callback (one clear error).
 """
+
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -22,9 +24,22 @@ from .common import SteerResult
 
 METHODS = ("fk", "bon", "beam", "dts", "dts_star")
 # parent arguments the steered path understands; any other one must keep its default
-SUPPORTED = {"self", "prompt", "height", "width", "num_inference_steps", "guidance_scale", "negative_prompt",
-             "num_images_per_prompt", "generator", "output_type", "return_dict", "callback_on_step_end",
-             "callback_on_step_end_tensor_inputs", "max_sequence_length"}
+SUPPORTED = {
+    "self",
+    "prompt",
+    "height",
+    "width",
+    "num_inference_steps",
+    "guidance_scale",
+    "negative_prompt",
+    "num_images_per_prompt",
+    "generator",
+    "output_type",
+    "return_dict",
+    "callback_on_step_end",
+    "callback_on_step_end_tensor_inputs",
+    "max_sequence_length",
+}
 DEFAULT_STOCHASTIC = ("flow_sde", 0.7)
 
 
@@ -39,8 +54,10 @@ def _check_parent_args(parent_call: Callable, args: tuple, kwargs: dict) -> dict
         default = sig.parameters[name].default
         same = value is default or (not torch.is_tensor(value) and value == default)
         if not same:
-            raise ValueError(f"`{name}` is not supported together with steering (it would be ignored); "
-                             f"leave it at its default {default!r}, or call with steering=None.")
+            raise ValueError(
+                f"`{name}` is not supported together with steering (it would be ignored); "
+                f"leave it at its default {default!r}, or call with steering=None."
+            )
     return a
 
 
@@ -53,8 +70,10 @@ def _callback(pipe: Any, fn: Callable | None, inputs: list[str], cond: Any) -> C
         inputs = fn.tensor_inputs
     bad = [k for k in inputs if k not in ("latents", "prompt_embeds", "pooled_prompt_embeds")]
     if bad:
-        raise ValueError(f"callback_on_step_end_tensor_inputs {bad} are not available with steering; use "
-                         f"'latents' (and read-only 'prompt_embeds' / 'pooled_prompt_embeds').")
+        raise ValueError(
+            f"callback_on_step_end_tensor_inputs {bad} are not available with steering; use "
+            f"'latents' (and read-only 'prompt_embeds' / 'pooled_prompt_embeds')."
+        )
     alias = {"latents": None, "prompt_embeds": "prompt_embeds", "pooled_prompt_embeds": "pooled"}
 
     def run(ctx) -> None:
@@ -67,17 +86,34 @@ def _callback(pipe: Any, fn: Callable | None, inputs: list[str], cond: Any) -> C
     return run
 
 
-def steered_call(pipe: Any, family: str, parent_call: Callable, args: tuple, kwargs: dict, *, steering: str,
-                 reward: Any, num_particles: int, lam: float, potential: str, resample_steps: Any,
-                 step: str | None, noise_level: Any, nfe_budget: int | None, steering_kwargs: dict | None):
+def steered_call(
+    pipe: Any,
+    family: str,
+    parent_call: Callable,
+    args: tuple,
+    kwargs: dict,
+    *,
+    steering: str,
+    reward: Any,
+    num_particles: int,
+    lam: float,
+    potential: str,
+    resample_steps: Any,
+    step: str | None,
+    noise_level: Any,
+    nfe_budget: int | None,
+    steering_kwargs: dict | None,
+):
     """Run ``steering`` with the parent's arguments; returns (images or latents, SteerResult)."""
     from ..models import FluxModel, SD3Model
 
     if steering not in METHODS:
         raise ValueError(f"unknown steering={steering!r}; choose one of {list(METHODS)} or None (stock sampler).")
     if reward is None:
-        raise ValueError(f"steering={steering!r} needs reward= (a name such as 'compositional', a flowalign "
-                         f"Reward or a callable (images, prompts) -> [B]).")
+        raise ValueError(
+            f"steering={steering!r} needs reward= (a name such as 'compositional', a flowalign "
+            f"Reward or a callable (images, prompts) -> [B])."
+        )
     a = _check_parent_args(parent_call, args, kwargs)
     prompts = check_prompts(a["prompt"], "prompt")
     npp = a["num_images_per_prompt"] or 1
@@ -104,25 +140,58 @@ def steered_call(pipe: Any, family: str, parent_call: Callable, args: tuple, kwa
         kind, level = step or "ode", noise_level
     else:
         kind, level = step or DEFAULT_STOCHASTIC[0], DEFAULT_STOCHASTIC[1] if noise_level is None else noise_level
-    common = dict(sigmas=sigmas, step=kind, noise_level=level, height=height, width=width,
-                  generator=a["generator"], cond=cond)
+    common = dict(
+        sigmas=sigmas, step=kind, noise_level=level, height=height, width=width, generator=a["generator"], cond=cond
+    )
     if steering == "fk":
-        res = fk_steer(model, None, reward, num_particles=num_particles, lam=lam, potential=potential,
-                       resample_steps=resample_steps, nfe_budget=nfe_budget, callback=cb, **common, **extra)
+        res = fk_steer(
+            model,
+            None,
+            reward,
+            num_particles=num_particles,
+            lam=lam,
+            potential=potential,
+            resample_steps=resample_steps,
+            nfe_budget=nfe_budget,
+            callback=cb,
+            **common,
+            **extra,
+        )
     elif steering == "bon":
         res = best_of_n(model, None, reward, n=num_particles, nfe_budget=nfe_budget, callback=cb, **common, **extra)
     elif steering == "beam":
         bw = extra.pop("beam_width", 2 if num_particles >= 2 else 1)
-        res = beam_search(model, None, reward, beam_width=bw, num_children=max(1, num_particles // bw),
-                          nfe_budget=nfe_budget, select_steps=resample_steps, lam=extra.pop("select_lam", None),
-                          callback=cb, **common, **extra)
+        res = beam_search(
+            model,
+            None,
+            reward,
+            beam_width=bw,
+            num_children=max(1, num_particles // bw),
+            nfe_budget=nfe_budget,
+            select_steps=resample_steps,
+            lam=extra.pop("select_lam", None),
+            callback=cb,
+            **common,
+            **extra,
+        )
     else:
         if cb is not None:
-            raise ValueError("callback_on_step_end is not supported with DTS (it grows a tree of partial "
-                             "rollouts, not one batch of latents per step); drop it or use steering='fk'.")
+            raise ValueError(
+                "callback_on_step_end is not supported with DTS (it grows a tree of partial "
+                "rollouts, not one batch of latents per step); drop it or use steering='fk'."
+            )
         budget = nfe_budget if nfe_budget is not None else num_particles * t
-        res = tree_search(model, None, reward, nfe_budget=budget, star=steering == "dts_star", lam=lam,
-                          branch_steps=resample_steps, **common, **extra)
+        res = tree_search(
+            model,
+            None,
+            reward,
+            nfe_budget=budget,
+            star=steering == "dts_star",
+            lam=lam,
+            branch_steps=resample_steps,
+            **common,
+            **extra,
+        )
     return _decode(pipe, family, res.latents, height, width, a["output_type"]), res, a
 
 
@@ -142,5 +211,10 @@ def _decode(pipe: Any, family: str, latents: torch.Tensor, height: int, width: i
 def steering_info(res: SteerResult) -> dict[str, Any]:
     """What the pipeline output carries as ``.steering``: method, NFE, reward calls and the chosen
     images' rewards (plain numbers), plus the full ``SteerResult`` under ``"result"``."""
-    return {"method": res.method, "nfe": int(res.nfe), "reward_calls": int(res.reward_calls),
-            "rewards": [float(r) for r in res.rewards], "result": res}
+    return {
+        "method": res.method,
+        "nfe": int(res.nfe),
+        "reward_calls": int(res.reward_calls),
+        "rewards": [float(r) for r in res.rewards],
+        "result": res,
+    }

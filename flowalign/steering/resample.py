@@ -11,9 +11,10 @@ exponentiates and clamps to [0, 1e10]; not reproduced).
   the three, our default).
 All three are unbiased: the expected number of copies of particle i is K w_i.
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -65,8 +66,7 @@ def systematic(log_w: Tensor, generator: torch.Generator | None = None) -> Tenso
 
 Resampler = Callable[[Tensor, "torch.Generator | None"], Tensor]
 
-RESAMPLERS: dict[str, Resampler] = {"multinomial": multinomial, "stratified": stratified,
-                                    "systematic": systematic}
+RESAMPLERS: dict[str, Resampler] = {"multinomial": multinomial, "stratified": stratified, "systematic": systematic}
 
 
 def get_resampler(name: str | Resampler) -> Resampler:

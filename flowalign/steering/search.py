@@ -14,17 +14,30 @@
 Both take an NFE budget per prompt (``nfe_budget``): N or M is derived from it; a budget below one
 rollout (T evaluations) is one clear error.
 """
+
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from ..sampling.rollout import StepContext, rollout
-from .common import (LatentReward, SteerResult, VelocityCache, check_budget, check_lam, check_particles,
-                     check_steps_in_grid, default_schedule, noise_levels, prepare, side_generator,
-                     stochastic_levels)
+from .common import (
+    LatentReward,
+    SteerResult,
+    VelocityCache,
+    check_budget,
+    check_lam,
+    check_particles,
+    check_steps_in_grid,
+    default_schedule,
+    noise_levels,
+    prepare,
+    side_generator,
+    stochastic_levels,
+)
 from .resample import flat_index
 
 
@@ -34,11 +47,27 @@ def _grid_len(model: Any, num_steps: int | None, sigmas: Any) -> int:
     return num_steps if num_steps is not None else model.default_steps
 
 
-def best_of_n(model: Any, prompts: Any, reward: Any, *, n: int | None = None, nfe_budget: int | None = None,
-              num_steps: int | None = None, sigmas: Any = None, step: str = "ode", noise_level: Any = None,
-              noise_steps: Any = None, cfg: float | None = None, negative_prompts: Any = None,
-              height: int | None = None, width: int | None = None, generator: Any = None, cond: Any = None,
-              max_batch: int = 256, callback: Callable[[StepContext], None] | None = None) -> SteerResult:
+def best_of_n(
+    model: Any,
+    prompts: Any,
+    reward: Any,
+    *,
+    n: int | None = None,
+    nfe_budget: int | None = None,
+    num_steps: int | None = None,
+    sigmas: Any = None,
+    step: str = "ode",
+    noise_level: Any = None,
+    noise_steps: Any = None,
+    cfg: float | None = None,
+    negative_prompts: Any = None,
+    height: int | None = None,
+    width: int | None = None,
+    generator: Any = None,
+    cond: Any = None,
+    max_batch: int = 256,
+    callback: Callable[[StepContext], None] | None = None,
+) -> SteerResult:
     """Best of ``n`` samples per prompt (or ``n = nfe_budget // T``); ``callback(ctx)`` runs after
     every step (rows in chunks of ``max_batch``)."""
     t = _grid_len(model, num_steps, sigmas)
@@ -49,29 +78,67 @@ def best_of_n(model: Any, prompts: Any, reward: Any, *, n: int | None = None, nf
         n = nfe_budget // t if n is None else min(n, nfe_budget // t)
     n = check_particles(n, "n")
     rew = LatentReward(reward, model)
-    setup = prepare(model, prompts, n, num_steps=num_steps, sigmas=sigmas, guidance=cfg,
-                    negative_prompts=negative_prompts, height=height, width=width, generator=generator, cond=cond)
+    setup = prepare(
+        model,
+        prompts,
+        n,
+        num_steps=num_steps,
+        sigmas=sigmas,
+        guidance=cfg,
+        negative_prompts=negative_prompts,
+        height=height,
+        width=width,
+        generator=generator,
+        cond=cond,
+    )
     levels = noise_levels(noise_level, setup.sigmas.numel() - 1, "best-of-N", noise_steps)
     nfe0, finals = model.nfe, []
     with torch.no_grad():
         for i in range(0, setup.x.shape[0], max_batch):
             rows = list(range(i, min(i + max_batch, setup.x.shape[0])))
-            gen = generator[i:i + max_batch] if isinstance(generator, (list, tuple)) else generator
-            ro = rollout(model, setup.cond.select(rows), setup.x[rows], setup.sigmas, step, levels,
-                         generator=gen, on_step=None if callback is None else lambda ctx: callback(ctx))
+            gen = generator[i : i + max_batch] if isinstance(generator, (list, tuple)) else generator
+            ro = rollout(
+                model,
+                setup.cond.select(rows),
+                setup.x[rows],
+                setup.sigmas,
+                step,
+                levels,
+                generator=gen,
+                on_step=None if callback is None else lambda ctx: callback(ctx),
+            )
             finals.append(ro.final)
     final = torch.cat(finals)
     r = rew(final, setup.cond.prompts)
     p = len(setup.prompts)
     cands, cr = final.reshape(p, n, *final.shape[1:]), r.reshape(p, n)
     pick, rows = cr.argmax(-1), torch.arange(p)
-    return SteerResult(latents=cands[rows, pick], rewards=cr[rows, pick], nfe=model.nfe - nfe0, method="bon",
-                       reward_calls=rew.calls, candidates=cands, candidate_rewards=cr, info={"n": n})
+    return SteerResult(
+        latents=cands[rows, pick],
+        rewards=cr[rows, pick],
+        nfe=model.nfe - nfe0,
+        method="bon",
+        reward_calls=rew.calls,
+        candidates=cands,
+        candidate_rewards=cr,
+        info={"n": n},
+    )
 
 
 class _BeamHook:
-    def __init__(self, model: VelocityCache, reward: LatentReward, groups: int, w: int, m: int, steps: set[int],
-                 last: int, lam: float | None, gen: torch.Generator, callback: Callable | None = None):
+    def __init__(
+        self,
+        model: VelocityCache,
+        reward: LatentReward,
+        groups: int,
+        w: int,
+        m: int,
+        steps: set[int],
+        last: int,
+        lam: float | None,
+        gen: torch.Generator,
+        callback: Callable | None = None,
+    ):
         self.model, self.reward, self.groups, self.w, self.m = model, reward, groups, w, m
         self.steps, self.last, self.lam, self.gen, self.callback = steps, last, lam, gen, callback
         self.final_rewards: Tensor | None = None
@@ -99,12 +166,29 @@ class _BeamHook:
         return flat_index(keep.repeat_interleave(self.m, dim=-1))
 
 
-def beam_search(model: Any, prompts: Any, reward: Any, *, beam_width: int = 2, num_children: int | None = 4,
-                nfe_budget: int | None = None, select_steps: Any = None, lam: float | None = None,
-                num_steps: int | None = None, sigmas: Any = None, step: str = "flow_sde", noise_level: Any = 0.7,
-                noise_steps: Any = None, cfg: float | None = None, negative_prompts: Any = None,
-                height: int | None = None, width: int | None = None, generator: Any = None, cond: Any = None,
-                callback: Callable[[StepContext], None] | None = None) -> SteerResult:
+def beam_search(
+    model: Any,
+    prompts: Any,
+    reward: Any,
+    *,
+    beam_width: int = 2,
+    num_children: int | None = 4,
+    nfe_budget: int | None = None,
+    select_steps: Any = None,
+    lam: float | None = None,
+    num_steps: int | None = None,
+    sigmas: Any = None,
+    step: str = "flow_sde",
+    noise_level: Any = 0.7,
+    noise_steps: Any = None,
+    cfg: float | None = None,
+    negative_prompts: Any = None,
+    height: int | None = None,
+    width: int | None = None,
+    generator: Any = None,
+    cond: Any = None,
+    callback: Callable[[StepContext], None] | None = None,
+) -> SteerResult:
     """Beam search with ``beam_width`` beams x ``num_children`` copies per prompt (or as many
     children as ``nfe_budget`` allows); ``select_steps`` default: the FK schedule; ``"all"`` = SVDD."""
     t = _grid_len(model, num_steps, sigmas)
@@ -121,8 +205,19 @@ def beam_search(model: Any, prompts: Any, reward: Any, *, beam_width: int = 2, n
     m = check_particles(num_children, "num_children")
     rew = LatentReward(reward, model)
     cached = VelocityCache(model)
-    setup = prepare(model, prompts, w * m, num_steps=num_steps, sigmas=sigmas, guidance=cfg,
-                    negative_prompts=negative_prompts, height=height, width=width, generator=generator, cond=cond)
+    setup = prepare(
+        model,
+        prompts,
+        w * m,
+        num_steps=num_steps,
+        sigmas=sigmas,
+        guidance=cfg,
+        negative_prompts=negative_prompts,
+        height=height,
+        width=width,
+        generator=generator,
+        cond=cond,
+    )
     t = setup.sigmas.numel() - 1
     levels = stochastic_levels(step, noise_level, t, "beam search", noise_steps)
     steps = default_schedule(t)[:-1] if select_steps is None else check_steps_in_grid(select_steps, t, "select_steps")
@@ -136,6 +231,13 @@ def beam_search(model: Any, prompts: Any, reward: Any, *, beam_width: int = 2, n
     cr = hook.final_rewards.reshape(p, k)
     pick, rows = cr.argmax(-1), torch.arange(p)
     name = "svdd" if w == 1 and len(steps) >= t - 1 else "beam"
-    return SteerResult(latents=cands[rows, pick], rewards=cr[rows, pick], nfe=model.nfe - nfe0, method=name,
-                       reward_calls=rew.calls, candidates=cands, candidate_rewards=cr,
-                       info={"beam_width": w, "num_children": m, "select_steps": steps, "cache_hits": cached.hits})
+    return SteerResult(
+        latents=cands[rows, pick],
+        rewards=cr[rows, pick],
+        nfe=model.nfe - nfe0,
+        method=name,
+        reward_calls=rew.calls,
+        candidates=cands,
+        candidate_rewards=cr,
+        info={"beam_width": w, "num_children": m, "select_steps": steps, "cache_hits": cached.hits},
+    )

@@ -8,6 +8,7 @@ Submodules (imported lazily; ``import flowalign.testbed`` stays light):
   * ``train``    — the training routines behind ``scripts/train_testbed.py``;
   * ``cli``      — ``flowalign testbed sample | eval``.
 """
+
 from __future__ import annotations
 
 from .paths import TESTBED_DIR, assets_dir

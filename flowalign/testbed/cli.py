@@ -6,6 +6,7 @@
 The lead's ``flowalign/cli.py`` calls ``add_arguments(parser)`` then ``run(args)``; ``main(argv)``
 runs it standalone (``python -m flowalign.testbed.cli ...``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -68,8 +69,7 @@ def _sample(args: argparse.Namespace) -> int:
         print("prompt is outside the shapes-world grammar: no checker verdict")
         return 0
     res = load_checker(args.assets)(images, [labels] * args.n)
-    names = [t if gi < 0 else f"{t}[{labels.groups[gi].color} {labels.groups[gi].shape}]"
-             for t, gi in labels.clauses()]
+    names = [t if gi < 0 else f"{t}[{labels.groups[gi].color} {labels.groups[gi].shape}]" for t, gi in labels.clauses()]
     for i in range(args.n):
         verdict = ", ".join(f"{n}={'ok' if c else 'no'}" for n, c in zip(names, res.correct[i].tolist()))
         print(f"seed {args.seed + i}: clauses {res.fraction[i]:.2f} all_correct={bool(res.all_correct[i])}: {verdict}")
@@ -79,8 +79,9 @@ def _sample(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     from .evaluate import MAIN_KEYS, format_table, run_eval
 
-    metrics = run_eval(args.n_prompts, args.seed, args.assets, args.pipeline, args.steps, args.guidance,
-                       n_real=args.n_real)
+    metrics = run_eval(
+        args.n_prompts, args.seed, args.assets, args.pipeline, args.steps, args.guidance, n_real=args.n_real
+    )
     if not args.json:
         print(format_table(metrics))
     print(json.dumps({k: metrics[k] for k in MAIN_KEYS} | {"n_prompts": metrics["n_prompts"]}))
@@ -93,8 +94,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="flowalign testbed", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="flowalign testbed", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add_arguments(parser)
     args = parser.parse_args(argv)
     try:

@@ -10,6 +10,7 @@ Corruptions, each at a strength drawn from a range chosen so that it is visible 
   * ``oversaturate``  saturation gain 2.2-3.5 about the pixel mean plus brightening, clipped;
   * ``smear``         a directional box blur (length 5-9 px) over the image (motion smear).
 """
+
 from __future__ import annotations
 
 import torch
@@ -66,14 +67,12 @@ def smear(x: Tensor, g: torch.Generator) -> Tensor:
         if torch.rand(1, generator=g) < 0.5:
             kernel = kernel.transpose(2, 3)
         ph, pw = kernel.shape[2] // 2, kernel.shape[3] // 2
-        padded = F.pad(x[i:i + 1], (pw, kernel.shape[3] - 1 - pw, ph, kernel.shape[2] - 1 - ph),
-                       mode="replicate")
+        padded = F.pad(x[i : i + 1], (pw, kernel.shape[3] - 1 - pw, ph, kernel.shape[2] - 1 - ph), mode="replicate")
         out[i] = F.conv2d(padded, kernel, groups=3)[0]
     return out
 
 
-FUNCS = {"noise": noise, "checkerboard": checkerboard, "blocky": blocky,
-         "oversaturate": oversaturate, "smear": smear}
+FUNCS = {"noise": noise, "checkerboard": checkerboard, "blocky": blocky, "oversaturate": oversaturate, "smear": smear}
 
 
 def corrupt(x: Tensor, g: torch.Generator, kinds: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -94,7 +93,7 @@ def mild(x: Tensor, g: torch.Generator) -> Tensor:
     b = x.shape[0]
     sigma = _u(0.0, 0.6, b, g).clamp(min=0.25)  # <= 0.25 px: numerically no blur
     k = torch.arange(-2, 3, dtype=torch.float32)
-    w = torch.exp(-k[None] ** 2 / (2 * sigma[:, None] ** 2))
+    w = torch.exp(-(k[None] ** 2) / (2 * sigma[:, None] ** 2))
     w = (w / w.sum(1, keepdim=True)).repeat_interleave(3, 0)  # [B*3, 5] separable kernels
     out = F.pad(x.reshape(1, b * 3, *x.shape[2:]), (2, 2, 2, 2), mode="replicate")
     out = F.conv2d(F.conv2d(out, w.view(-1, 1, 1, 5), groups=b * 3), w.view(-1, 1, 5, 1), groups=b * 3)
@@ -108,7 +107,7 @@ def image_stats(x: Tensor) -> dict[str, Tensor]:
     sat = ((mx - mn) / (mx + 0.05)).mean((1, 2))
     lum = 0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]
     contrast = lum.flatten(1).std(1)
-    edge = ((lum[:, 1:] - lum[:, :-1]).abs().mean((1, 2)) + (lum[:, :, 1:] - lum[:, :, :-1]).abs().mean((1, 2)))
+    edge = (lum[:, 1:] - lum[:, :-1]).abs().mean((1, 2)) + (lum[:, :, 1:] - lum[:, :, :-1]).abs().mean((1, 2))
     return {"saturation": sat, "contrast": contrast, "edge": edge}
 
 

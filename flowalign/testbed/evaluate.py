@@ -4,6 +4,7 @@ real procedural images, the artifact detector on clean vs. corrupted images, and
 Sampling uses the stock ``StableDiffusion3Pipeline.__call__`` with one ``torch.Generator`` per
 image (seed ``seed + i`` for the i-th prompt), so results do not depend on the batch size.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -21,15 +22,28 @@ CLAUSE_TYPES = ("color", "shape", "count", "position")
 
 
 @torch.no_grad()
-def generate(pipe, prompts: list[str], num_inference_steps: int, guidance_scale: float, seed: int = 0,
-             batch_size: int = 32, **kwargs: Any) -> Tensor:
+def generate(
+    pipe,
+    prompts: list[str],
+    num_inference_steps: int,
+    guidance_scale: float,
+    seed: int = 0,
+    batch_size: int = 32,
+    **kwargs: Any,
+) -> Tensor:
     """Images [N, 3, 32, 32] in [0, 1] from the stock pipeline call."""
     out = []
     for i in range(0, len(prompts), batch_size):
-        chunk = prompts[i:i + batch_size]
+        chunk = prompts[i : i + batch_size]
         gens = [torch.Generator().manual_seed(seed + i + j) for j in range(len(chunk))]
-        res = pipe(prompt=chunk, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
-                   generator=gens, output_type="pt", **kwargs)
+        res = pipe(
+            prompt=chunk,
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+            generator=gens,
+            output_type="pt",
+            **kwargs,
+        )
         out.append(res.images.float().cpu())
     return torch.cat(out)
 
@@ -50,9 +64,18 @@ def clause_metrics(correct: Tensor, mask: Tensor, labels: list[W.PromptLabels]) 
     return out
 
 
-def evaluate_pipeline(pipe, checker, prompts: list[str], num_inference_steps: int, guidance_scale: float,
-                      seed: int = 0, batch_size: int = 32, detector=None, aesthetic=None,
-                      return_images: bool = False) -> dict[str, Any]:
+def evaluate_pipeline(
+    pipe,
+    checker,
+    prompts: list[str],
+    num_inference_steps: int,
+    guidance_scale: float,
+    seed: int = 0,
+    batch_size: int = 32,
+    detector=None,
+    aesthetic=None,
+    return_images: bool = False,
+) -> dict[str, Any]:
     """Generate one image per prompt and judge it with the checker (plus optional scorers)."""
     labels = [W.parse_prompt(p) for p in prompts]
     images = generate(pipe, prompts, num_inference_steps, guidance_scale, seed, batch_size)
@@ -101,16 +124,21 @@ def checker_agreement(checker, n: int = 1000, seed: int = 0, batch_size: int = 2
         agree.append(((res.correct == truth) | ~mask).all(1))
         matched.append(res.all_correct[0::2])
     agree_t = torch.cat(agree)
-    return {"acc": float(agree_t.float().mean()), "matched_all_correct": float(torch.cat(matched).float().mean()),
-            "n": n}
+    return {
+        "acc": float(agree_t.float().mean()),
+        "matched_all_correct": float(torch.cat(matched).float().mean()),
+        "n": n,
+    }
 
 
 @torch.no_grad()
 def detector_accuracy(detector, n: int = 1000, seed: int = 0) -> dict[str, float]:
     """Accuracy on fresh procedural images: half clean (mild blur/noise), half corrupted."""
     rng, g = np.random.default_rng(20_000 + seed), torch.Generator().manual_seed(20_000 + seed)
-    scenes = [W.random_scene(rng) if rng.random() < 0.5 else
-              W.scene_for(W.parse_prompt(W.sample_prompt(rng, "test")), rng) for _ in range(n)]
+    scenes = [
+        W.random_scene(rng) if rng.random() < 0.5 else W.scene_for(W.parse_prompt(W.sample_prompt(rng, "test")), rng)
+        for _ in range(n)
+    ]
     x = C.mild(R.render(scenes), g)
     y = torch.arange(n) % 2 == 1
     kinds = torch.arange(n) // 2 % len(C.CORRUPTIONS)
@@ -123,8 +151,15 @@ def detector_accuracy(detector, n: int = 1000, seed: int = 0) -> dict[str, float
     return out
 
 
-def sample_grid(pipe, prompts: list[str], seeds: int, path: str | Path, num_inference_steps: int,
-                guidance_scale: float, scale: int = 3) -> Path:
+def sample_grid(
+    pipe,
+    prompts: list[str],
+    seeds: int,
+    path: str | Path,
+    num_inference_steps: int,
+    guidance_scale: float,
+    scale: int = 3,
+) -> Path:
     """A PNG: one row per prompt (caption on the left), ``seeds`` samples per row."""
     from PIL import Image, ImageDraw
 
@@ -145,13 +180,21 @@ def sample_grid(pipe, prompts: list[str], seeds: int, path: str | Path, num_infe
 
 def assets_mb(directory: str | Path | None = None) -> float:
     from .paths import assets_dir
+
     root = assets_dir(directory)
-    return sum(f.stat().st_size for f in root.rglob("*") if f.is_file()) / 2 ** 20
+    return sum(f.stat().st_size for f in root.rglob("*") if f.is_file()) / 2**20
 
 
-def run_eval(n_prompts: int | None = None, seed: int = 0, assets: str | Path | None = None,
-             pipeline: str | Path | None = None, steps: int | None = None, guidance: float | None = None,
-             n_real: int = 1000, batch_size: int = 32) -> dict[str, Any]:
+def run_eval(
+    n_prompts: int | None = None,
+    seed: int = 0,
+    assets: str | Path | None = None,
+    pipeline: str | Path | None = None,
+    steps: int | None = None,
+    guidance: float | None = None,
+    n_real: int = 1000,
+    batch_size: int = 32,
+) -> dict[str, Any]:
     """Everything ``flowalign testbed eval`` and ``benchmarks/bench_testbed.py`` report."""
     from .pipeline import default_sampling, load_pipeline
     from .scorers import load_aesthetic, load_artifact_detector, load_checker
@@ -159,12 +202,14 @@ def run_eval(n_prompts: int | None = None, seed: int = 0, assets: str | Path | N
     sampling = default_sampling(assets)
     steps = int(steps or sampling["num_inference_steps"])
     guidance = float(sampling["guidance_scale"] if guidance is None else guidance)
-    pipe = load_pipeline(pipeline if pipeline is not None else
-                         (Path(assets) / "pipeline" if assets is not None else None))
+    pipe = load_pipeline(
+        pipeline if pipeline is not None else (Path(assets) / "pipeline" if assets is not None else None)
+    )
     checker, detector = load_checker(assets), load_artifact_detector(assets)
     prompts = eval_prompts_n(n_prompts)
-    out = evaluate_pipeline(pipe, checker, prompts, steps, guidance, seed, batch_size, detector=detector,
-                            aesthetic=load_aesthetic(assets))
+    out = evaluate_pipeline(
+        pipe, checker, prompts, steps, guidance, seed, batch_size, detector=detector, aesthetic=load_aesthetic(assets)
+    )
     out.update(num_inference_steps=steps, guidance_scale=guidance)
     agree = checker_agreement(checker, n_real, seed=seed + 1)
     det = detector_accuracy(detector, n_real, seed=seed + 2)
@@ -185,12 +230,19 @@ def eval_prompts_n(n: int | None) -> list[str]:
     return [base[i % len(base)] for i in range(n)]
 
 
-MAIN_KEYS = ("color_acc", "shape_acc", "count_acc", "position_acc", "compositional_acc",
-             "checker_heldout_acc", "artifact_detector_acc", "assets_mb")
+MAIN_KEYS = (
+    "color_acc",
+    "shape_acc",
+    "count_acc",
+    "position_acc",
+    "compositional_acc",
+    "checker_heldout_acc",
+    "artifact_detector_acc",
+    "assets_mb",
+)
 
 
 def format_table(metrics: dict[str, Any]) -> str:
     rows = [(k, metrics[k]) for k in metrics if k != "images"]
     width = max(len(k) for k, _ in rows)
-    return "\n".join(f"{k:<{width}}  {v:.4f}" if isinstance(v, float) else f"{k:<{width}}  {v}"
-                     for k, v in rows)
+    return "\n".join(f"{k:<{width}}  {v:.4f}" if isinstance(v, float) else f"{k:<{width}}  {v}" for k, v in rows)

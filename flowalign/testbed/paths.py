@@ -1,4 +1,5 @@
 """Where the shipped testbed assets live (``<repo>/assets/testbed``), resolved from the package."""
+
 from __future__ import annotations
 
 import os
@@ -21,7 +22,8 @@ def assets_dir(path: str | os.PathLike | None = None, require: str | None = None
             f"testbed assets not found: {target} does not exist. The assets ship in the repository "
             f"under assets/testbed (the package looks for {TESTBED_DIR}); with a non-editable install "
             f"set {ENV_VAR}=/path/to/assets/testbed, or rebuild them with "
-            f"`python scripts/train_testbed.py --out {root}`.")
+            f"`python scripts/train_testbed.py --out {root}`."
+        )
     return root
 
 

@@ -24,6 +24,7 @@ whose logit is raised by log(#pads). Training encodes T5_TRAIN_LEN explicit posi
 token carrying that bias (``RepeatedTokenProcessor``): exact, ~4x cheaper than 256 real tokens,
 and the number of pads is randomised so that any ``max_sequence_length`` >= 16 works.
 """
+
 from __future__ import annotations
 
 import json
@@ -41,8 +42,13 @@ from .paths import assets_dir, pipeline_dir
 TOKENIZER_MAX_LENGTH = 10  # CLIP tokens per prompt (pipeline pads to this): <bos> + 8 words + <eos>
 T5_TRAIN_LEN = 9  # explicit T5 positions at training time (8 words + </s>), then one pad token standing for the rest
 DEFAULT_ARCH: dict[str, Any] = {
-    "clip": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 3,
-             "num_attention_heads": 2, "projection_dim": 32},
+    "clip": {
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 3,
+        "num_attention_heads": 2,
+        "projection_dim": 32,
+    },
     "transformer": {"num_layers": 4, "attention_head_dim": 32, "num_attention_heads": 4},
     "vae": {"block_out_channels": [16, 32], "layers_per_block": 1, "norm_num_groups": 8},
     "shift": 2.0,
@@ -57,11 +63,13 @@ def vocabulary() -> list[str]:
 
 def build_tokenizer(save_dir: str | None = None):
     from ..models.tiny import build_clip_tokenizer
+
     return build_clip_tokenizer(vocabulary(), save_dir=save_dir, model_max_length=TOKENIZER_MAX_LENGTH)
 
 
 def build_t5_tokenizer():
     from ..models.tiny import build_t5_tokenizer as build
+
     return build(vocabulary())
 
 
@@ -75,49 +83,91 @@ def build_components(arch: dict[str, Any] | None = None, seed: int = 0) -> dict[
     c = arch["clip"]
     encoders = []
     for k in range(2):
-        cfg = CLIPTextConfig(vocab_size=len(tok), max_position_embeddings=TOKENIZER_MAX_LENGTH,
-                             hidden_act="gelu", bos_token_id=tok.bos_token_id,
-                             eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, **c)
+        cfg = CLIPTextConfig(
+            vocab_size=len(tok),
+            max_position_embeddings=TOKENIZER_MAX_LENGTH,
+            hidden_act="gelu",
+            bos_token_id=tok.bos_token_id,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
+            **c,
+        )
         torch.manual_seed(seed + 1 + k)
         encoders.append(CLIPTextModelWithProjection(cfg))
     t5_tok = build_t5_tokenizer()
     torch.manual_seed(seed + 5)
-    t5 = T5EncoderModel(T5Config(vocab_size=len(t5_tok), d_model=2 * c["hidden_size"], num_layers=0,
-                                 num_heads=2, d_kv=8, d_ff=8, dropout_rate=0.0, pad_token_id=0,
-                                 eos_token_id=1, decoder_start_token_id=0))
+    t5 = T5EncoderModel(
+        T5Config(
+            vocab_size=len(t5_tok),
+            d_model=2 * c["hidden_size"],
+            num_layers=0,
+            num_heads=2,
+            d_kv=8,
+            d_ff=8,
+            dropout_rate=0.0,
+            pad_token_id=0,
+            eos_token_id=1,
+            decoder_start_token_id=0,
+        )
+    )
     t = {"patch_size": 2, **arch["transformer"]}
     v = {"latent_channels": 4, **arch["vae"]}
     blocks = len(v["block_out_channels"])
     torch.manual_seed(seed + 3)
     transformer = SD3Transformer2DModel(
-        sample_size=W.IMAGE_SIZE // 2 ** (blocks - 1), in_channels=v["latent_channels"],
-        out_channels=v["latent_channels"], joint_attention_dim=2 * c["hidden_size"],
+        sample_size=W.IMAGE_SIZE // 2 ** (blocks - 1),
+        in_channels=v["latent_channels"],
+        out_channels=v["latent_channels"],
+        joint_attention_dim=2 * c["hidden_size"],
         caption_projection_dim=t["attention_head_dim"] * t["num_attention_heads"],
-        pooled_projection_dim=2 * c["projection_dim"], pos_embed_max_size=16, **t)
+        pooled_projection_dim=2 * c["projection_dim"],
+        pos_embed_max_size=16,
+        **t,
+    )
     torch.manual_seed(seed + 4)
-    vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * blocks,
-                        up_block_types=("UpDecoderBlock2D",) * blocks, sample_size=W.IMAGE_SIZE,
-                        use_quant_conv=False, use_post_quant_conv=False, scaling_factor=1.0,
-                        shift_factor=0.0, **v)
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * blocks,
+        up_block_types=("UpDecoderBlock2D",) * blocks,
+        sample_size=W.IMAGE_SIZE,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+        scaling_factor=1.0,
+        shift_factor=0.0,
+        **v,
+    )
     scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=float(arch["shift"]))
-    return {"tokenizer": tok, "tokenizer_2": tok, "text_encoder": encoders[0], "text_encoder_2": encoders[1],
-            "tokenizer_3": t5_tok, "text_encoder_3": t5, "transformer": transformer, "vae": vae, "scheduler": scheduler}
+    return {
+        "tokenizer": tok,
+        "tokenizer_2": tok,
+        "text_encoder": encoders[0],
+        "text_encoder_2": encoders[1],
+        "tokenizer_3": t5_tok,
+        "text_encoder_3": t5,
+        "transformer": transformer,
+        "vae": vae,
+        "scheduler": scheduler,
+    }
 
 
 def assemble(components: dict[str, Any]):
     from diffusers import StableDiffusion3Pipeline
+
     return StableDiffusion3Pipeline(**components)
 
 
 def load_pipeline(path: str | Path | None = None, device: str | torch.device = "cpu"):
     """The shipped pipeline (``assets/testbed/pipeline``), offline, fp32, eval mode."""
     from diffusers import StableDiffusion3Pipeline
+
     root = Path(path) if path is not None else pipeline_dir()
     if not (root / "model_index.json").exists():
-        raise ValueError(f"{root} holds no saved pipeline (model_index.json missing); pass the "
-                         "folder written by scripts/train_testbed.py (assets/testbed/pipeline).")
-    pipe = StableDiffusion3Pipeline.from_pretrained(str(root), local_files_only=True,
-                                                    torch_dtype=torch.float32)
+        raise ValueError(
+            f"{root} holds no saved pipeline (model_index.json missing); pass the "
+            "folder written by scripts/train_testbed.py (assets/testbed/pipeline)."
+        )
+    pipe = StableDiffusion3Pipeline.from_pretrained(str(root), local_files_only=True, torch_dtype=torch.float32)
     for name in ("transformer", "vae", "text_encoder", "text_encoder_2", "text_encoder_3"):
         getattr(pipe, name).eval()
     pipe.set_progress_bar_config(disable=True)
@@ -143,8 +193,9 @@ ENCODERS = ("text_encoder", "text_encoder_2", "text_encoder_3")
 
 def tokenize(tok, prompts: list[str], length: int | None = None) -> Tensor:
     """Token ids [B, L] padded as the pipeline pads them (CLIP: to model_max_length)."""
-    return tok(prompts, padding="max_length", max_length=length or tok.model_max_length, truncation=True,
-               return_tensors="pt").input_ids
+    return tok(
+        prompts, padding="max_length", max_length=length or tok.model_max_length, truncation=True, return_tensors="pt"
+    ).input_ids
 
 
 def encode_train(encoders: dict[str, Any], clip_ids: Tensor, t5_ids: Tensor) -> tuple[Tensor, Tensor]:
@@ -172,8 +223,15 @@ class RepeatedTokenProcessor:
     def __init__(self):
         self.log_n: Tensor | None = None  # [B]
 
-    def __call__(self, attn, hidden_states: Tensor, encoder_hidden_states: Tensor | None = None,
-                 attention_mask: Tensor | None = None, *args, **kwargs):
+    def __call__(
+        self,
+        attn,
+        hidden_states: Tensor,
+        encoder_hidden_states: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        *args,
+        **kwargs,
+    ):
         if attn.norm_q is not None or attn.norm_added_q is not None:
             raise ValueError("RepeatedTokenProcessor assumes an SD3 transformer without qk_norm")
         b, n_img = hidden_states.shape[:2]

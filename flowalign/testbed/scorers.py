@@ -18,6 +18,7 @@ images by ``flowalign.testbed.train`` and saved as ``<name>.safetensors`` + ``<n
   energy): a smooth score a policy can raise with noise, checkerboards or over-saturation.
 * ``ArtifactDetector`` outputs P(artifact) for clean vs corrupted (``corrupt.CORRUPTIONS``).
 """
+
 from __future__ import annotations
 
 import json
@@ -44,8 +45,7 @@ def to_input(images: Tensor) -> Tensor:
         raise ValueError(f"images must be a tensor [B, 3, H, W] float in [0, 1], got {shape}")
     x = images.float()
     if x.shape[-2:] != (W.IMAGE_SIZE, W.IMAGE_SIZE):
-        x = F.interpolate(x, size=(W.IMAGE_SIZE, W.IMAGE_SIZE), mode="bilinear", antialias=True,
-                          align_corners=False)
+        x = F.interpolate(x, size=(W.IMAGE_SIZE, W.IMAGE_SIZE), mode="bilinear", antialias=True, align_corners=False)
     return x * 2 - 1
 
 
@@ -57,7 +57,7 @@ def _conv(cin: int, cout: int, stride: int = 1, dilation: int = 1, norm: bool = 
 def count_distribution(n: Tensor) -> Tensor:
     """Soft count n [...] -> probabilities [..., 5] of 0, 1, 2, 3, 4+ objects (Gaussian in n - k)."""
     ks = torch.arange(5, dtype=n.dtype, device=n.device)
-    return torch.softmax(-(n[..., None] - ks) ** 2 / (2 * COUNT_TAU ** 2), -1)
+    return torch.softmax(-((n[..., None] - ks) ** 2) / (2 * COUNT_TAU**2), -1)
 
 
 @dataclass
@@ -91,9 +91,14 @@ class Checker(nn.Module):
         super().__init__()
         self.config = {"width": width, "width2": width2}
         cells = len(W.COLOR_NAMES) * len(W.SHAPES)
-        self.net = nn.Sequential(*_conv(3, width, norm=True), *_conv(width, width2, stride=2, norm=True),
-                                 *_conv(width2, width2, norm=True), *_conv(width2, width2, dilation=2, norm=True),
-                                 *_conv(width2, width2, norm=True), nn.Conv2d(width2, cells + 1, 1))
+        self.net = nn.Sequential(
+            *_conv(3, width, norm=True),
+            *_conv(width, width2, stride=2, norm=True),
+            *_conv(width2, width2, norm=True),
+            *_conv(width2, width2, dilation=2, norm=True),
+            *_conv(width2, width2, norm=True),
+            nn.Conv2d(width2, cells + 1, 1),
+        )
         with torch.no_grad():  # start from "background everywhere"
             self.net[-1].bias[-1] = 6.0
         coords = (torch.arange(GRID, dtype=torch.float32) + 0.5) * (W.IMAGE_SIZE / GRID)
@@ -132,17 +137,18 @@ class Checker(nn.Module):
             row = []
             for kind, gi in lab.clauses():
                 if kind == "position":
-                    (ca, sa), (cb, sb) = [(W.COLOR_NAMES.index(g.color), W.SHAPES.index(g.shape))
-                                          for g in lab.groups]
+                    (ca, sa), (cb, sb) = [(W.COLOR_NAMES.index(g.color), W.SHAPES.index(g.shape)) for g in lab.groups]
                     (xa, ya), (xb, yb) = cent[i, ca, sa], cent[i, cb, sb]
-                    gap = {"left of": xb - xa, "right of": xa - xb, "above": yb - ya,
-                           "below": ya - yb}[lab.relation] - W.MARGIN
+                    gap = {"left of": xb - xa, "right of": xa - xb, "above": yb - ya, "below": ya - yb}[
+                        lab.relation
+                    ] - W.MARGIN
                     row.append(present[i, ca, sa] * present[i, cb, sb] * torch.sigmoid(gap / POSITION_TAU))
                     continue
                 g = lab.groups[gi]
                 c, s = W.COLOR_NAMES.index(g.color), W.SHAPES.index(g.shape)
-                row.append({"color": color_present[i, c], "shape": shape_present[i, s],
-                            "count": p[i, c, s, g.count]}[kind])
+                row.append(
+                    {"color": color_present[i, c], "shape": shape_present[i, s], "count": p[i, c, s, g.count]}[kind]
+                )
             row += [n.new_zeros(())] * (W.MAX_CLAUSES - len(row))
             rows.append(torch.stack(row))
         return CheckerOut(torch.stack(rows), correct.to(n.device), mask.to(n.device))
@@ -156,8 +162,7 @@ class AestheticProxy(nn.Module):
     def __init__(self, width: int = 16, width2: int = 32):
         super().__init__()
         self.config = {"width": width, "width2": width2}
-        self.features = nn.Sequential(*_conv(3, width), *_conv(width, width2, stride=2),
-                                      *_conv(width2, width2))
+        self.features = nn.Sequential(*_conv(3, width), *_conv(width, width2, stride=2), *_conv(width2, width2))
         self.head = nn.Sequential(nn.Linear(2 * width2, 64), nn.SiLU(), nn.Linear(64, 1))
 
     def forward(self, images: Tensor) -> Tensor:
@@ -174,8 +179,12 @@ class ArtifactDetector(nn.Module):
     def __init__(self, width: int = 24, width2: int = 48):
         super().__init__()
         self.config = {"width": width, "width2": width2}
-        self.features = nn.Sequential(*_conv(3, width, norm=True), *_conv(width, width2, stride=2, norm=True),
-                                      *_conv(width2, width2, norm=True), *_conv(width2, width2, stride=2, norm=True))
+        self.features = nn.Sequential(
+            *_conv(3, width, norm=True),
+            *_conv(width, width2, stride=2, norm=True),
+            *_conv(width2, width2, norm=True),
+            *_conv(width2, width2, stride=2, norm=True),
+        )
         self.head = nn.Linear(2 * width2, 1)
 
     def logits(self, images: Tensor) -> Tensor:
@@ -191,6 +200,7 @@ SCORERS = {"checker": Checker, "aesthetic": AestheticProxy, "artifact": Artifact
 
 def save_scorer(model: nn.Module, directory: str | Path) -> None:
     from safetensors.torch import save_file
+
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
@@ -198,10 +208,10 @@ def save_scorer(model: nn.Module, directory: str | Path) -> None:
     (directory / f"{model.name}.json").write_text(json.dumps(model.config, indent=1))
 
 
-def load_scorer(name: str, directory: str | Path | None = None,
-                device: str | torch.device = "cpu") -> nn.Module:
+def load_scorer(name: str, directory: str | Path | None = None, device: str | torch.device = "cpu") -> nn.Module:
     """Load a saved scorer (``checker`` | ``aesthetic`` | ``artifact``) in eval mode, frozen."""
     from safetensors.torch import load_file
+
     if name not in SCORERS:
         raise ValueError(f"unknown testbed scorer {name!r}; choose one of {sorted(SCORERS)}")
     root = assets_dir(directory, f"scorers/{name}.safetensors") / "scorers"
@@ -215,11 +225,9 @@ def load_checker(directory: str | Path | None = None, device: str | torch.device
     return load_scorer("checker", directory, device)
 
 
-def load_aesthetic(directory: str | Path | None = None,
-                   device: str | torch.device = "cpu") -> AestheticProxy:
+def load_aesthetic(directory: str | Path | None = None, device: str | torch.device = "cpu") -> AestheticProxy:
     return load_scorer("aesthetic", directory, device)
 
 
-def load_artifact_detector(directory: str | Path | None = None,
-                           device: str | torch.device = "cpu") -> ArtifactDetector:
+def load_artifact_detector(directory: str | Path | None = None, device: str | torch.device = "cpu") -> ArtifactDetector:
     return load_scorer("artifact", directory, device)

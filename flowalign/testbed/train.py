@@ -4,10 +4,12 @@ Every routine draws fresh procedural images from its own seeded generators, runs
 of AdamW steps with a cosine learning rate, and returns the trained module in eval mode. ``log``
 receives one line per report.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,8 +25,9 @@ from .scorers import GRID, AestheticProxy, ArtifactDetector, Checker
 Log = Callable[[str], None]
 
 
-def procedural(rng: np.random.Generator, n: int, p_random: float = 0.5, split: str | None = None,
-               p_distort: float = 0.0) -> tuple[Tensor, list[W.Scene]]:
+def procedural(
+    rng: np.random.Generator, n: int, p_random: float = 0.5, split: str | None = None, p_distort: float = 0.0
+) -> tuple[Tensor, list[W.Scene]]:
     """``n`` scenes: caption scenes (prompts of ``split``, or any prompt) or random scenes, a
     fraction ``p_distort`` of them drawn imperfectly (``world.distort``)."""
     scenes = []
@@ -32,8 +35,9 @@ def procedural(rng: np.random.Generator, n: int, p_random: float = 0.5, split: s
         if rng.random() < p_random:
             scenes.append(W.random_scene(rng))
         else:
-            prompt = W.sample_prompt(rng, split or "train") if split or rng.random() < 0.8 \
-                else W.sample_prompt(rng, "test")
+            prompt = (
+                W.sample_prompt(rng, split or "train") if split or rng.random() < 0.8 else W.sample_prompt(rng, "test")
+            )
             scenes.append(W.scene_for(W.parse_prompt(prompt), rng))
     scenes = [R.distort(s, rng) if p_distort and rng.random() < p_distort else s for s in scenes]
     return R.render(scenes), scenes
@@ -41,7 +45,8 @@ def procedural(rng: np.random.Generator, n: int, p_random: float = 0.5, split: s
 
 def _schedule(opt: torch.optim.Optimizer, steps: int, warmup: int = 100):
     return torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warmup) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * s / steps))))
+        opt, lambda s: min(1.0, (s + 1) / warmup) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * s / steps)))
+    )
 
 
 def _step(loss: Tensor, opt, sched, params, clip: float = 1.0) -> None:
@@ -75,7 +80,7 @@ def train_vae(cfg: dict[str, Any], vae, seed: int, log: Log):
         x, _ = procedural(rng, cfg["batch"], p_random=0.4)
         dist = vae.encode(x * 2 - 1).latent_dist
         rec = vae.decode(dist.sample(generator=g)).sample
-        kl = 0.5 * (dist.mean ** 2 + dist.var - 1 - dist.logvar).mean()
+        kl = 0.5 * (dist.mean**2 + dist.var - 1 - dist.logvar).mean()
         err = rec - (x * 2 - 1)
         loss = err.abs().mean() + err.square().mean() * 4 + cfg["kl"] * kl
         _step(loss, opt, sched, params)
@@ -99,8 +104,8 @@ def density_targets(scenes: list[W.Scene], sigma: float = 1.0) -> Tensor:
     scale = W.IMAGE_SIZE / GRID
     for i, s in enumerate(scenes):
         for o in s.objects:
-            gx = torch.exp(-(grid - o.x / scale) ** 2 / (2 * sigma ** 2))
-            gy = torch.exp(-(grid - o.y / scale) ** 2 / (2 * sigma ** 2))
+            gx = torch.exp(-((grid - o.x / scale) ** 2) / (2 * sigma**2))
+            gy = torch.exp(-((grid - o.y / scale) ** 2) / (2 * sigma**2))
             blob = gy[:, None] * gx[None, :]
             t[i, W.COLOR_NAMES.index(o.color), W.SHAPES.index(o.shape)] += blob / blob.sum()
     return t
@@ -118,8 +123,14 @@ def augment(x: Tensor, g: torch.Generator, vae=None, p_vae: float = 0.3, latent_
     return (x * gain).clamp(0, 1)
 
 
-def _fit(label: str, make: Callable[..., nn.Module], cfg: dict[str, Any], seed: int, log: Log,
-         batch_loss: Callable[[nn.Module, np.random.Generator, torch.Generator], tuple[Tensor, Callable[[], str]]]):
+def _fit(
+    label: str,
+    make: Callable[..., nn.Module],
+    cfg: dict[str, Any],
+    seed: int,
+    log: Log,
+    batch_loss: Callable[[nn.Module, np.random.Generator, torch.Generator], tuple[Tensor, Callable[[], str]]],
+):
     """Seeded AdamW + warm-up/cosine loop shared by the scorers: ``batch_loss(model, rng, g)`` draws a
     fresh procedural batch and returns (loss, a function formatting the log line's numbers)."""
     rng, g = np.random.default_rng(seed), torch.Generator().manual_seed(seed)
@@ -146,6 +157,7 @@ def train_checker(cfg: dict[str, Any], seed: int, log: Log, vae=None) -> Checker
         ce = -(target * logd).sum((1, 2, 3)).mean()
         count_err = (logd[:, :-1].exp().sum((-1, -2)) - target[:, :-1].sum((-1, -2))).abs().sum(1).mean()
         return ce + 0.1 * count_err, lambda: f"cross-entropy {ce.item():.4f} count L1/img {count_err.item():.3f}"
+
     return _fit("checker", Checker, cfg, seed, log, batch_loss)
 
 
@@ -161,6 +173,7 @@ def train_detector(cfg: dict[str, Any], seed: int, log: Log, vae=None) -> Artifa
         loss = F.binary_cross_entropy_with_logits(logits, y)
         acc = lambda: float(((logits > 0).float() == y).float().mean())  # noqa: E731
         return loss, lambda: f"loss {loss.item():.4f} batch acc {acc():.3f}"
+
     return _fit("detector", ArtifactDetector, cfg, seed, log, batch_loss)
 
 
@@ -169,11 +182,11 @@ def aesthetic_inputs(rng: np.random.Generator, g: torch.Generator, n: int, vae=N
     x, _ = procedural(rng, n, p_random=0.5)
     x = augment(x, g, vae)
     q = n // 4
-    x[q:2 * q] = C.corrupt(x[q:2 * q], g)[0]
-    x[2 * q:3 * q] = C.corrupt(C.corrupt(x[2 * q:3 * q], g)[0], g)[0]
+    x[q : 2 * q] = C.corrupt(x[q : 2 * q], g)[0]
+    x[2 * q : 3 * q] = C.corrupt(C.corrupt(x[2 * q : 3 * q], g)[0], g)[0]
     mix = torch.rand(n - 3 * q, 1, 1, 1, generator=g)
     field = torch.rand(n - 3 * q, 3, W.IMAGE_SIZE, W.IMAGE_SIZE, generator=g)
-    x[3 * q:] = mix * field + (1 - mix) * x[3 * q:]
+    x[3 * q :] = mix * field + (1 - mix) * x[3 * q :]
     return x
 
 
@@ -182,4 +195,5 @@ def train_aesthetic(cfg: dict[str, Any], seed: int, log: Log, vae=None) -> Aesth
         x = aesthetic_inputs(rng, g, cfg["batch"], vae)
         loss = F.smooth_l1_loss(model(x), C.aesthetic_target(x))
         return loss, lambda: f"loss {loss.item():.4f}"
+
     return _fit("aesthetic", AestheticProxy, cfg, seed, log, batch_loss)

@@ -17,11 +17,13 @@ two-object captions drawn with their second object twice (an extra object: only 
 Calls chain: a call continues from the modules it is given (e.g. the EMA weights a previous call
 returned), with a fresh optimizer and schedule (a warm restart).
 """
+
 from __future__ import annotations
 
 import copy
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,7 +33,6 @@ from . import pipeline as P
 from . import render as R
 from . import world as W
 from .train import Log, _schedule
-
 
 _MIRROR = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
 
@@ -75,8 +76,12 @@ def duplicated(labels: W.PromptLabels, rng: np.random.Generator, p: float) -> W.
     return W.PromptLabels(labels.kind, (a, W.Group(b.color, b.shape, b.count + 1)), labels.relation)
 
 
-NOISES = {"caption_noise": neglected, "relation_noise": mirrored, "leak_noise": leaked,
-          "duplicate_noise": duplicated}  # applied in this order (a recipe without the later kinds draws as before)
+NOISES = {
+    "caption_noise": neglected,
+    "relation_noise": mirrored,
+    "leak_noise": leaked,
+    "duplicate_noise": duplicated,
+}  # applied in this order (a recipe without the later kinds draws as before)
 
 
 def logit_normal_sigmas(b: int, g: torch.Generator, shift: float) -> torch.Tensor:
@@ -84,8 +89,13 @@ def logit_normal_sigmas(b: int, g: torch.Generator, shift: float) -> torch.Tenso
     return shift * s / (1 + (shift - 1) * s)
 
 
-def train_flow(cfg: dict[str, Any], components: dict[str, Any], seed: int, log: Log,
-               checkpoint: Callable[[int, dict[str, Any]], None] | None = None) -> dict[str, Any]:
+def train_flow(
+    cfg: dict[str, Any],
+    components: dict[str, Any],
+    seed: int,
+    log: Log,
+    checkpoint: Callable[[int, dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
     """Train ``transformer`` + ``text_encoder(_2)`` in ``components`` in place; returns EMA copies."""
     unknown = sorted(k for k in cfg if k.endswith("_noise") and k not in NOISES)
     if unknown:
@@ -97,8 +107,9 @@ def train_flow(cfg: dict[str, Any], components: dict[str, Any], seed: int, log: 
     ema = {k: copy.deepcopy(m).eval().requires_grad_(False) for k, m in modules.items()}
     params = [p for m in modules.values() for p in m.parameters()]
     ema_params = [p for m in ema.values() for p in m.parameters()]
-    opt = torch.optim.AdamW(params, lr=cfg["lr"], weight_decay=cfg.get("weight_decay", 0.0),
-                            betas=(0.9, 0.99), foreach=True)
+    opt = torch.optim.AdamW(
+        params, lr=cfg["lr"], weight_decay=cfg.get("weight_decay", 0.0), betas=(0.9, 0.99), foreach=True
+    )
     sched = _schedule(opt, cfg["steps"], warmup=cfg.get("warmup", 200))
     proc = P.use_repeated_token(modules["transformer"])
     shift, sf, sh = float(cfg["shift"]), vae.config.scaling_factor, vae.config.shift_factor
@@ -133,8 +144,9 @@ def train_flow(cfg: dict[str, Any], components: dict[str, Any], seed: int, log: 
         eps = torch.randn(z.shape, generator=g)
         s = sigma.view(-1, 1, 1, 1)
         xt = (1 - s) * z + s * eps
-        v = modules["transformer"](hidden_states=xt, encoder_hidden_states=context,
-                                   pooled_projections=pooled, timestep=sigma * 1000).sample
+        v = modules["transformer"](
+            hidden_states=xt, encoder_hidden_states=context, pooled_projections=pooled, timestep=sigma * 1000
+        ).sample
         loss = F.mse_loss(v, eps - z)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -149,9 +161,12 @@ def train_flow(cfg: dict[str, Any], components: dict[str, Any], seed: int, log: 
         running = loss.item() if step == 0 else 0.98 * running + 0.02 * loss.item()
         if step % 100 == 0 or step == cfg["steps"] - 1:
             el = time.time() - t0
-            log(f"flow {step:5d} loss {running:.4f} lr {sched.get_last_lr()[0]:.2e} "
-                f"{el / (step + 1):.2f} s/step, eta {el / (step + 1) * (cfg['steps'] - step - 1) / 60:.1f} min")
+            log(
+                f"flow {step:5d} loss {running:.4f} lr {sched.get_last_lr()[0]:.2e} "
+                f"{el / (step + 1):.2f} s/step, eta {el / (step + 1) * (cfg['steps'] - step - 1) / 60:.1f} min"
+            )
     from diffusers.models.attention_processor import JointAttnProcessor2_0
+
     for m in (modules["transformer"], ema["transformer"]):
         m.set_attn_processor(JointAttnProcessor2_0())
     for m in modules.values():

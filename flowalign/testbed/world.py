@@ -21,6 +21,7 @@ out as the ``test`` split (evaluation only): 20% of single and count prompts, 40
 of position prompts = 3 + 6 + 84 + 126 = 219 prompts, so that no kind dominates the eval set as
 the 840 position prompts would at a uniform rate.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -33,8 +34,12 @@ from torch import Tensor
 
 IMAGE_SIZE = 32
 COLORS: dict[str, tuple[float, float, float]] = {
-    "red": (0.90, 0.16, 0.14), "green": (0.16, 0.75, 0.22), "blue": (0.18, 0.33, 0.95),
-    "yellow": (0.96, 0.86, 0.18), "purple": (0.62, 0.22, 0.86)}
+    "red": (0.90, 0.16, 0.14),
+    "green": (0.16, 0.75, 0.22),
+    "blue": (0.18, 0.33, 0.95),
+    "yellow": (0.96, 0.86, 0.18),
+    "purple": (0.62, 0.22, 0.86),
+}
 COLOR_NAMES = tuple(COLORS)
 SHAPES = ("circle", "square", "triangle")
 BACKGROUND = (0.10, 0.11, 0.13)
@@ -93,14 +98,14 @@ def _plural(shape: str) -> str:
 def format_prompt(labels: PromptLabels) -> str:
     def phrase(g: Group) -> str:
         return f"{COUNT_WORDS[g.count]} {g.color} {_plural(g.shape) if g.count > 1 else g.shape}"
+
     if labels.kind in ("single", "count"):
         return phrase(labels.groups[0])
     joint = "and" if labels.kind == "pair" else labels.relation
     return f"{phrase(labels.groups[0])} {joint} {phrase(labels.groups[1])}"
 
 
-_OBJ = r"(a|two|three) (" + "|".join(COLOR_NAMES) + r") (" + "|".join(
-    s + "s?" for s in SHAPES) + r")"
+_OBJ = r"(a|two|three) (" + "|".join(COLOR_NAMES) + r") (" + "|".join(s + "s?" for s in SHAPES) + r")"
 _PROMPT_RE = re.compile(rf"^{_OBJ}(?: (and|left of|right of|above|below) {_OBJ})?$")
 
 
@@ -110,9 +115,11 @@ def parse_prompt(prompt: str) -> PromptLabels:
         raise ValueError(f"prompt must be a str, got {type(prompt).__name__}")
     text = " ".join(prompt.lower().strip().rstrip(".").split())
     m = _PROMPT_RE.match(text)
-    hint = ("; the testbed grammar is e.g. 'a red circle', 'two blue squares', 'a red circle and a "
-            f"blue square', 'a green triangle left of a yellow circle' (colours {list(COLOR_NAMES)}, "
-            f"shapes {list(SHAPES)}, relations {list(RELATIONS)})")
+    hint = (
+        "; the testbed grammar is e.g. 'a red circle', 'two blue squares', 'a red circle and a "
+        f"blue square', 'a green triangle left of a yellow circle' (colours {list(COLOR_NAMES)}, "
+        f"shapes {list(SHAPES)}, relations {list(RELATIONS)})"
+    )
     if m is None:
         raise ValueError(f"prompt {prompt!r} is outside the shapes-world grammar{hint}")
     groups = []
@@ -140,8 +147,7 @@ def all_prompts() -> dict[str, list[str]]:
     cells = [Group(c, s) for c in COLOR_NAMES for s in SHAPES]
     out: dict[str, list[str]] = {k: [] for k in KINDS}
     out["single"] = [format_prompt(PromptLabels("single", (g,))) for g in cells]
-    out["count"] = [format_prompt(PromptLabels("count", (Group(g.color, g.shape, n),)))
-                    for n in (2, 3) for g in cells]
+    out["count"] = [format_prompt(PromptLabels("count", (Group(g.color, g.shape, n),))) for n in (2, 3) for g in cells]
     pairs = list(itertools.permutations(cells, 2))
     out["pair"] = [format_prompt(PromptLabels("pair", p)) for p in pairs]
     out["position"] = [format_prompt(PromptLabels("position", p, r)) for r in RELATIONS for p in pairs]
@@ -183,8 +189,9 @@ def _jitter_rgb(color: str, rng: np.random.Generator) -> tuple[float, float, flo
 _DIRECTION = {"left of": (1.0, 0.0), "right of": (-1.0, 0.0), "above": (0.0, 1.0), "below": (0.0, -1.0)}
 
 
-def _place(specs: list[tuple[str, str]], rng: np.random.Generator, relation: str | None = None,
-           tries: int = 200) -> list[Obj]:
+def _place(
+    specs: list[tuple[str, str]], rng: np.random.Generator, relation: str | None = None, tries: int = 200
+) -> list[Obj]:
     """Sequential non-overlapping placement (bounding circles >= 1 px apart), shrinking sizes if
     crowded. With a relation, the second object is proposed at an offset from the first: >= 10 px
     along the relation's axis (towards "B" in "A left of B") and at most 0.6 times that across it."""
@@ -224,14 +231,14 @@ def random_scene(rng: np.random.Generator, max_objects: int = 5) -> Scene:
     """0..max_objects objects with independent colours/shapes, at most 3 of any colour+shape."""
     while True:
         n = int(rng.integers(0, max_objects + 1))
-        specs = [(COLOR_NAMES[rng.integers(len(COLOR_NAMES))], SHAPES[rng.integers(len(SHAPES))])
-                 for _ in range(n)]
+        specs = [(COLOR_NAMES[rng.integers(len(COLOR_NAMES))], SHAPES[rng.integers(len(SHAPES))]) for _ in range(n)]
         if max((specs.count(s) for s in specs), default=0) <= 3:
             return Scene(_place(specs, rng))
 
 
-def sample_prompt(rng: np.random.Generator, split: str = "train",
-                  weights: tuple[float, ...] = (0.15, 0.2, 0.25, 0.4)) -> str:
+def sample_prompt(
+    rng: np.random.Generator, split: str = "train", weights: tuple[float, ...] = (0.15, 0.2, 0.25, 0.4)
+) -> str:
     """A prompt of ``split``: kind drawn with ``weights`` (single, count, pair, position)."""
     table = prompt_splits()[split] if split not in _SPLIT_CACHE else _SPLIT_CACHE[split]
     _SPLIT_CACHE[split] = table
@@ -275,16 +282,24 @@ def judge(counts: Tensor, centroids: Tensor, labels: list[PromptLabels]) -> tupl
         for j, (kind, gi) in enumerate(lab.clauses()):
             mask[i, j] = True
             if kind == "position":
-                (ca, sa), (cb, sb) = [(COLOR_NAMES.index(g.color), SHAPES.index(g.shape))
-                                      for g in lab.groups]
+                (ca, sa), (cb, sb) = [(COLOR_NAMES.index(g.color), SHAPES.index(g.shape)) for g in lab.groups]
                 if counts[i, ca, sa] < 0.5 or counts[i, cb, sb] < 0.5:
                     continue
                 (xa, ya), (xb, yb) = centroids[i, ca, sa].tolist(), centroids[i, cb, sb].tolist()
-                correct[i, j] = {"left of": xa < xb - MARGIN, "right of": xa > xb + MARGIN,
-                                 "above": ya < yb - MARGIN, "below": ya > yb + MARGIN}[lab.relation]
+                correct[i, j] = {
+                    "left of": xa < xb - MARGIN,
+                    "right of": xa > xb + MARGIN,
+                    "above": ya < yb - MARGIN,
+                    "below": ya > yb + MARGIN,
+                }[lab.relation]
                 continue
             g = lab.groups[gi]
             c, s = COLOR_NAMES.index(g.color), SHAPES.index(g.shape)
-            correct[i, j] = bool({"color": counts[i, c].sum() >= 0.5, "shape": counts[i, :, s].sum() >= 0.5,
-                                  "count": torch.round(counts[i, c, s]) == g.count}[kind])
+            correct[i, j] = bool(
+                {
+                    "color": counts[i, c].sum() >= 0.5,
+                    "shape": counts[i, :, s].sum() >= 0.5,
+                    "count": torch.round(counts[i, c, s]) == g.count,
+                }[kind]
+            )
     return correct, mask
