@@ -4,7 +4,7 @@ TreeGRPO, Euphonium guided SDE and dual-reward credit, config-time checks. Arith
 import pytest
 import torch
 
-from flowalign.credit import CREDIT, TREE_CREDIT
+from flowalign.credit import CREDIT
 from flowalign.credit.checks import (
     check_credit,
     check_granular,
@@ -34,14 +34,13 @@ from flowalign.credit.guided import (
 from flowalign.credit.tree import (
     branch_grpo,
     fuse_rewards,
-    geometric_window,
-    geometric_window_probs,
     slide_depths,
     tree_grpo,
     tree_to_batch,
 )
 from flowalign.credit.turning_point import tp_grpo, turning_points
 from flowalign.models.analytic import GaussianMixtureFlow
+from flowalign.sampling.windows import geometric_window, geometric_window_probs
 from flowalign.rewards.base import Reward
 from flowalign.sampling.rollout import complete, log_prob_at, rollout
 from flowalign.sampling.schedule import linear_sigmas, shifted_sigmas
@@ -231,7 +230,7 @@ def test_turning_point_balancing_by_hand():
 def test_tp_grpo_all_flat_group_is_masked():
     # group 1: row 2 d = [1, 1], k=1 turns -> r = [2, 1]; row 3 d = [3, -2], no turn -> r = [3, -2]
     ladder = torch.tensor([[1.0, 1, 1], [1, 1, 1], [0, 1, 2], [0, 3, 1]])
-    out = CREDIT["turning_point"](
+    out = CREDIT["turning_point"].fn(
         torch.zeros(4), torch.tensor([0, 0, 1, 1]), torch.ones(2, dtype=torch.bool), ladder=ladder
     )
     assert not out.mask[:2].any() and (out.advantages[:2] == 0).all() and out.mask[2:].all()
@@ -349,7 +348,7 @@ def test_reward_fusion_by_hand():
 
 def test_branchgrpo_depthwise_advantages_and_pruning():
     tree = hand_tree()
-    out = TREE_CREDIT["branchgrpo"](tree, LEAF_R, eps=0.0)
+    out = CREDIT["branchgrpo"].fn(tree, LEAF_R, eps=0.0)
     # depth 1: [2, 4], unbiased std sqrt(2) -> -+.7071068 (always, for two nodes)
     # depth 2 and 3: [1, 3, 2, 6], mean 3, unbiased var 14/3 -> std 2.1602469: [-.9258201, 0, -.4629100, 1.3887301]
     d2 = [-0.9258201, 0.0, -0.4629100, 1.3887301]
@@ -608,13 +607,17 @@ def test_registries_take_the_trainer_keywords():
         "balance_ids": torch.tensor([0, 0, 1, 1]),
     }
     kw = dict(scale="group", eps=1e-4, unbiased=False, filter_zero_std=True)
-    for name, fn in CREDIT.items():
+    for name, scheme in CREDIT.items():
+        if "tree" in scheme.needs:
+            continue
         mask = torch.tensor([False, True, False]) if name == "g2rpo" else torch.tensor([True, True, False])
-        extra = {k: inputs[k] for k in getattr(fn, "needs", ())}
-        out = fn(torch.randn(b, generator=g), torch.tensor([0, 0, 1, 1]), mask, **kw, **extra)
+        extra = {k: inputs[k] for k in scheme.needs}
+        out = scheme.fn(torch.randn(b, generator=g), torch.tensor([0, 0, 1, 1]), mask, **kw, **extra)
         assert out.advantages.shape == out.mask.shape == (b, t), name
         assert not out.mask[:, 2].any() and torch.isfinite(out.advantages).all(), name
     tree = hand_tree()
-    for name, fn in TREE_CREDIT.items():
-        out = fn(tree, LEAF_R, **kw)
+    for name, scheme in CREDIT.items():
+        if "tree" not in scheme.needs:
+            continue
+        out = scheme.fn(tree, LEAF_R, **kw)
         assert out.advantages.shape == out.mask.shape == (tree.num_nodes,) and not out.mask[0], name

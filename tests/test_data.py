@@ -2,7 +2,7 @@
 
 import pytest
 
-from flowalign.data import check_group_arithmetic, group_batch, load_prompts
+from flowalign.train.data import check_group_arithmetic, group_batch, load_prompts
 
 
 def test_txt_and_jsonl(tmp_path):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from flowalign.credit.group import grpo, normalize
-from flowalign.losses import clipped_policy_loss, gaussian_kl, total_loss
+from flowalign.train.losses import clipped_policy_loss, gaussian_kl, total_loss
 
 
 def test_group_advantages_by_hand():
@@ -79,7 +79,7 @@ def test_bad_scale():
 
 
 def test_nft_loss_by_hand():
-    from flowalign.losses import nft_loss
+    from flowalign.train.losses import nft_loss
 
     # one sample, 2 elements: x0 = 0, x_t = 1, sigma = .5, v_old = 1, v = (2, 1), nft_beta = 1, A = 2.5 (clip 5)
     # r = 2.5 / 5 / 2 + .5 = .75

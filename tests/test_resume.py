@@ -14,8 +14,8 @@ import time
 import torch
 from test_trainer import PROMPTS, RUNNER, TINY, brightness
 
-from flowalign import checkpoint as ckpt
-from flowalign import train_cli
+from flowalign.train import checkpoint as ckpt
+from flowalign.train import run as train_cli
 
 ITERATIONS = 5
 # EMA every step and a KL term, so every part of the state matters for the end result

@@ -9,9 +9,9 @@ import math
 import pytest
 import torch
 
-from flowalign import checkpoint as ckpt
-from flowalign.config import apply_overrides, derived, get_preset
-from flowalign.data import PromptSet
+from flowalign.train import checkpoint as ckpt
+from flowalign.train import apply_overrides, derived, get_preset
+from flowalign.train.data import PromptSet
 
 TINY_TARGETS = (
     "attn.to_q,attn.to_k,attn.to_v,attn.to_out.0,attn.add_k_proj,attn.add_v_proj"  # add_q_proj: dead in a 1-layer SD3
@@ -56,10 +56,10 @@ RUNNER = r"""
 import os, sys
 import torch
 torch.set_num_threads(int(os.environ.get("FA_THREADS", "1")))
-from flowalign import train_cli
-from flowalign.checkpoint import resolve_resume
-from flowalign.config import apply_overrides, get_preset
-from flowalign.data import PromptSet
+from flowalign.train import run as train_cli
+from flowalign.train.checkpoint import resolve_resume
+from flowalign.train import apply_overrides, get_preset
+from flowalign.train.data import PromptSet
 args = sys.argv[1:]
 resume = args.pop(0).split("=", 1)[1] if args and args[0].startswith("--resume=") else None
 cfg = apply_overrides(get_preset("testbed"), args)
@@ -132,7 +132,8 @@ def test_derived_batch_arithmetic_by_hand():
 
 # --- start-up errors -------------------------------------------------------------------------------
 def test_startup_errors(tmp_path):
-    from flowalign.train_cli import build_model, validate
+    from flowalign.train.build import build_model
+    from flowalign.train.checks import validate
 
     cfg = tiny_cfg(tmp_path)
     with pytest.raises(ValueError, match=r"unknown reward\(s\) \['pickscor'\]; choose from .*'pickscore'"):
@@ -145,12 +146,12 @@ def test_startup_errors(tmp_path):
         validate(apply_overrides(tiny_cfg(tmp_path), ["model.path=/nope/sd3"]))
     with pytest.raises(ValueError, match="16 images per iteration do not split over 3 processes"):
         validate(apply_overrides(tiny_cfg(tmp_path), ["sample.groups_per_iteration=4"]), world_size=3)
-    with pytest.raises(ValueError, match=r"loss.objective='grpo'; choose one of \['flow_grpo', 'nft'\]"):
+    with pytest.raises(ValueError, match=r"objective.kind='grpo' is unknown; choose one of \['flow_grpo', 'nft'"):
         validate(apply_overrides(tiny_cfg(tmp_path), ["loss.objective=grpo"]))
-    with pytest.raises(ValueError, match=r"loss.nft_beta=0.0 must be > 0"):
+    with pytest.raises(ValueError, match=r"objective.options.nft_beta=0.0 must be > 0"):
         validate(apply_overrides(tiny_cfg(tmp_path), ["loss.objective=nft", "loss.nft_beta=0"]))
     (tmp_path / "empty.txt").write_text("\n")
-    from flowalign.train_cli import build_prompts
+    from flowalign.train.build import build_prompts
 
     with pytest.raises(ValueError, match="holds no prompts"):
         build_prompts(apply_overrides(tiny_cfg(tmp_path), [f"data.train={tmp_path / 'empty.txt'}"]))
@@ -177,8 +178,8 @@ def test_step_changes_only_trainable_params_and_lora_loads_in_stock_pipeline(tmp
     from diffusers import StableDiffusion3Pipeline
 
     from flowalign.models.tiny import tiny_sd3_pipeline
-    from flowalign.train_cli import build_model
-    from flowalign.trainer import train
+    from flowalign.train.build import build_model
+    from flowalign.train.loop import train
 
     # one prompt group, one batch, one optimizer step per iteration: every trained step is on-policy
     cfg = tiny_cfg(tmp_path, "sample.groups_per_iteration=1", "optim.steps_per_iteration=1", "train.iterations=2")
@@ -225,8 +226,8 @@ def test_step_changes_only_trainable_params_and_lora_loads_in_stock_pipeline(tmp
 
 
 def test_nft_objective_on_policy_and_resumes_exactly(tmp_path):
-    from flowalign.train_cli import build_model
-    from flowalign.trainer import train
+    from flowalign.train.build import build_model
+    from flowalign.train.loop import train
 
     def run(name, iterations, resume=None):
         cfg = tiny_cfg(
@@ -259,9 +260,9 @@ def test_nft_objective_on_policy_and_resumes_exactly(tmp_path):
 
 # --- non-finite rewards and losses -------------------------------------------------------------------
 def test_nonfinite_reward_and_loss_skip_and_never_reach_weights(tmp_path):
-    from flowalign.losses import flow_grpo_loss
-    from flowalign.train_cli import build_model
-    from flowalign.trainer import train
+    from flowalign.train.losses import flow_grpo_loss
+    from flowalign.train.build import build_model
+    from flowalign.train.loop import train
 
     cfg = tiny_cfg(tmp_path, "train.iterations=3", "optim.steps_per_iteration=2", "sample.groups_per_iteration=2")
     model, export_fn, _ = build_model(cfg)
@@ -326,7 +327,7 @@ def test_checkpoint_roundtrip_atomic_names_and_keep_last(tmp_path):
 
 # --- SDE windows and EMA ----------------------------------------------------------------------------
 def test_step_masks_by_window_kind():
-    from flowalign.trainer import step_mask
+    from flowalign.train.phases import step_mask
 
     cfg = get_preset("sd35_pickscore")  # 10 steps, timestep_fraction .99 -> int(9.9) = 9: all but the last
     assert step_mask(cfg, 0).tolist() == [True] * 9 + [False]
@@ -340,7 +341,7 @@ def test_step_masks_by_window_kind():
 
 
 def test_ema_by_hand():
-    from flowalign.ema import EMA
+    from flowalign.train.ema import EMA
 
     p = torch.nn.Parameter(torch.zeros(2))
     ema = EMA([p], max_decay=0.9, every=2)

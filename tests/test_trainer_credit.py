@@ -14,10 +14,10 @@ import pytest
 import torch
 from test_trainer import PROMPTS, TINY
 
-from flowalign.config import apply_overrides, get_preset
+from flowalign.train import apply_overrides, get_preset
 from flowalign.credit.turning_point import tp_grpo
-from flowalign.data import group_batch
-from flowalign.losses import flow_grpo_loss
+from flowalign.train.data import group_batch
+from flowalign.train.losses import flow_grpo_loss
 
 close = torch.testing.assert_close
 
@@ -40,8 +40,8 @@ def zscore(v: torch.Tensor, groups: torch.Tensor, eps: float = 1e-4, unbiased: b
 
 def run(tmp_path, *extra, reward=bright, rollout_fn=None):
     """One iteration -> (result, credit.jsonl record as tensors, {step: (fed advantages, fed mask)}, moved)."""
-    from flowalign.train_cli import build_model
-    from flowalign.trainer import train
+    from flowalign.train.build import build_model
+    from flowalign.train.loop import train
 
     cfg = apply_overrides(
         get_preset("testbed"),
@@ -115,7 +115,7 @@ def test_g2rpo_singular_step_and_granularities(tmp_path):
         "credit.name=g2rpo",
         "sample.window=fixed",
         "sample.window_size=1",
-        "sample.window_range=[1,4]",
+        "sample.window.options.start=1",
         "sample.same_noise=true",
         "credit.strides=[1,2]",
     )
@@ -157,7 +157,7 @@ def test_branchgrpo_depthwise_advantages_on_a_tree_batch(tmp_path):
 
 
 def test_tree_pruning_and_depth_noise_reach_the_trained_edges(tmp_path, sd3_model):
-    from flowalign.credit.rollouts import tree_batch_rollout
+    from flowalign.train.rollouts import tree_batch_rollout
 
     # depth pruning of child depth 3 = the edges of step 2 (steps 0 and 1 still train, each edge once)
     res, rec, fed, moved = run(
@@ -233,7 +233,7 @@ def test_calibrated_noise_table_drives_the_sampler(tmp_path):
     res, rec, fed, moved = run(
         tmp_path, "credit.name=dense", "credit.calibrate_iterations=2", "credit.calibrate_samples=4", rollout_fn=spy
     )
-    table = json.loads((tmp_path / "run" / "config.json").read_text())["sample"]["noise_table"]
+    table = json.loads((tmp_path / "run" / "config.json").read_text())["sample"]["noise_levels"]
     assert len(table) == 4 and table != [0.7] * 4
     # the training rollouts use the calibrated table on the trained steps, 0 (ODE) on the last
     close(seen[-1], torch.tensor(table[:3] + [0.0]))
@@ -243,7 +243,7 @@ def test_calibrated_noise_table_drives_the_sampler(tmp_path):
 
 
 def test_shared_prefix_rollout_equals_the_flat_rollout(sd3_model):
-    from flowalign.credit.rollouts import shared_prefix_rollout, whole_group_batch
+    from flowalign.train.rollouts import shared_prefix_rollout, whole_group_batch
     from flowalign.sampling.rollout import rollout
 
     m = sd3_model
@@ -284,8 +284,8 @@ def test_bad_credit_config_is_one_clear_error(tmp_path, monkeypatch):
     import sys
     import types
 
-    from flowalign.train_cli import validate
-    from flowalign.trainer import train
+    from flowalign.train.checks import validate
+    from flowalign.train.loop import train
 
     cfg = lambda *o: apply_overrides(get_preset("testbed"), TINY + list(o))  # noqa: E731
     tree = ["credit.name=branchgrpo", "sample.tree_branch=[2]"]
@@ -295,19 +295,20 @@ def test_bad_credit_config_is_one_clear_error(tmp_path, monkeypatch):
         validate(cfg(*tree, "sample.tree_splits=[1,0]"))
     with pytest.raises(ValueError, match=r"branch_factor=\[0, 0\] must be ints >= 1"):
         validate(cfg("credit.name=branchgrpo", "sample.tree_splits=[0,1]", "sample.tree_branch=[0]"))
-    with pytest.raises(ValueError, match="tree credits .* need tree rollouts"):
-        validate(cfg("credit.name=treegrpo"))
+    # tree rollouts are the tree schemes' own options: a flat scheme has none to set
+    with pytest.raises(ValueError, match=r"unknown config key 'credit.options.splits'"):
+        validate(cfg("credit.name=dense", "sample.tree_splits=[0,1]"))
     with pytest.raises(ValueError, match=r"SDE window of 6 steps in range \[0, 4\) does not fit 4 steps"):
         validate(cfg("sample.window=random", "sample.window_size=6", "sample.window_range=[0,4]"))
     with pytest.raises(ValueError, match="g2rpo samples singularly"):
         validate(cfg("credit.name=g2rpo"))
-    with pytest.raises(ValueError, match="sample.noise_table has 2 values"):
+    with pytest.raises(ValueError, match="sample.noise_levels has 2 values"):
         validate(cfg("sample.noise_table=[0.5,0.5]"))
     # a non-differentiable process reward for the guided SDE: refused before any model is built
     monkeypatch.setitem(sys.modules, "flat_reward_mod", types.SimpleNamespace(make=make_flat))
     with pytest.raises(ValueError, match="process reward 'MultiReward' is not differentiable"):
         validate(cfg("credit.name=euphonium", 'reward.weights={"flat_reward_mod:make": 1}'))
-    from flowalign.train_cli import build_model
+    from flowalign.train.build import build_model
 
     c = cfg("credit.name=euphonium", f"train.output_dir={tmp_path}")
     with pytest.raises(ValueError, match="process reward 'flat' is not differentiable"):
@@ -332,7 +333,7 @@ def test_two_processes_gather_the_extras_like_one(tmp_path, scheme):
     from test_trainer import RUNNER
     from test_trainer_multiprocess import _free_port
 
-    from flowalign import train_cli
+    from flowalign.train import run as train_cli
 
     over = TINY + ["sample.groups_per_iteration=4", "log.credit_jsonl=true", "train.save_every=0", *scheme]
     runner = tmp_path / "runner.py"
@@ -369,9 +370,9 @@ def test_two_processes_gather_the_extras_like_one(tmp_path, scheme):
 
 
 def test_variant_presets_pass_the_config_checks():
-    from flowalign.config import derived
-    from flowalign.credit.checks import check_credit_config
-    from flowalign.presets import PRESETS
+    from flowalign.train import derived
+    from flowalign.train.checks import check_variants
+    from flowalign.train.presets import PRESETS
 
     names = [n for n in PRESETS if n.startswith("testbed_")]
     assert {
@@ -384,5 +385,5 @@ def test_variant_presets_pass_the_config_checks():
     } <= set(names)
     for n in names:
         cfg = get_preset(n)
-        check_credit_config(cfg)
+        check_variants(cfg)
         assert derived(cfg, 1).images_per_iteration == 32 and cfg.preset == n

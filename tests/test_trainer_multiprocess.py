@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 from test_trainer import PROMPTS, RUNNER, TINY, brightness
 
-from flowalign import train_cli
+from flowalign.train import run as train_cli
 
 # 4 prompts x 4 images = 16 per iteration: 2 ranks x 8 (2 batches of 4) vs 1 rank x 16 (4 batches);
 # a random SDE window and one initial noise per group, both derived from (seed, iteration, group)

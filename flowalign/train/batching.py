@@ -1,6 +1,6 @@
 """Batch arithmetic: a ``Config`` and a world size -> per-device numbers (``derived``), with one
 ValueError naming the numbers that do not divide (ranks, sampling batches, optimizer steps, SDE
-windows, tree layouts). The vocabulary is in ``flowalign/config.py``'s docstring.
+windows, tree layouts). The vocabulary is in ``flowalign/train/config.py``'s docstring.
 """
 
 from __future__ import annotations
@@ -8,6 +8,9 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+from ..credit.checks import check_credit
+from ..sampling.windows import window_kind
 
 if TYPE_CHECKING:
     from .config import Config, SampleConfig
@@ -28,41 +31,29 @@ class Derived:
         return "\n".join(f"  {k:<22} {v}" for k, v in rows)
 
 
-WINDOWS = ("all", "fixed", "random", "progressive", "geometric")
-
-
 def trained_steps(cfg: Config) -> int:
-    s = cfg.sample
-    if s.window == "all":
-        return max(1, int(s.num_steps * s.timestep_fraction))
-    return s.window_size
+    """Trained (stochastic) steps per sample per iteration (the window's size)."""
+    w = cfg.sample.window
+    return window_kind(w.kind).trained(w.options, cfg.sample.num_steps)
 
 
 def check_window(s: SampleConfig) -> None:
     """One ValueError for an SDE window that does not fit the step count (or an unknown kind)."""
-    if s.window not in WINDOWS:
-        raise ValueError(f"sample.window={s.window!r}; choose one of {list(WINDOWS)}.")
-    if s.window == "all":
-        if not 0 < s.timestep_fraction <= 1:
-            raise ValueError(f"sample.timestep_fraction={s.timestep_fraction} must be in (0, 1].")
-        return
-    lo, hi = (s.window_range + [s.num_steps])[:2] if s.window in ("random", "fixed") else (0, s.num_steps)
-    if s.window == "fixed":
-        hi = lo + s.window_size
-    if not 1 <= s.window_size <= hi - lo or not 0 <= lo < hi <= s.num_steps:
+    window_kind(s.window.kind).check(s.window.options, s.num_steps)
+
+
+def check_tree_layout(cfg: Config, per_rank: int) -> None:
+    """A tree grows from one root per group: whole trees per sampling batch and per process."""
+    s, o = cfg.sample, cfg.credit.options
+    leaves = 1
+    for k in o.branch * len(o.splits) if len(o.branch) == 1 else o.branch:
+        leaves *= k
+    if leaves != s.group_size or s.batch_size % s.group_size or per_rank % s.group_size:
         raise ValueError(
-            f"SDE window of {s.window_size} steps in range [{lo}, {hi}) does not fit "
-            f"{s.num_steps} steps; need 1 <= sample.window_size <= hi - lo and "
-            f"0 <= lo < hi <= sample.num_steps."
-        )
-    if s.window == "geometric" and not (s.window_size < s.num_steps and 0 < s.window_r < 1):
-        raise ValueError(
-            f"sample.window=geometric needs sample.window_size={s.window_size} < "
-            f"sample.num_steps={s.num_steps} and 0 < sample.window_r={s.window_r} < 1."
-        )
-    if s.window == "progressive" and not (s.window_stride >= 1 and s.window_every >= 1):
-        raise ValueError(
-            f"sample.window_stride={s.window_stride} and sample.window_every={s.window_every} must be >= 1."
+            f"tree rollouts: credit.options.branch={o.branch} over {len(o.splits)} splits give {leaves} "
+            f"leaves per tree; need sample.group_size = {leaves} leaves and sample.batch_size "
+            f"({s.batch_size}) and the {per_rank} images per process to be multiples of it (each batch "
+            f"holds whole trees)."
         )
 
 
@@ -104,16 +95,7 @@ def derived(cfg: Config, world_size: int = 1) -> Derived:
         )
     t = trained_steps(cfg)
     check_window(s)
-    if s.tree_splits:  # a tree grows from one root per group: whole groups per sampling batch
-        leaves = 1
-        for k in s.tree_branch * len(s.tree_splits) if len(s.tree_branch) == 1 else s.tree_branch:
-            leaves *= k
-        if leaves != s.group_size or s.batch_size % s.group_size or per_rank % s.group_size:
-            raise ValueError(
-                f"tree rollouts: sample.tree_branch={s.tree_branch} over {len(s.tree_splits)} splits "
-                f"give {leaves} leaves per tree; need sample.group_size = {leaves} leaves and "
-                f"sample.batch_size ({s.batch_size}) and the {per_rank} images per process to be "
-                f"multiples of it (each batch holds whole trees)."
-            )
+    if "tree" in check_credit(cfg.credit.kind).needs:
+        check_tree_layout(cfg, per_rank)
     grad_accum = micro // o.steps_per_iteration
     return Derived(world_size, total, per_rank, batches, grad_accum, t, grad_accum * t)

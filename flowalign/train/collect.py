@@ -1,4 +1,5 @@
-"""The extra inputs of the credit schemes, collected batch by batch in the trainer's SAMPLE phase.
+"""The extra inputs of the credit schemes, collected batch by batch in the SAMPLE phase (and the tree
+credit, computed per batch of trees in the CREDIT phase).
 
 ``COLLECT`` maps each name a credit function lists in ``fn.needs`` to a collector
 ``fn(ctx, cond, rollout, images, prompts, scores) -> Collected`` (``ctx``: model, reward, config,
@@ -18,9 +19,10 @@ with a non-finite reward (``Collected.ok``).
   stride's grid (``granular.granular_grid``); stride 1 is the sampled image itself.
 * ``process`` (Euphonium): [b, T] process scores recorded by the guided rollout.
 * ``tree`` (BranchGRPO / TreeGRPO): the tree credit is local to a tree (per-depth / per-tree
-  normalisation), so it runs here on each batch's trees and comes back as per-row advantages and
-  masks [b, T] (``tree.tree_to_batch``: each trained edge once); the CREDIT phase passes them
-  through (``tree_credit``). A tree with a non-finite leaf reward is masked whole.
+  normalisation), so the CREDIT phase runs it on each batch's trees (``tree_credit_batch``) before
+  the rewards are gathered; it comes back as per-row advantages and masks [b, T]
+  (``tree.tree_to_batch``: each trained edge once) that ``tree_credit`` passes through. A tree with a
+  non-finite leaf reward is masked whole.
 
 ``make_credit`` / ``credit_options`` turn ``cfg.credit`` into the credit function and its keywords,
 ``make_ladder`` builds the ladder and ``calibrate_psi`` runs DenseGRPO's Algorithm 1 for the sampler.
@@ -37,11 +39,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..train_utils import as_scores
+from ..credit import CREDIT
+from ..credit.dense import calibrate_noise_table, flow_sde_psi, ladder_gain_measure, ladder_steps, psi_to_noise_levels
+from ..credit.granular import _ode_on, granular_grid
+from ..credit.tree import slide_depths, tree_to_batch
 from ..types import Advantages, Cond, Rollout, Scores
-from .dense import calibrate_noise_table, flow_sde_psi, ladder_gain_measure, ladder_steps, psi_to_noise_levels
-from .granular import _ode_on, granular_grid
-from .tree import slide_depths, tree_to_batch
+from .scores import as_scores
 
 
 @dataclass
@@ -94,7 +97,7 @@ def collect_balance_ids(ctx, cond, ro: Rollout, images, prompts, scores) -> Coll
 
 
 def collect_granular(ctx, cond: Cond, ro: Rollout, images: Tensor, prompts: list[str], scores: Scores) -> Collected:
-    c, t = ctx.cfg.credit, ro.num_steps
+    c, t = ctx.cfg.credit.options, ro.num_steps
     trained = torch.nonzero(ctx.mask).flatten().tolist()
     if len(trained) != 1 or bool((ro.noise_levels[trained[0] + 1 :] > 0).any()):
         raise ValueError(
@@ -103,7 +106,7 @@ def collect_granular(ctx, cond: Cond, ro: Rollout, images: Tensor, prompts: list
         )
     j, vals = trained[0], []
     for s in c.strides:
-        grid = granular_grid(t, j + 1, int(s), c.granular_completion)
+        grid = granular_grid(t, j + 1, int(s), c.completion)
         if grid == list(range(j + 1, t + 1)):  # the sampled image is this completion
             vals.append(torch.where(scores.valid, scores.total, torch.full_like(scores.total, float("nan"))))
             continue
@@ -121,24 +124,23 @@ def collect_process(ctx, cond, ro: Rollout, images, prompts, scores) -> Collecte
     return Collected({"process": p.float()}, torch.isfinite(p).all(1))
 
 
-def collect_tree(ctx, cond, ro: Rollout, images, prompts, scores: Scores) -> Collected:
-    from . import TREE_CREDIT
-
-    tree, cfg = getattr(ro, "tree", None), ctx.cfg
+def tree_credit_batch(cfg, iteration: int, ro: Rollout, scores: Scores) -> Collected:
+    """The tree credit of one sampling batch's trees (run by the CREDIT phase: it is local to a tree,
+    per-depth / per-tree normalisation) as per-row advantages and masks [b, T]."""
+    tree, scheme = getattr(ro, "tree", None), CREDIT[cfg.credit.kind]
     if tree is None:
-        raise ValueError(f"credit {cfg.credit.name!r} needs tree rollouts (set sample.tree_splits).")
+        raise ValueError(f"credit {cfg.credit.kind!r} needs tree rollouts.")
     leaf_root = tree.root[tree.leaves]  # [L] = rows
     bad_roots = torch.unique(leaf_root[~(scores.valid & torch.isfinite(scores.total))])
     ok = ~torch.isin(leaf_root, bad_roots)
     r = torch.where(ok, scores.total, torch.zeros_like(scores.total))
     opts = credit_options(cfg)
-    if opts.get("prune_depths") and cfg.credit.prune_slide_every > 0:
+    if opts.get("prune_depths") and cfg.credit.options.prune_slide_every > 0:
         n_child = torch.bincount(tree.parent[tree.parent >= 0], minlength=tree.num_nodes)
         last_split = int(tree.step[n_child > 1].max()) if bool((n_child > 1).any()) else 0
-        opts["prune_depths"] = slide_depths(
-            opts["prune_depths"], ctx.iteration, cfg.credit.prune_slide_every, last_split + 1
-        )
-    tadv = TREE_CREDIT[cfg.credit.name](tree, r, **opts)
+        every = cfg.credit.options.prune_slide_every
+        opts["prune_depths"] = slide_depths(opts["prune_depths"], iteration, every, last_split + 1)
+    tadv = scheme.fn(tree, r, **opts)
     tb = tree_to_batch(tree, tadv)
     mask = tb.advantages.mask & ok[:, None]
     adv = torch.where(mask, tb.advantages.advantages, torch.zeros_like(tb.advantages.advantages))
@@ -150,7 +152,6 @@ COLLECT: dict[str, Callable[..., Collected]] = {
     "balance_ids": collect_balance_ids,
     "granular": collect_granular,
     "process": collect_process,
-    "tree": collect_tree,
 }
 
 
@@ -185,15 +186,7 @@ tree_credit.needs = ("tree",)
 def credit_options(cfg) -> dict[str, Any]:
     """``cfg.credit`` -> keywords of the configured credit function (normalisation + its own options)."""
     c = cfg.credit
-    prune = dict(prune_depths=tuple(c.prune_depths), width_pruning=c.width_pruning or None, width_ratio=c.width_ratio)
-    own = {
-        "dense": dict(reward=c.dense_reward),
-        "turning_point": dict(constraint=c.tp_constraint, balance=c.tp_balance),
-        "euphonium": dict(c_outcome=c.c_outcome, c_process=c.c_process),
-        "branchgrpo": dict(fusion=c.fusion, beta=c.tree_beta, **prune),
-        "treegrpo": dict(beta=c.tree_beta, **prune),
-    }.get(c.name, {})
-    return dict(scale=c.scale, eps=c.eps, unbiased=c.unbiased, filter_zero_std=c.filter_zero_std, **own, **c.options)
+    return dict(scale=c.scale, eps=c.eps, unbiased=c.unbiased, filter_zero_std=c.filter_zero_std, **c.options.kwargs())
 
 
 def needs_of(fn: Callable) -> tuple[str, ...]:
@@ -201,22 +194,21 @@ def needs_of(fn: Callable) -> tuple[str, ...]:
 
 
 def make_credit(cfg, credit_fn: Callable | None = None) -> tuple[Callable, tuple[str, ...]]:
-    """(credit function with the config's keywords bound, the inputs it needs)."""
-    from . import CREDIT, TREE_CREDIT
-    from .checks import check_credit
-
+    """(credit function with the config's keywords bound, the inputs it needs). A custom ``credit_fn``
+    names its inputs in ``credit_fn.needs``; a tree scheme's credit is computed per batch
+    (``tree_credit_batch``) and passed through."""
     if credit_fn is not None:
         return credit_fn, needs_of(credit_fn)
-    if cfg.credit.name in TREE_CREDIT:
+    scheme = CREDIT[cfg.credit.kind]
+    if "tree" in scheme.needs:
         return tree_credit, ("tree",)
-    fn = check_credit(cfg.credit.name)
-    return partial(CREDIT[cfg.credit.name], **credit_options(cfg)), needs_of(fn)
+    return partial(scheme.fn, **credit_options(cfg)), scheme.needs
 
 
 def make_ladder(cfg, model, reward_fn: Callable):
     from ..rewards.ladder import RewardLadder
 
-    c = cfg.credit
+    c = cfg.credit.options
     return RewardLadder(
         model,
         reward_fn,
@@ -232,14 +224,14 @@ def calibrate_psi(model, reward_fn: Callable, prompts, cfg, generator: torch.Gen
     starts at the sampler's noise (``sample.noise_table`` or ``noise_level``), moves by eps2 per
     round on every step but the last, and comes back as noise levels for ``sample.step``
     -> (levels [T], ``dense.Calibration``)."""
-    s, c = cfg.sample, cfg.credit
+    s, c = cfg.sample, cfg.credit.options
     n, res, t = c.calibrate_samples, cfg.model.resolution, s.num_steps
     idx = torch.randint(len(prompts), (n,), generator=generator).tolist()
     texts = [prompts.prompts[i] for i in idx]
     cond = model.encode(texts, guidance_scale=s.guidance_scale, negative_prompts=cfg.model.negative_prompt or None)
     x = model.initial_noise(n, res, res, generator=generator)
     sigmas = model.sigmas(t, res, res)
-    levels0 = torch.tensor(s.noise_table, dtype=torch.float32) if s.noise_table else torch.full((t,), s.noise_level)
+    levels0 = torch.tensor(s.noise_levels, dtype=torch.float32) if s.noise_levels else torch.full((t,), s.noise_level)
     psi0 = levels0 if s.step == "dance_sde" else levels0 * flow_sde_psi(1.0, sigmas)
     ladder = make_ladder(cfg, model, reward_fn)
     measure = ladder_gain_measure(

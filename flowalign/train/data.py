@@ -103,7 +103,7 @@ def _testbed_split(split: str) -> PromptSet:
     """The testbed's prompt splits. ``test``: the held-out prompts, interleaved across kinds (a prefix
     of the eval set is balanced). ``train``: every training prompt, each repeated so that the four
     kinds are drawn with TRAIN_KIND_WEIGHTS (uniform over prompts would be 77% position prompts)."""
-    from .testbed import world
+    from ..testbed import world
 
     if split == "test":
         return PromptSet(world.eval_prompts(), [{} for _ in world.eval_prompts()])
@@ -140,3 +140,8 @@ def sample_seed(seed: int, iteration: int, index: int) -> int:
     z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) % (1 << 64)
     z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) % (1 << 64)
     return (z ^ (z >> 31)) % (1 << 63)
+
+
+def generators(seed: int, iteration: int, indices: list[int], device: torch.device) -> list[torch.Generator]:
+    """One generator per global sample index (``sample_seed``)."""
+    return [torch.Generator(device).manual_seed(sample_seed(seed, iteration, i)) for i in indices]

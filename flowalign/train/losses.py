@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .types import LossOut
+from ..types import LossOut
 
 
 def weighted_mean(x: Tensor, mask: Tensor | None) -> Tensor:

@@ -8,14 +8,19 @@ name a GPU count (``config.derived`` turns them into per-device numbers).
   DiffusionNFT objective (``testbed_nft``), each a few overrides of ``testbed`` so that comparisons
   change one thing.
 
-``get_preset(name)`` returns a fresh ``Config``; ``config.get_preset`` / ``config.PRESETS`` still work.
+``get_preset(name)`` returns a fresh ``Config``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from .config import FLUX_LORA_TARGETS, SD3_LORA_TARGETS, Config
+from .. import overrides
+from ..credit import BranchGRPOOptions, DenseOptions, EuphoniumOptions, G2RPOOptions, TreeGRPOOptions
+from ..credit import TurningPointOptions
+from ..sampling.windows import AllOptions, FixedOptions, GeometricOptions, ProgressiveOptions, RandomOptions
+from .config import FLUX_LORA_TARGETS, SD3_LORA_TARGETS, Config, CreditConfig, ObjectiveConfig, WindowConfig
+from .objectives import NFTOptions
 
 
 def testbed() -> Config:
@@ -36,10 +41,10 @@ def testbed() -> Config:
     cfg.model.lora_rank, cfg.model.lora_alpha = 16, 32
     cfg.sample.num_steps, cfg.sample.guidance_scale, cfg.sample.noise_level = 8, 4.5, 0.7
     cfg.sample.group_size, cfg.sample.groups_per_iteration, cfg.sample.batch_size = 8, 4, 16
-    cfg.sample.window, cfg.sample.window_size, cfg.sample.window_range = "fixed", 2, [0, 4]  # steps 0-1
+    cfg.sample.window = WindowConfig("fixed", FixedOptions(size=2, start=0))  # steps 0-1
     cfg.sample.same_noise = True
     cfg.credit.scale = "group"
-    cfg.loss.clip_range, cfg.loss.beta = 5e-3, 0.04
+    cfg.objective.options.clip_range, cfg.objective.options.beta = 5e-3, 0.04
     cfg.optim.lr, cfg.optim.steps_per_iteration = 3e-4, 2
     cfg.train.iterations, cfg.train.save_every, cfg.train.ema = 60, 10, False
     cfg.eval.every, cfg.eval.num_prompts, cfg.eval.num_steps, cfg.eval.batch_size = 10, 64, 20, 32
@@ -57,7 +62,7 @@ def _sd35(cfg: Config) -> Config:
     cfg.sample.num_steps, cfg.sample.guidance_scale, cfg.sample.noise_level = 10, 4.5, 0.7
     cfg.sample.group_size, cfg.sample.groups_per_iteration, cfg.sample.batch_size = 24, 48, 9
     cfg.credit.scale = "batch"
-    cfg.loss.clip_range, cfg.loss.adv_clip = 1e-4, 5.0
+    cfg.objective.options.clip_range, cfg.objective.options.adv_clip = 1e-4, 5.0
     cfg.optim.lr, cfg.optim.steps_per_iteration = 3e-4, 2
     cfg.train.mixed_precision, cfg.train.ema, cfg.train.iterations = "fp16", True, 1000
     cfg.train.save_every, cfg.train.keep_last = 60, 5
@@ -68,7 +73,7 @@ def _sd35(cfg: Config) -> Config:
 
 def _sd35_recipe(name: str, reward: str, beta: float, train: str, eval_: str) -> Config:
     cfg = _sd35(Config(preset=name))
-    cfg.reward.weights, cfg.loss.beta = {reward: 1.0}, beta
+    cfg.reward.weights, cfg.objective.options.beta = {reward: 1.0}, beta
     cfg.data.train, cfg.data.eval = train, eval_
     return cfg
 
@@ -97,7 +102,7 @@ def flux_hpsv2() -> Config:
     cfg.sample.num_steps, cfg.sample.guidance_scale, cfg.sample.noise_level = 6, 3.5, 0.9
     cfg.sample.batch_size = 3
     cfg.reward.weights = {"hpsv2": 1.0}
-    cfg.loss.beta = 0.0
+    cfg.objective.options.beta = 0.0
     cfg.train.mixed_precision = "bf16"
     cfg.eval.num_steps, cfg.eval.guidance_scale = 28, 3.5
     cfg.data.train, cfg.data.eval = "data/pickscore/train.txt", "data/pickscore/test.txt"
@@ -105,102 +110,79 @@ def flux_hpsv2() -> Config:
 
 
 # --- credit / exploration variants on the testbed (issue 6; benchmarks/bench_credit.py compares them) ---
-def _variant(name: str, **fields) -> Config:
-    """The testbed preset with the random window in [0, 4) the variants were compared with (issue 6)."""
+def _variant(name: str, credit=None, window=None, objective=None) -> Config:
+    """The testbed preset with the random window in [0, 4) the variants were compared with (issue 6),
+    and the given credit / window / objective sections."""
     cfg = testbed()
-    cfg.preset, cfg.sample.window = name, "random"
-    for key, value in fields.items():
-        section, attr = key.split("__")
-        setattr(getattr(cfg, section), attr, value)
+    cfg.preset = name
+    cfg.sample.window = window or WindowConfig("random", RandomOptions(size=2, range=[0, 4]))
+    cfg.credit = CreditConfig(kind=credit[0], scale="group", options=credit[1]) if credit else cfg.credit
+    cfg.objective = objective or cfg.objective
     return cfg
 
 
 def testbed_dense() -> Config:
     """DenseGRPO: per-step gains of a reward ladder (ODE completions with all remaining steps)."""
-    return _variant("testbed_dense", credit__name="dense", sample__share_prefix=True)
+    cfg = _variant("testbed_dense", credit=("dense", DenseOptions()))
+    cfg.sample.share_prefix = True
+    return cfg
 
 
 def testbed_dense_psi() -> Config:
     """DenseGRPO with the reward-aware noise table psi(t) calibrated before training (Alg. 1)."""
-    return _variant(
-        "testbed_dense_psi",
-        credit__name="dense",
-        sample__share_prefix=True,
-        credit__calibrate_iterations=10,
-        credit__calibrate_samples=16,
-    )
+    cfg = _variant("testbed_dense_psi", credit=("dense", DenseOptions(calibrate_iterations=10, calibrate_samples=16)))
+    cfg.sample.share_prefix = True
+    return cfg
 
 
 def testbed_turning_point() -> Config:
     """TP-GRPO: a 4-step SDE window (turning points need several steps), balanced per sampling batch."""
-    return _variant(
-        "testbed_turning_point",
-        credit__name="turning_point",
-        sample__window_size=4,
-        sample__window_range=[0, 8],
-        sample__share_prefix=True,
-    )
+    window = WindowConfig("random", RandomOptions(size=4, range=[0, 8]))
+    cfg = _variant("testbed_turning_point", credit=("turning_point", TurningPointOptions()), window=window)
+    cfg.sample.share_prefix = True
+    return cfg
 
 
 def testbed_g2rpo() -> Config:
     """G^2RPO: one SDE step in the first half per iteration, completions at strides {1, 2, 3}."""
-    return _variant(
-        "testbed_g2rpo",
-        credit__name="g2rpo",
-        sample__window_size=1,
-        sample__window_range=[0, 4],
-        sample__share_prefix=True,
-        credit__strides=[1, 2, 3],
-    )
+    window = WindowConfig("random", RandomOptions(size=1, range=[0, 4]))
+    cfg = _variant("testbed_g2rpo", credit=("g2rpo", G2RPOOptions(strides=[1, 2, 3])), window=window)
+    cfg.sample.share_prefix = True
+    return cfg
 
 
 def testbed_branchgrpo() -> Config:
     """BranchGRPO: SDE on every step but the last, binary splits at steps 0, 2, 4 (8 leaves = the group)."""
-    return _variant(
-        "testbed_branchgrpo",
-        credit__name="branchgrpo",
-        sample__window="all",
-        sample__tree_splits=[0, 2, 4],
-        sample__tree_branch=[2],
-    )
+    tree = BranchGRPOOptions(splits=[0, 2, 4], branch=[2])
+    return _variant("testbed_branchgrpo", credit=("branchgrpo", tree), window=WindowConfig("all", AllOptions()))
 
 
 def testbed_treegrpo() -> Config:
     """TreeGRPO: a 3-step SDE window with a truncated-geometric start (r = 0.5), binary splits at each window step."""
-    return _variant(
-        "testbed_treegrpo",
-        credit__name="treegrpo",
-        sample__window="geometric",
-        sample__window_size=3,
-        sample__tree_splits=[0, 1, 2],
-        sample__tree_branch=[2],
-    )
+    window = WindowConfig("geometric", GeometricOptions(size=3, r=0.5))
+    return _variant("testbed_treegrpo", credit=("treegrpo", TreeGRPOOptions(splits=[0, 1, 2], branch=[2])), window=window)
 
 
 def testbed_euphonium() -> Config:
     """Euphonium: Dance-SDE (eta 0.25) guided by the gradient of the checker's soft clause score on
     x0_pred, dual outcome (compositional fraction) + process advantages."""
-    return _variant(
-        "testbed_euphonium",
-        credit__name="euphonium",
-        sample__step="dance_sde",
-        sample__noise_level=0.25,
-        credit__process_reward="compositional",
-        credit__process_options={"output": "soft"},
-        credit__guidance_kappa=1.0,
-    )
+    opts = EuphoniumOptions(process_reward="compositional", process_options={"output": "soft"}, reward_grad_scale=1.0)
+    cfg = _variant("testbed_euphonium", credit=("euphonium", opts))
+    cfg.sample.step, cfg.sample.noise_level = "dance_sde", 0.25
+    return cfg
 
 
 def testbed_mixgrpo() -> Config:
     """MixGRPO: a 2-step SDE window sliding one step later every 5 iterations (wrapping around)."""
-    return _variant("testbed_mixgrpo", sample__window="progressive", sample__window_size=2, sample__window_every=5)
+    return _variant("testbed_mixgrpo", window=WindowConfig("progressive", ProgressiveOptions(size=2, every=5)))
 
 
 def testbed_artifact_reg() -> Config:
     """The hackable aesthetic proxy regularised by the artifact detector (weight 5 in the summed reward,
     as the ArtifactReward recipe sums rewards then z-scores) and a KL to the base model (beta 0.04);
     evals track the proxy, the detector and compositional accuracy (benchmarks/bench_artifact_reg.py)."""
-    cfg = _variant("testbed_artifact_reg", loss__beta=0.04)
+    cfg = _variant("testbed_artifact_reg")
+    cfg.objective.options.beta = 0.04
     cfg.reward.weights = {"testbed_aesthetic": 1.0, "testbed_artifact": 5.0}
     cfg.eval.metrics = {
         "aesthetic": {"reward": "testbed_aesthetic"},
@@ -214,17 +196,11 @@ def testbed_nft() -> Config:
     """DiffusionNFT's forward-process objective instead of Flow-GRPO's ratio: ODE rollouts (the paper's
     deterministic sampler; distinct initial noises give the group its spread), trained at every step's
     sigma but the last, 4 optimizer steps of 8 images per iteration, lr 1e-3, |v - v_ref|^2 weight 1e-4."""
-    return _variant(
-        "testbed_nft",
-        loss__objective="nft",
-        loss__beta=1e-4,
-        sample__window="all",
-        sample__noise_level=0.0,
-        sample__same_noise=False,
-        sample__batch_size=8,
-        optim__steps_per_iteration=4,
-        optim__lr=1e-3,
-    )
+    objective = ObjectiveConfig("nft", NFTOptions(beta=1e-4))
+    cfg = _variant("testbed_nft", window=WindowConfig("all", AllOptions()), objective=objective)
+    cfg.sample.noise_level, cfg.sample.same_noise, cfg.sample.batch_size = 0.0, False, 8
+    cfg.optim.steps_per_iteration, cfg.optim.lr = 4, 1e-3
+    return cfg
 
 
 PRESETS: dict[str, Callable[[], Config]] = {
@@ -246,6 +222,5 @@ PRESETS: dict[str, Callable[[], Config]] = {
 
 
 def get_preset(name: str) -> Config:
-    if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}.")
-    return PRESETS[name]()
+    """A fresh ``Config`` of the preset ``name`` (one clear error naming the valid presets)."""
+    return overrides.get_preset(PRESETS, name)

@@ -34,12 +34,12 @@ from functools import partial
 import torch
 from torch import Tensor
 
-from ..data import group_batch
+from ..credit.guided import check_process_reward, guided_rollout
 from ..sampling.rollout import as_noise_levels, rollout
 from ..sampling.sde import step_name
 from ..sampling.tree import TreeSpec, tree_rollout
 from ..types import Cond, Rollout, TreeRollout
-from .guided import check_process_reward, guided_rollout
+from .data import group_batch
 
 
 @dataclass
@@ -207,24 +207,18 @@ def make_rollout(
     cfg, needs: tuple[str, ...], base: Callable = rollout, *, model=None, process_reward: Callable | None = None
 ) -> Callable:
     """The trainer's rollout function for ``cfg`` and the credit inputs ``needs``."""
-    s, c = cfg.sample, cfg.credit
+    s, o = cfg.sample, cfg.credit.options
     if "tree" in needs:
-        return partial(
-            tree_batch_rollout,
-            splits=tuple(s.tree_splits),
-            branch=tuple(s.tree_branch),
-            relative=s.window != "all",
-            depth_noise=s.tree_depth_noise,
-            branch_corr=s.tree_branch_corr,
-        )
+        relative = s.window.kind != "all"
+        return partial(tree_batch_rollout, splits=tuple(o.splits), branch=tuple(o.branch), relative=relative,
+                       depth_noise=o.depth_noise, branch_corr=o.branch_corr)
     if "process" in needs:
         if process_reward is None:
-            raise ValueError(
-                "credit 'euphonium' needs a process reward (credit.process_reward or the training reward)."
-            )
+            raise ValueError("credit 'euphonium' needs a process reward (credit.options.process_reward or the reward).")
         check_process_reward(process_reward)
         pr = x0_reward_process(process_reward, model.decode)
-        return partial(guided_batch_rollout, process_reward=pr, kappa=c.guidance_kappa, steps=list(c.guidance_steps))
+        steps = list(o.reward_grad_steps)
+        return partial(guided_batch_rollout, process_reward=pr, kappa=o.reward_grad_scale, steps=steps)
     fn = partial(shared_prefix_rollout, base=base) if s.share_prefix else base
     # the ladder reuses each state's sampling velocity (x0_preds) for its completion's first step
     return partial(fn, keep_x0=True) if "ladder" in needs and base is rollout else fn

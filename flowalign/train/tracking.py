@@ -9,13 +9,13 @@ from pathlib import Path
 
 from torch import Tensor
 
-from .config import Config, to_dict
+from ..overrides import to_dict
 
 
 class RunLogger:
     """Tensorboard always (main process), wandb when installed and asked, and metrics.jsonl."""
 
-    def __init__(self, run_dir: Path, cfg: Config, active: bool):
+    def __init__(self, run_dir: Path, cfg, active: bool):
         self.active, self.run_dir, self.wandb = active, run_dir, None
         if not active:
             return

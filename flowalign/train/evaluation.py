@@ -1,0 +1,93 @@
+"""Generation and the periodic evaluation: ODE samples of held-out prompts with fixed per-prompt
+noise, scored by the training reward, its components and extra eval-only metrics over all ranks."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from ..sampling.rollout import rollout
+from ..types import Cond, Rollout
+from .data import PromptSet, generators
+from .scores import as_scores
+
+
+@torch.no_grad()
+def generate(
+    model,
+    prompts: list[str],
+    cfg,
+    gens: list[torch.Generator],
+    *,
+    num_steps: int,
+    guidance_scale: float,
+    noise_levels: Tensor | None,
+    rollout_fn: Callable = rollout,
+    step: str = "ode",
+    init_gens: list[torch.Generator] | None = None,
+) -> tuple[Cond, Rollout, Tensor]:
+    """encode -> initial noise (from ``init_gens``, default ``gens``) -> rollout (SDE noise from
+    ``gens``) -> decode: (cond, rollout, images [B, 3, H, W] in [0, 1])."""
+    res = cfg.model.resolution
+    neg = cfg.model.negative_prompt or None  # None: the model's default ("" for SD3; Flux has none)
+    cond = model.encode(prompts, guidance_scale=guidance_scale, negative_prompts=neg)
+    x = model.initial_noise(len(prompts), res, res, generator=init_gens or gens)
+    ro = rollout_fn(model, cond, x, model.sigmas(num_steps, res, res), step, noise_levels, generator=gens)
+    return cond, ro, model.decode(ro.final)
+
+
+@torch.no_grad()
+def evaluate(
+    model,
+    reward_fn: Callable,
+    prompts: PromptSet,
+    cfg,
+    acc,
+    rollout_fn: Callable = rollout,
+    metrics: dict[str, Callable] | None = None,
+) -> tuple[dict[str, float], Tensor | None]:
+    """ODE samples of the first ``eval.num_prompts`` held-out prompts with fixed per-prompt noise ->
+    mean reward total, components and extra ``metrics`` (name -> reward-like fn) over all ranks,
+    and a grid image (main process)."""
+    from torchvision.utils import make_grid
+
+    e, world, rank = cfg.eval, acc.num_processes, acc.process_index
+    n = min(e.num_prompts, len(prompts))
+    per = math.ceil(n / world)  # equal shards (padded) so collective forwards stay in step
+    mine = [rank * per + i for i in range(per)]
+    sums: dict[str, Tensor] = {}
+    shown: list[Tensor] = []
+    for s in range(0, per, e.batch_size):
+        idx = mine[s : s + e.batch_size]
+        real = torch.tensor([i < n for i in idx])
+        idx = [min(i, n - 1) for i in idx]
+        texts = [prompts.prompts[i] for i in idx]
+        gens = generators(e.seed, 0, idx, model.device)
+        _, _, images = generate(
+            model,
+            texts,
+            cfg,
+            gens,
+            num_steps=e.num_steps,
+            guidance_scale=e.guidance_scale,
+            noise_levels=None,
+            rollout_fn=rollout_fn,
+        )
+        meta = prompts.columns(idx)
+        sc = as_scores(reward_fn(images, texts, **meta), len(idx))
+        extra = {k: as_scores(fn(images, texts, **meta), len(idx)).total for k, fn in (metrics or {}).items()}
+        for k, v in {"reward": sc.total, **sc.components, **extra}.items():
+            ok = real & torch.isfinite(v)
+            sums[k] = sums.get(k, torch.zeros(2, dtype=torch.float64)) + torch.stack(
+                [v[ok].double().sum(), ok.double().sum()]
+            )
+        shown += [im.cpu() for im, r in zip(images, real) if r][: max(0, e.grid_images - len(shown))]
+    keys = sorted(sums)
+    flat = torch.stack([sums[k] for k in keys]).to(acc.device) if keys else torch.zeros(0, 2, device=acc.device)
+    flat = acc.reduce(flat, "sum").cpu()
+    stats = {f"eval/{k}": float(flat[i, 0] / flat[i, 1].clamp_min(1)) for i, k in enumerate(keys)}
+    grid = make_grid(torch.stack(shown), nrow=int(math.ceil(math.sqrt(len(shown)))), padding=1) if shown else None
+    return stats, grid
