@@ -32,16 +32,16 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from flowalign.config import apply_overrides, get_preset  # noqa: E402
+from flowalign.train import apply_overrides, get_preset  # noqa: E402
 
 BASE = [
     "sample.num_steps=6",
     "sample.group_size=8",
     "sample.groups_per_iteration=2",
     "sample.batch_size=8",
-    "sample.window=random",
-    "sample.window_size=3",
-    "sample.window_range=[0,5]",
+    "sample.window.kind=random",
+    "sample.window.options.size=3",
+    "sample.window.options.range=[0,5]",
     "sample.share_prefix=true",
     "optim.steps_per_iteration=2",
     "optim.lr=2e-3",
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--eval-every", type=int, default=10, help="iterations between evals")
     ap.add_argument("--eval-prompts", type=int, default=64, help="held-out prompts per eval (one fixed noise each)")
     ap.add_argument("--artifact-weight", type=float, default=5.0, help="weight of the detector's clean score")
-    ap.add_argument("--beta", type=float, default=0.04, help="KL weight of the regularized run (loss.beta)")
+    ap.add_argument("--beta", type=float, default=0.04, help="KL weight of the regularized run (objective beta)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="runs/artifact_reg", help="folder for artifact_reg.png / .json")
     ap.add_argument("--quick", action="store_true", help="<= 60 s: 3 iterations, 8 eval prompts")
@@ -99,10 +99,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("overrides", nargs="*", help="extra config overrides for both runs")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    from flowalign.data import PromptSet, load_prompt_source
     from flowalign.rewards import MultiReward, load_reward
-    from flowalign.train_cli import build_eval_metrics, build_model
-    from flowalign.trainer import train
+    from flowalign.train.build import build_eval_metrics, build_model
+    from flowalign.train.data import PromptSet, load_prompt_source
+    from flowalign.train.loop import train
 
     t_start = time.time()
     iters, every, n_eval = (3, 3, 8) if args.quick else (args.iterations, args.eval_every, args.eval_prompts)
@@ -140,7 +140,9 @@ def main(argv: list[str] | None = None) -> int:
                 if n in init:
                     p.copy_(init[n])
         with tempfile.TemporaryDirectory() as tmp:
-            cfg = apply_overrides(get_preset("testbed"), base + [f"loss.beta={beta}", f"train.output_dir={tmp}/run"])
+            cfg = apply_overrides(
+                get_preset("testbed"), base + [f"objective.options.beta={beta}", f"train.output_dir={tmp}/run"]
+            )
             t = time.time()
             res = train(
                 cfg, model, reward, train_prompts, eval_prompts=eval_prompts, run_dir=f"{tmp}/run", eval_metrics=metrics

@@ -25,8 +25,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from flowalign import train_cli  # noqa: E402
-from flowalign.config import apply_overrides, get_preset  # noqa: E402
+from flowalign.train import apply_overrides, get_preset  # noqa: E402
+from flowalign.train import build as train_build  # noqa: E402
+from flowalign.train import run as train_run  # noqa: E402
 
 
 @torch.no_grad()
@@ -36,7 +37,8 @@ def compositional_accuracy(model, cfg, prompts: list[str], seeds: int) -> dict[s
     from flowalign.testbed import world as W
     from flowalign.testbed.evaluate import clause_metrics
     from flowalign.testbed.scorers import load_checker
-    from flowalign.trainer import _generators, generate
+    from flowalign.train.data import generators as _generators
+    from flowalign.train.evaluation import generate
 
     checker = load_checker()
     texts = [p for _ in range(seeds) for p in prompts]
@@ -78,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         return quick(args)
     prompts = W.eval_prompts(args.eval_prompts or None)
     base_cfg = apply_overrides(get_preset(args.preset), ["eval.every=0", "log.progress=false", *args.overrides])
-    model, _, _ = train_cli.build_model(base_cfg)
+    model, _, _ = train_build.build_model(base_cfg)
     t = time.time()
     before = compositional_accuracy(model, base_cfg, prompts, args.eval_seeds)
     eval_s = time.time() - t
@@ -100,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
                 ],
             )
             t = time.time()
-            res = train_cli.main(cfg)
+            res = train_run.main(cfg)
             minutes = (time.time() - t) / 60
             after = compositional_accuracy(res.model, cfg, prompts, args.eval_seeds)
             hist = res.history
@@ -165,7 +167,7 @@ QUICK = [
     "sample.groups_per_iteration=1",
     "sample.group_size=8",
     "sample.batch_size=8",
-    "sample.window_range=0,2",
+    "sample.window.options.start=0",
     "optim.steps_per_iteration=1",
     "optim.lr=2e-3",
     "train.max_minutes=0.6",
@@ -194,7 +196,7 @@ def quick(args: argparse.Namespace) -> int:
             ],
         )
         t = time.time()
-        res = train_cli.main(cfg)
+        res = train_run.main(cfg)
         seconds = time.time() - t
     r = [h["reward/total_mean"] for h in res.history]
     k = max(1, len(r) // 3)
