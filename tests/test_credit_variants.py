@@ -4,9 +4,8 @@ TreeGRPO, Euphonium guided SDE and dual-reward credit, config-time checks. Arith
 import pytest
 import torch
 
-from flowalign.credit import CREDIT
+from flowalign.credit import CREDIT, check_credit
 from flowalign.credit.checks import (
-    check_credit,
     check_granular,
     check_guidance,
     check_pruning,
@@ -40,12 +39,12 @@ from flowalign.credit.tree import (
 )
 from flowalign.credit.turning_point import tp_grpo, turning_points
 from flowalign.models.analytic import GaussianMixtureFlow
-from flowalign.sampling.windows import geometric_window, geometric_window_probs
 from flowalign.rewards.base import Reward
 from flowalign.sampling.rollout import complete, log_prob_at, rollout
 from flowalign.sampling.schedule import linear_sigmas, shifted_sigmas
 from flowalign.sampling.sde import dance_sde, flow_sde
 from flowalign.sampling.tree import TreeSpec, edge_log_prob, tree_rollout
+from flowalign.sampling.windows import geometric_window, geometric_window_probs
 from flowalign.types import TreeRollout
 
 close = torch.testing.assert_close
@@ -274,7 +273,7 @@ def test_granular_grids_by_hand():
 
 
 def test_singular_sde_rollout_on_the_analytic_flow(mix):
-    sigmas, j, k, b = linear_sigmas(6), 2, 4, 2
+    sigmas, j, k = linear_sigmas(6), 2, 4
     cond, x = mix.encode(["a", "b"]), torch.randn(2, 2, generator=torch.Generator().manual_seed(3))
     mix.nfe = 0
     sr = singular_sde_rollout(mix, cond, x, sigmas, j, k, "flow_sde", 0.7, torch.Generator().manual_seed(4))

@@ -1,41 +1,76 @@
 """Credit assignment: every scheme maps rewards (+ ladders / trees) to ``Advantages`` [B, T] + mask.
 
-``CREDIT`` maps a name to a function; the trainer picks one by ``cfg.credit.name``. Uniform signature:
+``CREDIT[kind]`` is a ``Scheme``: the advantage function, its options dataclass (``credit.options``
+in the config, typed by ``credit.kind``), the extra inputs it needs and its start-up check. Flat
+schemes share one signature:
 
     fn(rewards [B], group_ids [B], step_mask [T] or [B, T], *, scale="group", eps, unbiased,
-       filter_zero_std, <extra inputs>, **method_options) -> Advantages  # advantages/mask [B, T]
+       filter_zero_std, <inputs named in needs>, **options.kwargs()) -> Advantages  # [B, T]
 
-``fn.needs`` (absent = nothing) names the extra keyword inputs the trainer must supply:
-  * ``ladder``  [B, T+1]: reward of ``latents[:, j]`` completed to an image, ``ladder[:, T]`` the final
-    reward (``rewards.ladder.RewardLadder``; ``ladder_steps(step_mask)`` lists the states to request);
-    ``dense``, ``turning_point``;
-  * ``granular`` [B, J] or [B, J, R]: rewards of each branch per completion stride (and reward model)
-    from ``granular.singular_sde_rollout``; ``g2rpo``;
-  * ``process`` [B, T]: process-reward scores recorded by ``guided.guided_rollout``; ``euphonium``;
+Tree schemes (``needs`` holds ``tree``) take ``fn(tree: TreeRollout, leaf_rewards [L], *, scale, eps,
+unbiased, filter_zero_std, **options.kwargs()) -> tree.TreeAdvantages`` (per edge = per child node
+[N]); ``tree.tree_to_batch`` lays them out as [L, T].
+
+What ``needs`` names, and who provides it (``flowalign.train.collect`` / ``flowalign.train.rollouts``):
+  * ``ladder`` [B, T+1]: the reward of ``latents[:, j]`` completed to an image (``rewards.ladder``);
   * ``balance_ids`` [B]: the sampling batch of each row (TP-GRPO balances turning points per batch);
-  * ``tree`` (trainer only): per-row advantages / masks of the tree credit (``collect.tree_credit``).
-The trainer collects them batch by batch with ``collect.COLLECT`` (same names) and rolls out with
-``rollouts.make_rollout`` (shared ODE prefix, trees, guided SDE); see ``collect`` and ``rollouts``.
-
-``TREE_CREDIT`` holds the tree schemes, ``fn(tree: TreeRollout, leaf_rewards [L], *, scale, eps,
-unbiased, filter_zero_std, **options) -> tree.TreeAdvantages`` (advantage and mask per edge = per
-child node [N]); ``tree.tree_to_batch`` lays them out as [L, T] for ``log_prob_at`` and
-``TreeAdvantages.edges()`` lists them for ``sampling.tree.edge_log_prob``.
+  * ``granular`` [B, J]: rewards of each row's state completed at each stride (G^2RPO);
+  * ``process`` [B, T]: process scores recorded by the reward-gradient-guided rollout (Euphonium);
+  * ``tree``: tree rollouts, one tree per group (BranchGRPO, TreeGRPO).
 """
 
-from .dense import calibrate_noise_table, dense_grpo, ladder_steps, per_step_advantages, step_gains
-from .granular import g2rpo, singular_sde_rollout
-from .group import group_stats, grpo, normalize
-from .guided import euphonium, guided_rollout
-from .tree import branch_grpo, tree_grpo, tree_to_batch
-from .turning_point import tp_grpo, turning_points
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
-CREDIT = {"grpo": grpo, "dense": dense_grpo, "turning_point": tp_grpo, "g2rpo": g2rpo, "euphonium": euphonium}
-TREE_CREDIT = {"branchgrpo": branch_grpo, "treegrpo": tree_grpo}
+from .checks import check_tree
+from .dense import (
+    DenseOptions,
+    calibrate_noise_table,
+    check_dense,
+    check_ladder_options,
+    dense_grpo,
+    ladder_steps,
+    per_step_advantages,
+    step_gains,
+)
+from .granular import G2RPOOptions, check_g2rpo, g2rpo, singular_sde_rollout
+from .group import GRPOOptions, group_stats, grpo, normalize
+from .guided import EuphoniumOptions, check_euphonium, euphonium, guided_rollout
+from .tree import BranchGRPOOptions, TreeGRPOOptions, branch_grpo, tree_grpo, tree_to_batch
+from .turning_point import TurningPointOptions, tp_grpo, turning_points
+
+
+@dataclass(frozen=True)
+class Scheme:
+    fn: Callable[..., Any]  # the advantage function
+    options: type  # its options dataclass (``credit.options``)
+    needs: tuple[str, ...] = ()  # extra inputs: ladder | balance_ids | granular | process | tree
+    check: Callable[[Any, Any], None] | None = None  # (options, config) -> None or one ValueError
+
+
+CREDIT: dict[str, Scheme] = {
+    "grpo": Scheme(grpo, GRPOOptions),
+    "dense": Scheme(dense_grpo, DenseOptions, ("ladder",), check_dense),
+    "turning_point": Scheme(tp_grpo, TurningPointOptions, ("ladder", "balance_ids"), check_ladder_options),
+    "g2rpo": Scheme(g2rpo, G2RPOOptions, ("granular",), check_g2rpo),
+    "euphonium": Scheme(euphonium, EuphoniumOptions, ("process",), check_euphonium),
+    "branchgrpo": Scheme(branch_grpo, BranchGRPOOptions, ("tree",), check_tree),
+    "treegrpo": Scheme(tree_grpo, TreeGRPOOptions, ("tree",), check_tree),
+}
+
+
+def check_credit(kind: str) -> Scheme:
+    """Credit kind -> its ``Scheme``; one clear error for an unknown kind."""
+    if kind not in CREDIT:
+        raise ValueError(f"unknown credit {kind!r}; choose one of {sorted(CREDIT)}.")
+    return CREDIT[kind]
+
 
 __all__ = [
+    "check_credit",
     "CREDIT",
-    "TREE_CREDIT",
+    "Scheme",
     "grpo",
     "group_stats",
     "normalize",

@@ -83,89 +83,27 @@ def check_granular(num_steps: int, steps: Sequence[int], strides: Sequence[int],
         raise ValueError(f"branches={branches}: a group needs >= 2 branches for a z-score.")
 
 
-def check_credit(name: str, tree: bool = False) -> Callable:
-    """Credit name -> function, one clear error for an unknown name."""
-    from . import CREDIT, TREE_CREDIT
-
-    table = TREE_CREDIT if tree else CREDIT
-    if name not in table:
-        raise ValueError(f"unknown {'tree ' if tree else ''}credit {name!r}; choose one of {sorted(table)}.")
-    return table[name]
-
-
-def check_credit_config(cfg) -> None:
-    """Every credit / exploration option of a ``Config`` that needs no model: one ValueError naming
-    the bad value and the fix (``train_cli.validate`` and ``trainer.train`` call it)."""
+def check_tree(o, cfg) -> None:
+    """Tree credit (BranchGRPO / TreeGRPO): the split schedule fits the window, pruning, fusion."""
     from ..sampling.schedule import noise_table
-    from . import CREDIT, TREE_CREDIT
-    from .dense import REWARD_KINDS
-    from .granular import COMPLETIONS
+    from ..sampling.windows import WINDOWS
     from .tree import FUSIONS
 
-    c, s = cfg.credit, cfg.sample
-    t, tree = s.num_steps, c.name in TREE_CREDIT
-    if c.name not in CREDIT and not tree:
-        raise ValueError(f"credit.name={c.name!r} is unknown; choose one of {sorted(CREDIT) + sorted(TREE_CREDIT)}.")
-    if s.noise_table and (len(s.noise_table) != t or min(s.noise_table) < 0):
+    s, t = cfg.sample, cfg.sample.num_steps
+    w = s.window
+    relative = w.kind != "all"
+    size = WINDOWS[w.kind].trained(w.options, t)
+    if relative and (not o.splits or max(o.splits) >= size or min(o.splits) < 0):
         raise ValueError(
-            f"sample.noise_table has {len(s.noise_table)} values (min {min(s.noise_table):g}); give "
-            f"{t} levels >= 0 (one per step) or [] for sample.noise_level everywhere."
+            f"credit.options.splits={o.splits} are offsets from the SDE window start (window "
+            f"{w.kind!r}); each must lie in [0, {size}) (the window's size)."
         )
-    if tree != bool(s.tree_splits):
-        raise ValueError(
-            f"credit.name={c.name!r} with sample.tree_splits={s.tree_splits}: tree credits "
-            f"{sorted(TREE_CREDIT)} need tree rollouts (set sample.tree_splits, e.g. [0,2,4]) and tree "
-            f"rollouts need a tree credit."
-        )
-    if tree:
-        relative = s.window != "all"
-        if relative and (not s.tree_splits or max(s.tree_splits) >= s.window_size or min(s.tree_splits) < 0):
-            raise ValueError(
-                f"sample.tree_splits={s.tree_splits} are offsets from the SDE window start (window="
-                f"{s.window!r}); each must lie in [0, sample.window_size={s.window_size})."
-            )
-        first = window_mask(t, max(1, int(t * s.timestep_fraction))) if not relative else window_mask(t, s.window_size)
-        levels = noise_table(t, s.noise_level, first)
-        check_tree_spec(
-            list(s.tree_splits),
-            list(s.tree_branch) if len(s.tree_branch) > 1 else s.tree_branch[0],
-            t,
-            depth_noise=s.tree_depth_noise,
-            branch_corr=s.tree_branch_corr,
-            noise_levels=levels,
-        )
-        check_pruning(t, c.prune_depths, c.width_pruning or None, c.width_ratio)
-        if c.fusion not in FUSIONS:
-            raise ValueError(f"credit.fusion={c.fusion!r}; choose one of {FUSIONS}.")
-    if c.name in ("dense", "turning_point"):
-        if c.ladder_steps < 0 or c.ladder_stride < 0 or (c.ladder_steps and c.ladder_stride):
-            raise ValueError(
-                f"credit.ladder_steps={c.ladder_steps} / credit.ladder_stride={c.ladder_stride}: give "
-                f"at most one, >= 0 (0 = complete with all remaining steps)."
-            )
-        if c.dense_reward not in REWARD_KINDS:
-            raise ValueError(f"credit.dense_reward={c.dense_reward!r}; choose one of {REWARD_KINDS}.")
-    if c.name == "g2rpo":
-        if s.window == "all" or s.window_size != 1 or not s.same_noise:
-            raise ValueError(
-                f"credit.name=g2rpo samples singularly: one SDE step per iteration from a shared "
-                f"initial noise; set sample.window=random|fixed|progressive, sample.window_size=1 "
-                f"and sample.same_noise=true (got window={s.window!r}, size {s.window_size}, "
-                f"same_noise={s.same_noise})."
-            )
-        lo, hi = (s.window_range + [t])[:2] if s.window in ("random", "fixed") else (0, t)
-        check_granular(t, list(range(lo, hi)), [int(v) for v in c.strides], s.group_size)
-        if c.granular_completion not in COMPLETIONS:
-            raise ValueError(f"credit.granular_completion={c.granular_completion!r}; choose one of {COMPLETIONS}.")
-    if c.name == "euphonium":
-        if c.guidance_kappa < 0 or any(not 0 <= int(j) < t for j in c.guidance_steps):
-            raise ValueError(
-                f"credit.guidance_kappa={c.guidance_kappa} must be >= 0 and credit.guidance_steps="
-                f"{c.guidance_steps} step indices in [0, {t - 1}]."
-            )
-    if c.calibrate_iterations > 0:
-        if s.step not in ("flow_sde", "dance_sde") or c.calibrate_samples < 1 or c.calibrate_eps2 < 0:
-            raise ValueError(
-                f"psi(t) calibration needs sample.step flow_sde or dance_sde (got {s.step!r}), "
-                f"credit.calibrate_samples >= 1 ({c.calibrate_samples}) and calibrate_eps2 >= 0."
-            )
+    first = window_mask(t, size) if relative else window_mask(t, max(1, int(t * w.options.fraction)))
+    levels = noise_table(t, s.noise_level, first)
+    branch = list(o.branch) if len(o.branch) > 1 else o.branch[0]
+    check_tree_spec(
+        list(o.splits), branch, t, depth_noise=o.depth_noise, branch_corr=o.branch_corr, noise_levels=levels
+    )
+    check_pruning(t, o.prune_depths, o.width_pruning or None, o.width_ratio)
+    if getattr(o, "fusion", "mean") not in FUSIONS:
+        raise ValueError(f"credit.options.fusion={o.fusion!r}; choose one of {FUSIONS}.")

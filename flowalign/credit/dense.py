@@ -236,3 +236,39 @@ def ladder_gain_measure(
         return step_gains(getattr(table, "rewards", table).float())
 
     return measure
+
+
+@dataclass
+class DenseOptions:
+    reward: str = "gain"  # 'gain' d_j = R_{j+1} - R_j (DenseGRPO) | 'level' R_{j+1} (its dense baseline)
+    ladder_steps: int = 0  # ODE steps of each ladder completion (0 = all remaining: DenseGRPO's n = t)
+    ladder_stride: int = 0  # complete on every stride-th grid point instead (0 = off)
+    calibrate_iterations: int = 0  # Alg. 1: rounds of psi(t) calibration before training (0 = off)
+    calibrate_samples: int = 16  # trajectories per calibration round (prompts drawn from the training set)
+    calibrate_eps1: float = 2.0  # |#pos - #neg| below this raises psi_j (paper: 2)
+    calibrate_eps2: float = 0.01  # psi step per round (paper: 0.01)
+
+    def kwargs(self) -> dict:
+        return {"reward": self.reward}
+
+
+def check_ladder_options(o, cfg) -> None:
+    """A reward ladder's completion length or stride (at most one, >= 0)."""
+    if o.ladder_steps < 0 or o.ladder_stride < 0 or (o.ladder_steps and o.ladder_stride):
+        raise ValueError(
+            f"credit.options.ladder_steps={o.ladder_steps} / ladder_stride={o.ladder_stride}: give "
+            f"at most one, >= 0 (0 = complete with all remaining steps)."
+        )
+
+
+def check_dense(o: DenseOptions, cfg) -> None:
+    check_ladder_options(o, cfg)
+    if o.reward not in REWARD_KINDS:
+        raise ValueError(f"credit.options.reward={o.reward!r}; choose one of {REWARD_KINDS}.")
+    if o.calibrate_iterations > 0 and (
+        cfg.sample.step not in ("flow_sde", "dance_sde") or o.calibrate_samples < 1 or o.calibrate_eps2 < 0
+    ):
+        raise ValueError(
+            f"psi(t) calibration needs sample.step flow_sde or dance_sde (got {cfg.sample.step!r}), "
+            f"credit.options.calibrate_samples >= 1 ({o.calibrate_samples}) and calibrate_eps2 >= 0."
+        )

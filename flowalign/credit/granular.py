@@ -26,7 +26,7 @@ path is the trajectory the trainer stores (its final image is the usual sample).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -205,3 +205,35 @@ def g2rpo(
 
 
 g2rpo.needs = ("granular",)
+
+
+@dataclass
+class G2RPOOptions:
+    strides: list[int] = field(default_factory=lambda: list(PAPER_STRIDES))  # completion granularities (code {1,2})
+    completion: str = "paper"  # strided grid 'paper' | 'reference' (released code)
+
+    def kwargs(self) -> dict:
+        return {}
+
+
+def check_g2rpo(o: G2RPOOptions, cfg) -> None:
+    """Singular sampling: one SDE step per iteration from a shared initial noise; valid strides."""
+    from ..sampling.windows import WINDOWS
+
+    s, t = cfg.sample, cfg.sample.num_steps
+    w = s.window
+    if w.kind == "all" or WINDOWS[w.kind].trained(w.options, t) != 1 or not s.same_noise:
+        raise ValueError(
+            f"credit.kind=g2rpo samples singularly: one SDE step per iteration from a shared initial "
+            f"noise; set sample.window.kind=random|fixed|progressive, sample.window.options.size=1 and "
+            f"sample.same_noise=true (got window {w.kind!r}, same_noise={s.same_noise})."
+        )
+    lo, hi = WINDOWS[w.kind].span(w.options, t)
+    steps = list(range(lo, hi))
+    if any(not 0 <= j < t for j in steps) or not steps:
+        raise ValueError(f"G^2RPO steps {steps} must be a non-empty list in [0, {t - 1}].")
+    check_strides([int(v) for v in o.strides], t)
+    if s.group_size < 2:
+        raise ValueError(f"sample.group_size={s.group_size}: a group needs >= 2 branches for a z-score.")
+    if o.completion not in COMPLETIONS:
+        raise ValueError(f"credit.options.completion={o.completion!r}; choose one of {COMPLETIONS}.")

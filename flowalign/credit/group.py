@@ -10,6 +10,8 @@ The trajectory advantage is broadcast to every trained step: ``advantages [B, T]
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
@@ -66,3 +68,11 @@ def grpo(
     mask = mask & keep[:, None]
     stats = {"zero_std_frac": float((std == 0).float().mean()), "adv_abs_mean": float(adv.abs().mean())}
     return Advantages(advantages=adv[:, None].expand_as(mask).clone() * mask, mask=mask, stats=stats)
+
+
+@dataclass
+class GRPOOptions:
+    """Flow-GRPO's group-relative advantage has no options beyond the shared normalisation."""
+
+    def kwargs(self) -> dict:
+        return {}

@@ -30,14 +30,15 @@ SPSA gradients and the optional velocity KL are not reproduced.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from ..losses import clipped_policy_loss
 from ..sampling.rollout import StepContext, as_noise_levels, rollout
 from ..sampling.sde import get_step, ode
+from ..train.losses import clipped_policy_loss
 from ..types import Advantages, Cond, LossOut, Rollout
 from .dense import as_step_mask, per_step_advantages
 from .group import normalize
@@ -315,3 +316,25 @@ def euphonium(
 
 
 euphonium.needs = ("process",)
+
+
+@dataclass
+class EuphoniumOptions:
+    process_reward: str = ""  # differentiable reward in rewards.REWARDS scored on x0_pred; '' = the training reward
+    process_options: dict[str, Any] = field(default_factory=dict)  # kwargs of its factory (e.g. {"output": "soft"})
+    reward_grad_scale: float = 0.0  # kappa: reward-gradient scale of the guided SDE (0 = unguided)
+    reward_grad_steps: list[int] = field(default_factory=list)  # steps that get the gradient ([] = every SDE step)
+    c_outcome: float = 1.0  # weight of the outcome (final-reward) advantage
+    c_process: float = 1.0  # weight of the per-step process advantage
+
+    def kwargs(self) -> dict:
+        return {"c_outcome": self.c_outcome, "c_process": self.c_process}
+
+
+def check_euphonium(o: EuphoniumOptions, cfg) -> None:
+    t = cfg.sample.num_steps
+    if o.reward_grad_scale < 0 or any(not 0 <= int(j) < t for j in o.reward_grad_steps):
+        raise ValueError(
+            f"credit.options.reward_grad_scale={o.reward_grad_scale} must be >= 0 and "
+            f"credit.options.reward_grad_steps={o.reward_grad_steps} step indices in [0, {t - 1}]."
+        )

@@ -41,7 +41,6 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from ..sampling.schedule import window_mask
 from ..types import Advantages, Rollout, TreeRollout
 from .group import normalize
 
@@ -118,20 +117,6 @@ def fuse_rewards(tree: TreeRollout, leaf_rewards: Tensor, fusion: str = "mean", 
     path = (m.float() * tree.log_prob.float()[:, None]).sum(0)  # [L] summed edge log-probs root -> leaf
     logits = torch.where(m, beta * path[None], torch.full_like(m, float("-inf"), dtype=torch.float32))
     return (torch.softmax(logits, 1) * r[None]).sum(1)
-
-
-def geometric_window_probs(num_steps: int, size: int, r: float = 0.5) -> Tensor:
-    """TreeGRPO's SDE-window start distribution Pr[i] = (1 - r) r^i / (1 - r^(T - w)), i = 0..T-w-1."""
-    if not 1 <= size < num_steps or not 0 < r < 1:
-        raise ValueError(f"geometric window: need 1 <= size={size} < num_steps={num_steps} and 0 < r={r} < 1.")
-    i = torch.arange(num_steps - size, dtype=torch.float64)
-    return ((1 - r) * r**i / (1 - r ** (num_steps - size))).float()
-
-
-def geometric_window(num_steps: int, size: int, r: float = 0.5, generator=None) -> Tensor:
-    """[T] bool SDE window of ``size`` steps whose start is drawn from ``geometric_window_probs``."""
-    start = int(torch.multinomial(geometric_window_probs(num_steps, size, r), 1, generator=generator))
-    return window_mask(num_steps, size, start)
 
 
 def depth_prune_mask(tree: TreeRollout, depths) -> Tensor:
@@ -313,3 +298,31 @@ def tree_to_batch(tree: TreeRollout, tadv: TreeAdvantages, dedupe: bool = True) 
         rows=tree.root[tree.leaves],
         nodes=nodes,
     )
+
+
+@dataclass
+class TreeGRPOOptions:
+    splits: list[int] = field(
+        default_factory=lambda: [0, 1, 2]
+    )  # split steps, increasing (offsets from the window start)
+    branch: list[int] = field(default_factory=lambda: [2])  # children per split (one, or one per split)
+    depth_noise: float = 0.0  # noise level x (1 + this x depth / #splits) (Dynamic-TreeRPO's depth-dependent noise)
+    branch_corr: float | None = None  # BranchGRPO paper's sibling-noise correlation s; None = independent draws
+    temperature: float = 1.0  # softmax temperature beta (BranchGRPO path/edge fusion; TreeGRPO bottom-up weights)
+    prune_depths: list[int] = field(default_factory=list)  # child depths (= step index + 1) whose edges are not trained
+    prune_slide_every: int = 0  # move prune_depths one step shallower every this many iterations (0 = fixed)
+    width_pruning: str = ""  # '' (off) | 'parent_top' | 'extreme' (BranchGRPO width pruning of the last layer)
+    width_ratio: float = 0.5  # fraction of last-layer edges width pruning keeps
+
+    def kwargs(self) -> dict:
+        prune = {"prune_depths": tuple(self.prune_depths), "width_pruning": self.width_pruning or None}
+        return {"beta": self.temperature, **prune, "width_ratio": self.width_ratio}
+
+
+@dataclass
+class BranchGRPOOptions(TreeGRPOOptions):
+    splits: list[int] = field(default_factory=lambda: [0, 2, 4])
+    fusion: str = "mean"  # internal-node reward fusion 'mean' (code) | 'path_softmax' (paper) | 'edge_softmax'
+
+    def kwargs(self) -> dict:
+        return {"fusion": self.fusion, **super().kwargs()}

@@ -207,3 +207,14 @@ def tp_grpo(
 
 
 tp_grpo.needs = ("ladder", "balance_ids")
+
+
+@dataclass
+class TurningPointOptions:
+    constraint: bool = True  # consistency constraint (Def. 5.1, the released runs) or Def. 4.1
+    balance: bool = True  # balance +/- turning points within each sampling batch (App. D)
+    ladder_steps: int = 0  # ODE steps of each ladder completion (0 = all remaining)
+    ladder_stride: int = 0  # complete on every stride-th grid point instead (0 = off)
+
+    def kwargs(self) -> dict:
+        return {"constraint": self.constraint, "balance": self.balance}

@@ -52,7 +52,7 @@ class MultiReward(nn.Module):
         unknown = set(rewards) - set(weights)
         if unknown:
             raise ValueError(f"rewards {sorted(unknown)} have no weight; add them to weights={weights}.")
-        from . import load_reward
+        from .registry import load_reward
 
         for name in weights:
             if name not in rewards:

@@ -13,9 +13,18 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
-    "Config": "config", "RENAMED": "config", "PRESETS": "presets", "get_preset": "presets", "derived": "batching",
-    "train": "loop", "TrainResult": "records", "TrainState": "records", "validate": "checks", "build_model": "build",
-    "resolve_config": "run", "apply_overrides": "config",
+    "Config": "config",
+    "RENAMED": "config",
+    "PRESETS": "presets",
+    "get_preset": "presets",
+    "derived": "batching",
+    "train": "loop",
+    "TrainResult": "records",
+    "TrainState": "records",
+    "validate": "checks",
+    "build_model": "build",
+    "resolve_config": "run",
+    "apply_overrides": "config",
 }
 
 

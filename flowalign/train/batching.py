@@ -9,7 +9,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ..credit.checks import check_credit
+from ..credit import check_credit
 from ..sampling.windows import window_kind
 
 if TYPE_CHECKING:

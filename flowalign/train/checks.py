@@ -3,7 +3,7 @@ and the fix, before anything is loaded or any run directory is created."""
 
 from __future__ import annotations
 
-from ..credit.checks import check_credit
+from ..credit import check_credit
 from ..sampling.windows import window_kind
 from .batching import derived
 from .objectives import objective_kind

@@ -23,8 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import overrides
-from ..credit import GRPOOptions
-from ..credit.checks import check_credit
+from ..credit import GRPOOptions, check_credit
 from ..sampling.windows import AllOptions, window_kind
 from .objectives import FlowGRPOOptions, objective_kind
 
@@ -198,7 +197,6 @@ def _renamed() -> dict[str, str]:
 
 
 RENAMED: dict[str, str] = _renamed()  # old flat key -> its key now (accepted with a deprecation warning)
-
 
 
 def apply_overrides(cfg: Config, items: list[str]) -> Config:

@@ -31,8 +31,8 @@ from ..sampling.rollout import rollout
 from . import checkpoint as ckpt
 from .evaluation import evaluate
 from .phases import credit, sample, update
-from .setup import setup, teardown
 from .records import Credit, Run, Samples, TrainResult
+from .setup import setup, teardown
 
 
 def swap(run: Run):
@@ -58,8 +58,15 @@ def run_eval(run: Run, it: int) -> None:
         return
     t = time.time()
     with swap(run):
-        stats, grid = evaluate(run.model, run.reward_fn, run.hooks["eval_prompts"], run.cfg, run.acc,
-                               run.hooks["rollout_fn"], run.hooks.get("eval_metrics"))
+        stats, grid = evaluate(
+            run.model,
+            run.reward_fn,
+            run.hooks["eval_prompts"],
+            run.cfg,
+            run.acc,
+            run.hooks["rollout_fn"],
+            run.hooks.get("eval_metrics"),
+        )
     stats["time/eval"] = time.time() - t
     run.log.scalars(stats, it)
     if grid is not None:
@@ -89,8 +96,17 @@ def save(run: Run, it: int) -> None:
                 run.hooks["export_fn"](directory)
 
     scalars = {**dataclasses.asdict(run.state), "config": to_dict(run.cfg)}
-    path = ckpt.save(run.run_dir, it, parts, scalars, rank=acc.process_index, rank_parts=rank_parts,
-                     barrier=acc.wait_for_everyone, keep_last=run.cfg.train.keep_last, export=export)
+    path = ckpt.save(
+        run.run_dir,
+        it,
+        parts,
+        scalars,
+        rank=acc.process_index,
+        rank_parts=rank_parts,
+        barrier=acc.wait_for_everyone,
+        keep_last=run.cfg.train.keep_last,
+        export=export,
+    )
     acc.print(f"saved {path}", flush=True)
 
 
@@ -107,14 +123,20 @@ def iteration_stats(run: Run, s: Samples, c: Credit, trained: dict) -> dict:
         **{f"reward/{k}_mean": float(v[torch.isfinite(v)].mean()) for k, v in gsc.items()},
         **{f"credit/{k}": float(v) for k, v in c.stats.items()},
         **{f"collect/{k}": float(v) for k, v in s.collected.stats.items()},
-        "nfe/total": st.nfe, "nfe/iteration": s.nfe, "time/collect": s.times["collect"],
+        "nfe/total": st.nfe,
+        "nfe/iteration": s.nfe,
+        "time/collect": s.times["collect"],
         "credit/adv_mean": float(adv[mask].mean()) if mask.any() else 0.0,
         "credit/adv_std": float(adv[mask].std()) if mask.sum() > 1 else 0.0,
         "credit/trained_frac": float(mask.any(1).float().mean()),
-        "optim/lr": run.optimizer.param_groups[0]["lr"], "optim/step": st.optimizer_step,
-        "skipped/steps": st.skipped_steps, "skipped/iterations": st.skipped_iterations,
+        "optim/lr": run.optimizer.param_groups[0]["lr"],
+        "optim/step": st.optimizer_step,
+        "skipped/steps": st.skipped_steps,
+        "skipped/iterations": st.skipped_iterations,
         "skipped/nonfinite_reward_rows": st.nonfinite_reward_rows,
-        "time/sample": s.times["sample"], "time/reward": s.times["reward"], "time/train": trained["time/train"],
+        "time/sample": s.times["sample"],
+        "time/reward": s.times["reward"],
+        "time/train": trained["time/train"],
     }
 
 
@@ -126,18 +148,27 @@ def log_and_save(run: Run, it: int, s: Samples, c: Credit, trained: dict) -> boo
     run.result.history.append({"iteration": it, **stats})
     if it % cfg.log.every == 0 or it + 1 == cfg.train.iterations:
         run.log.scalars(stats, it)
-    acc.print(f"it {it + 1}/{cfg.train.iterations}  reward {stats['reward/total_mean']:.4f}"
-              f"±{stats['reward/total_std']:.3f}  clipfrac {stats.get('train/clipfrac', 0):.3f}  "
-              f"kl {stats.get('train/approx_kl', 0):.2e}  sample {s.times['sample']:.1f}s "
-              f"reward {s.times['reward']:.1f}s train {trained['time/train']:.1f}s", flush=True)
+    acc.print(
+        f"it {it + 1}/{cfg.train.iterations}  reward {stats['reward/total_mean']:.4f}"
+        f"±{stats['reward/total_std']:.3f}  clipfrac {stats.get('train/clipfrac', 0):.3f}  "
+        f"kl {stats.get('train/approx_kl', 0):.2e}  sample {s.times['sample']:.1f}s "
+        f"reward {s.times['reward']:.1f}s train {trained['time/train']:.1f}s",
+        flush=True,
+    )
     out_of_time = cfg.train.max_minutes > 0 and (time.time() - run.t_start) > 60 * cfg.train.max_minutes
     over_nfe = cfg.train.max_nfe > 0 and state.nfe >= cfg.train.max_nfe  # (state.nfe: same on every rank)
     stop = bool(acc.reduce(torch.tensor([float(out_of_time)], device=acc.device), "sum") > 0) or over_nfe
-    if (cfg.train.save_every > 0 and state.iteration % cfg.train.save_every == 0) or it + 1 == cfg.train.iterations or stop:
+    if (
+        (cfg.train.save_every > 0 and state.iteration % cfg.train.save_every == 0)
+        or it + 1 == cfg.train.iterations
+        or stop
+    ):
         save(run, state.iteration)
     if stop:
-        acc.print(f"budget reached after {state.iteration} iterations ({state.nfe} NFE; train.max_minutes="
-                  f"{cfg.train.max_minutes}, train.max_nfe={cfg.train.max_nfe}).")
+        acc.print(
+            f"budget reached after {state.iteration} iterations ({state.nfe} NFE; train.max_minutes="
+            f"{cfg.train.max_minutes}, train.max_nfe={cfg.train.max_nfe})."
+        )
     return stop
 
 
@@ -150,18 +181,48 @@ def finish_run(run: Run) -> None:
             run.hooks["export_fn"](run.run_dir)
 
 
-def train(cfg, model, reward_fn: Callable, prompts, *, run_dir, eval_prompts=None, credit_fn: Callable | None = None,
-          loss_fn: Callable | None = None, rollout_fn: Callable = rollout, resume=None, accelerator=None,
-          export_fn: Callable | None = None, ref_model=None, eval_metrics: dict | None = None,
-          process_reward: Callable | None = None) -> TrainResult:
+def train(
+    cfg,
+    model,
+    reward_fn: Callable,
+    prompts,
+    *,
+    run_dir,
+    eval_prompts=None,
+    credit_fn: Callable | None = None,
+    loss_fn: Callable | None = None,
+    rollout_fn: Callable = rollout,
+    resume=None,
+    accelerator=None,
+    export_fn: Callable | None = None,
+    ref_model=None,
+    eval_metrics: dict | None = None,
+    process_reward: Callable | None = None,
+) -> TrainResult:
     """Train ``model`` (a FlowModel whose trainable parameters are set up) with ``reward_fn(images
     [B,3,H,W], prompts, **metadata) -> Scores | Tensor[B]``. Optional: credit_fn (default from
     cfg.credit), loss_fn (Flow-GRPO's per-step loss), rollout_fn, export_fn(dir), ref_model (the KL
     reference under full fine-tuning), eval_metrics {name: fn}, process_reward (Euphonium)."""
-    hooks = dict(loss_fn=loss_fn, rollout_fn=rollout_fn, ref_model=ref_model, export_fn=export_fn,
-                 eval_prompts=eval_prompts, eval_metrics=eval_metrics, process_reward=process_reward)
-    run = setup(cfg, model, reward_fn, prompts, run_dir=run_dir, credit_fn=credit_fn, resume=resume,
-                accelerator=accelerator, hooks=hooks)
+    hooks = dict(
+        loss_fn=loss_fn,
+        rollout_fn=rollout_fn,
+        ref_model=ref_model,
+        export_fn=export_fn,
+        eval_prompts=eval_prompts,
+        eval_metrics=eval_metrics,
+        process_reward=process_reward,
+    )
+    run = setup(
+        cfg,
+        model,
+        reward_fn,
+        prompts,
+        run_dir=run_dir,
+        credit_fn=credit_fn,
+        resume=resume,
+        accelerator=accelerator,
+        hooks=hooks,
+    )
     run.t_start = time.time()
     try:
         for it in range(run.state.iteration, run.cfg.train.iterations):

@@ -25,9 +25,9 @@ from .data import generators, group_batch, sample_seed
 from .distributed import zero_loss
 from .evaluation import generate
 from .objectives import UnitInputs, objective_kind
+from .records import Credit, Run, Samples
 from .rollouts import whole_group_batch
 from .scores import as_scores, cat_scores
-from .records import Credit, Run, Samples
 
 
 def progress(run: Run, **kw):
@@ -49,8 +49,9 @@ def layout(run: Run, it: int) -> tuple[list[int], list[int], list[int]]:
     cfg, d, rank = run.cfg, run.d, run.acc.process_index
     whole = "tree" in run.needs or (cfg.sample.share_prefix and d.images_per_rank % cfg.sample.group_size == 0)
     fn = whole_group_batch if whole else group_batch
-    pidx, gids = fn(len(run.prompts), cfg.sample.group_size, d.images_per_rank, run.acc.num_processes, rank,
-                    cfg.train.seed, it)
+    pidx, gids = fn(
+        len(run.prompts), cfg.sample.group_size, d.images_per_rank, run.acc.num_processes, rank, cfg.train.seed, it
+    )
     return pidx, gids, [rank * d.images_per_rank + i for i in range(d.images_per_rank)]
 
 
@@ -62,9 +63,18 @@ def sample_batch(run: Run, it: int, b: int, rows: tuple, levels: Tensor, mask_t:
     texts = [run.prompts.prompts[i] for i in pidx]
     gens = generators(cfg.train.seed, it, gidx, model.device)
     init = generators(cfg.train.seed, it, [-1 - g for g in gids], model.device) if cfg.sample.same_noise else None
-    cond, ro, images = generate(model, texts, cfg, gens, num_steps=cfg.sample.num_steps,
-                                guidance_scale=cfg.sample.guidance_scale, noise_levels=levels, rollout_fn=run.roll,
-                                step=cfg.sample.step, init_gens=init)
+    cond, ro, images = generate(
+        model,
+        texts,
+        cfg,
+        gens,
+        num_steps=cfg.sample.num_steps,
+        guidance_scale=cfg.sample.guidance_scale,
+        noise_levels=levels,
+        rollout_fn=run.roll,
+        step=cfg.sample.step,
+        init_gens=init,
+    )
     tr, meta = time.time(), run.prompts.columns(pidx)
     with torch.no_grad():
         scores = as_scores(run.reward_fn(images, texts, **meta), len(texts))
@@ -93,24 +103,37 @@ def sample(run: Run, it: int) -> Samples:
         t_reward, t_collect = t_reward + dt_reward, t_collect + dt_collect
     conds, rolls, scores, cols = (list(x) for x in zip(*out))
     r0 = rolls[0]
-    ro = Rollout(latents=torch.cat([r.latents for r in rolls]), log_probs=torch.cat([r.log_probs for r in rolls]),
-                 sigmas=r0.sigmas, noise_levels=r0.noise_levels, step=r0.step)
+    ro = Rollout(
+        latents=torch.cat([r.latents for r in rolls]),
+        log_probs=torch.cat([r.log_probs for r in rolls]),
+        sigmas=r0.sigmas,
+        noise_levels=r0.noise_levels,
+        step=r0.step,
+    )
     times = {"sample": time.time() - t0 - t_reward - t_collect, "reward": t_reward, "collect": t_collect}
     nfe = int(run.acc.reduce(torch.tensor([float(model.nfe - nfe0)], device=run.acc.device), "sum"))
     run.state.nfe += nfe
-    return Samples(mask_t, *rows, Cond.cat(conds), ro, rolls, scores, cat_scores(scores), Collected.cat(cols), nfe,
-                   times)
+    return Samples(
+        mask_t, *rows, Cond.cat(conds), ro, rolls, scores, cat_scores(scores), Collected.cat(cols), nfe, times
+    )
 
 
 def gather(run: Run, s: Samples) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
     """Rewards, validity, group / sample / prompt ids and the scheme's extras of every rank's rows."""
     acc, dev, sc = run.acc, run.acc.device, s.scores
     reward = torch.where(sc.valid, sc.total, torch.zeros_like(sc.total))
-    items = (("reward", reward), ("valid", sc.valid.long()), ("group", torch.tensor(s.gids)),
-             ("index", torch.tensor(s.gidx)), ("prompt", torch.tensor(s.pidx)))
+    items = (
+        ("reward", reward),
+        ("valid", sc.valid.long()),
+        ("group", torch.tensor(s.gids)),
+        ("index", torch.tensor(s.gidx)),
+        ("prompt", torch.tensor(s.pidx)),
+    )
     g = {k: acc.gather(torch.as_tensor(v).to(dev)).cpu() for k, v in items}
-    ex = {k: acc.gather(v.to(dev).long() if v.dtype == torch.bool else v.to(dev)).cpu()  # (gloo gathers no bool)
-          for k, v in s.collected.extras.items()}
+    ex = {
+        k: acc.gather(v.to(dev).long() if v.dtype == torch.bool else v.to(dev)).cpu()  # (gloo gathers no bool)
+        for k, v in s.collected.extras.items()
+    }
     return g, ex
 
 
@@ -169,8 +192,9 @@ def update(run: Run, it: int, s: Samples, c: Credit) -> dict:
     steps = [j for j in range(cfg.sample.num_steps) if s.mask_t[j]] if c.valid.any() else []
     total = run.d.batches_per_rank * cfg.train.inner_epochs * len(steps)
     pbar = progress(run, total=total, desc=f"it {it + 1}/{cfg.train.iterations} train")
-    inputs = UnitInputs(cfg, run.model, s.cond, s.rollout, steps, it, s.gidx, run.hooks["loss_fn"],
-                        run.hooks["ref_model"])
+    inputs = UnitInputs(
+        cfg, run.model, s.cond, s.rollout, steps, it, s.gidx, run.hooks["loss_fn"], run.hooks["ref_model"]
+    )
     unit = objective_kind(cfg.objective.kind).build(inputs, cfg.objective.options) if steps else None
     for epoch in range(cfg.train.inner_epochs if steps else 0):
         for rows in micro_batches(run, it, epoch):
@@ -193,4 +217,3 @@ def update(run: Run, it: int, s: Samples, c: Credit) -> dict:
     if norms:
         stats["train/grad_norm"] = sum(norms) / len(norms)
     return {**stats, "time/train": time.time() - t1}
-

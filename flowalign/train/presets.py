@@ -16,8 +16,14 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from .. import overrides
-from ..credit import BranchGRPOOptions, DenseOptions, EuphoniumOptions, G2RPOOptions, TreeGRPOOptions
-from ..credit import TurningPointOptions
+from ..credit import (
+    BranchGRPOOptions,
+    DenseOptions,
+    EuphoniumOptions,
+    G2RPOOptions,
+    TreeGRPOOptions,
+    TurningPointOptions,
+)
 from ..sampling.windows import AllOptions, FixedOptions, GeometricOptions, ProgressiveOptions, RandomOptions
 from .config import FLUX_LORA_TARGETS, SD3_LORA_TARGETS, Config, CreditConfig, ObjectiveConfig, WindowConfig
 from .objectives import NFTOptions
@@ -160,7 +166,9 @@ def testbed_branchgrpo() -> Config:
 def testbed_treegrpo() -> Config:
     """TreeGRPO: a 3-step SDE window with a truncated-geometric start (r = 0.5), binary splits at each window step."""
     window = WindowConfig("geometric", GeometricOptions(size=3, r=0.5))
-    return _variant("testbed_treegrpo", credit=("treegrpo", TreeGRPOOptions(splits=[0, 1, 2], branch=[2])), window=window)
+    return _variant(
+        "testbed_treegrpo", credit=("treegrpo", TreeGRPOOptions(splits=[0, 1, 2], branch=[2])), window=window
+    )
 
 
 def testbed_euphonium() -> Config:

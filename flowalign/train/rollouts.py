@@ -210,8 +210,14 @@ def make_rollout(
     s, o = cfg.sample, cfg.credit.options
     if "tree" in needs:
         relative = s.window.kind != "all"
-        return partial(tree_batch_rollout, splits=tuple(o.splits), branch=tuple(o.branch), relative=relative,
-                       depth_noise=o.depth_noise, branch_corr=o.branch_corr)
+        return partial(
+            tree_batch_rollout,
+            splits=tuple(o.splits),
+            branch=tuple(o.branch),
+            relative=relative,
+            depth_noise=o.depth_noise,
+            branch_corr=o.branch_corr,
+        )
     if "process" in needs:
         if process_reward is None:
             raise ValueError("credit 'euphonium' needs a process reward (credit.options.process_reward or the reward).")

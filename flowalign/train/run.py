@@ -32,8 +32,15 @@ def resolve_config(preset: str | None, items: list[str], resume: str | None) -> 
     return cfg, path
 
 
-def main(cfg: Config, *, resume: str | Path | None = None, reward_fn: Callable | None = None, prompts=None,
-         eval_prompts=None, **train_kwargs: Any):
+def main(
+    cfg: Config,
+    *,
+    resume: str | Path | None = None,
+    reward_fn: Callable | None = None,
+    prompts=None,
+    eval_prompts=None,
+    **train_kwargs: Any,
+):
     """Validate, build and train. ``reward_fn`` / ``prompts`` replace the configured ones (tests)."""
     import torch
     from accelerate.utils import broadcast_object_list
@@ -58,7 +65,18 @@ def main(cfg: Config, *, resume: str | Path | None = None, reward_fn: Callable |
             train_kwargs.setdefault("process_reward", build_process_reward(cfg, acc.device))
         run_dir = str(default_run_dir(cfg))
         run_dir = broadcast_object_list([run_dir])[0] if acc.num_processes > 1 else run_dir
-        return train(cfg, model, reward_fn, prompts, eval_prompts=eval_prompts, run_dir=run_dir, resume=resume,
-                     accelerator=acc, export_fn=export_fn, ref_model=ref_model, **train_kwargs)
+        return train(
+            cfg,
+            model,
+            reward_fn,
+            prompts,
+            eval_prompts=eval_prompts,
+            run_dir=run_dir,
+            resume=resume,
+            accelerator=acc,
+            export_fn=export_fn,
+            ref_model=ref_model,
+            **train_kwargs,
+        )
     finally:
         finish(acc)

@@ -20,9 +20,9 @@ from .collect import calibrate_psi, make_credit, make_ladder
 from .data import sample_seed
 from .distributed import Prepared, finish, make_accelerator
 from .ema import EMA
+from .records import Run, TrainResult, TrainState
 from .rollouts import make_rollout
 from .tracking import RunLogger
-from .records import Run, TrainResult, TrainState
 
 
 def trainable(model) -> tuple[Any, list[str], list[torch.nn.Parameter]]:
@@ -100,8 +100,27 @@ def setup(cfg, model, reward_fn: Callable, prompts, *, run_dir, credit_fn, resum
     if kind == "DEEPSPEED":
         deepspeed_config(acc, cfg)
     wrapped, optimizer = acc.prepare(bare, make_optimizer(cfg, params))
-    run = Run(cfg, model, acc, d, Path(run_dir), reward_fn, prompts, credit_fn, needs, roll, bare, wrapped, params,
-              names, optimizer, state, TrainResult(Path(run_dir), state, model=model), None, dict(hooks))
+    run = Run(
+        cfg,
+        model,
+        acc,
+        d,
+        Path(run_dir),
+        reward_fn,
+        prompts,
+        credit_fn,
+        needs,
+        roll,
+        bare,
+        wrapped,
+        params,
+        names,
+        optimizer,
+        state,
+        TrainResult(Path(run_dir), state, model=model),
+        None,
+        dict(hooks),
+    )
     model.transformer = Prepared(wrapped, bare, always_wrapped=run.sharded)
     run.ema = EMA(params, cfg.train.ema_decay, cfg.train.ema_every) if cfg.train.ema else None
     if resume is not None:

@@ -24,8 +24,13 @@ class FlowGRPOOptions:
     kl_mode: str = "flow_grpo"  # 'flow_grpo' (x|dt|, keeps the published betas) | 'exact' (closed-form per-step KL)
 
     def loss_kwargs(self) -> dict:
-        return {"clip_range": self.clip_range, "clip_range_high": self.clip_range_high, "adv_clip": self.adv_clip,
-                "beta": self.beta, "kl_mode": self.kl_mode}
+        return {
+            "clip_range": self.clip_range,
+            "clip_range_high": self.clip_range_high,
+            "adv_clip": self.adv_clip,
+            "beta": self.beta,
+            "kl_mode": self.kl_mode,
+        }
 
 
 def recompute(inp: UnitInputs, c, r, j: int, beta: float):

@@ -81,8 +81,17 @@ def nft_unit(inp: UnitInputs, o: NFTOptions) -> Unit:
             with torch.no_grad(), reference(inp):
                 v_ref = (inp.ref_model or model).velocity(xt, ro.sigmas[j], c)
         return nft_loss(
-            v, v_old[j][rows], xt, x0[rows], sigma, adv, mask, v_ref=v_ref, nft_beta=o.nft_beta,
-            adv_clip=o.adv_clip, beta=o.beta,
+            v,
+            v_old[j][rows],
+            xt,
+            x0[rows],
+            sigma,
+            adv,
+            mask,
+            v_ref=v_ref,
+            nft_beta=o.nft_beta,
+            adv_clip=o.adv_clip,
+            beta=o.beta,
         )
 
     return unit
