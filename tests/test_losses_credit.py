@@ -99,7 +99,8 @@ def test_nft_loss_by_hand():
     assert out.stats["r_mean"].item() == pytest.approx(0.75) and out.stats["old_deviation"].item() == pytest.approx(0.5)
     out.loss.backward()
     # d pos / dv = 2 err (-sigma) / (n w+) = (0, -1); d neg / dv = +2 err sigma / (n w-) = (.6667, .3333)
-    # policy grad = 5 x (.75 (0, -1) + .25 (.6667, .3333)) = (.8333, -3.3333); KL grad = .1 x 2 (v - v_ref) / 2 = (0, .1)
+    # policy grad = 5 x (.75 (0, -1) + .25 (.6667, .3333)) = (.8333, -3.3333);
+    # KL grad = .1 x 2 (v - v_ref) / 2 = (0, .1)
     torch.testing.assert_close(v.grad, torch.tensor([[0.833333, -3.233333]]), atol=1e-5, rtol=0)
     # r = 1 (A >= clip): minimised at the sample's own velocity u = (x_t - x0) / sigma = 2, whatever v_old is
     v2 = torch.tensor([[2.0, 2.0]], requires_grad=True)

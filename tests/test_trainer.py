@@ -9,8 +9,8 @@ import math
 import pytest
 import torch
 
-from flowalign.train import checkpoint as ckpt
 from flowalign.train import apply_overrides, derived, get_preset
+from flowalign.train import checkpoint as ckpt
 from flowalign.train.data import PromptSet
 
 TINY_TARGETS = (
@@ -260,9 +260,9 @@ def test_nft_objective_on_policy_and_resumes_exactly(tmp_path):
 
 # --- non-finite rewards and losses -------------------------------------------------------------------
 def test_nonfinite_reward_and_loss_skip_and_never_reach_weights(tmp_path):
-    from flowalign.train.losses import flow_grpo_loss
     from flowalign.train.build import build_model
     from flowalign.train.loop import train
+    from flowalign.train.losses import flow_grpo_loss
 
     cfg = tiny_cfg(tmp_path, "train.iterations=3", "optim.steps_per_iteration=2", "sample.groups_per_iteration=2")
     model, export_fn, _ = build_model(cfg)

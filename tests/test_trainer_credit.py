@@ -14,8 +14,8 @@ import pytest
 import torch
 from test_trainer import PROMPTS, TINY
 
-from flowalign.train import apply_overrides, get_preset
 from flowalign.credit.turning_point import tp_grpo
+from flowalign.train import apply_overrides, get_preset
 from flowalign.train.data import group_batch
 from flowalign.train.losses import flow_grpo_loss
 
@@ -243,8 +243,8 @@ def test_calibrated_noise_table_drives_the_sampler(tmp_path):
 
 
 def test_shared_prefix_rollout_equals_the_flat_rollout(sd3_model):
-    from flowalign.train.rollouts import shared_prefix_rollout, whole_group_batch
     from flowalign.sampling.rollout import rollout
+    from flowalign.train.rollouts import shared_prefix_rollout, whole_group_batch
 
     m = sd3_model
     cond = m.encode(["a red circle", "a red circle", "two blue squares", "a red circle"], guidance_scale=4.5)

@@ -78,7 +78,7 @@ def test_two_processes_match_one_and_stay_in_sync(tmp_path):
     train_cli.main(cfg, reward_fn=brightness, prompts=PROMPTS)
     two, one = _credit(tmp_path / "two"), _credit(tmp_path / "one")
     assert len(two) == len(one) == 2
-    for it, (a, b) in enumerate(zip(two, one)):
+    for a, b in zip(two, one):
         # the global sample order, prompts and groups are identical at every iteration
         assert a["index"] == b["index"] == list(range(16))
         assert a["prompt"] == b["prompt"] and a["group"] == b["group"]
