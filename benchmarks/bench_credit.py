@@ -4,23 +4,28 @@
     python benchmarks/bench_credit.py --quick       # <= 60 s: one seed, a tiny budget
 
 Trains Flow-GRPO (group advantages), DenseGRPO (step gains of a reward ladder), TP-GRPO (turning
-points), G^2RPO (singular sampling + multi-granularity advantages) and tree rollouts with BranchGRPO
-and TreeGRPO credit on the shapes-world pipeline, each until it has spent ``--budget`` sampler NFEs
-(``train.max_nfe``: rollouts + ladder / stride completions, velocity evaluations per image, CFG
-counted once; training forwards and evals not counted). Every variant samples with the same 3-step SDE
-window (random start in the first 5 of 6 steps; G^2RPO: its single SDE step in the first half), one
-initial noise per group whose ODE prefix is computed once (``sample.share_prefix``); the trees branch
-in two at every window step (8 leaves = the group). Reward: the testbed's smooth aesthetic proxy by
-default (``--reward``), because the compositional checker needs far more than this budget to move.
-Every ``budget / 4`` NFEs the trainer evaluates the held-out prompts (ODE, fixed noise); the final
-eval gives ``final_reward_*`` and the curve (mean over seeds, linear in NFE) gives the NFE at which a
-variant first reaches Flow-GRPO's final mean (null = never within the budget). ``wall_s``: sampling
+points), G^2RPO (singular sampling + multi-granularity advantages), tree rollouts with BranchGRPO and
+TreeGRPO credit, and GRPO-Guard (Flow-GRPO's credit with ``objective.kind=grpo_guard``: RatioNorm +
+1/Delta step reweighting, arXiv 2510.22319) on the shapes-world pipeline, each until it has spent
+``--budget`` sampler NFEs (``train.max_nfe``: rollouts + ladder / stride completions, velocity
+evaluations per image, CFG counted once; training forwards and evals not counted, so neither is
+GRPO-Guard's no-grad recompute of the sampling means per trained (sample, step)). Every variant
+samples with the same 3-step SDE window (random start in the first 5 of 6 steps; G^2RPO: its single
+SDE step in the first half), one initial noise per group whose ODE prefix is computed once
+(``sample.share_prefix``); the trees branch in two at every window step (8 leaves = the group).
+Reward: the testbed's smooth aesthetic proxy by default (``--reward``), because the compositional
+checker needs far more than this budget to move. Every ``budget / 4`` NFEs the trainer evaluates the
+held-out prompts (ODE, fixed noise); the final eval gives ``final_reward_*`` and ``final_accuracy_*``
+(held-out compositional strict accuracy: every clause holds, the ``testbed`` preset's
+``eval.metrics``; steps of 1/16 with 16 prompts), and the curve (mean over seeds, linear in NFE) gives
+the NFE at which a variant first reaches Flow-GRPO's final mean (null = never within the budget). ``wall_s``: sampling
 + collection + training seconds per run (evals excluded), mean over seeds; ``cpu_s`` (extra key): the
 process CPU seconds of the run, evals included (the same 5 evals for every variant) — less sensitive
 than wall time to other jobs on a shared machine.
 
 Prints a table, then one JSON object as the last line:
-{variant: {"final_reward_mean", "final_reward_std", "nfe", "wall_s", "cpu_s", "nfe_to_reach_flow_grpo_final"}}.
+{variant: {"final_reward_mean", "final_reward_std", "nfe", "wall_s", "cpu_s", "nfe_to_reach_flow_grpo_final",
+"final_accuracy_mean", "final_accuracy_std"}}. ``--variants flow_grpo,grpo_guard`` runs a subset.
 """
 
 from __future__ import annotations
@@ -38,20 +43,25 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from flowalign.config import apply_overrides, get_preset  # noqa: E402
+from flowalign.overrides import apply_overrides  # noqa: E402
+from flowalign.train.config import RENAMED  # noqa: E402
+from flowalign.train.presets import get_preset  # noqa: E402
 
-WINDOW = ["sample.window=random", "sample.window_size=3", "sample.window_range=[0,5]"]
-TREE = ["sample.tree_splits=[0,1,2]", "sample.tree_branch=[2]"]  # offsets in the window: 2 x 2 x 2 = 8 leaves
+WINDOW = ["sample.window.kind=random", "sample.window.options.size=3", "sample.window.options.range=[0,5]"]
+TREE = ["credit.options.splits=[0,1,2]", "credit.options.branch=[2]"]  # offsets in the window: 2 x 2 x 2 = 8 leaves
+G2RPO_WINDOW = ["sample.window.options.size=1", "sample.window.options.range=[0,3]"]
 VARIANTS = {
-    "flow_grpo": ["credit.name=grpo"],
-    "dense": ["credit.name=dense"],
-    "turning_point": ["credit.name=turning_point"],
-    "g2rpo": ["credit.name=g2rpo", "sample.window_size=1", "sample.window_range=[0,3]", "credit.strides=[1,2,3]"],
-    "branchgrpo": ["credit.name=branchgrpo", *TREE],
-    "treegrpo": ["credit.name=treegrpo", *TREE],
+    "flow_grpo": ["credit.kind=grpo"],
+    "dense": ["credit.kind=dense"],
+    "turning_point": ["credit.kind=turning_point"],
+    "g2rpo": ["credit.kind=g2rpo", *G2RPO_WINDOW, "credit.options.strides=[1,2,3]"],
+    "branchgrpo": ["credit.kind=branchgrpo", *TREE],
+    "treegrpo": ["credit.kind=treegrpo", *TREE],
+    "grpo_guard": ["credit.kind=grpo", "objective.kind=grpo_guard"],
 }
+ACCURACY = '{"accuracy": {"reward": "compositional", "output": "strict"}}'  # held-out accuracy (testbed preset)
 BASE = [
-    "eval.metrics={}",
+    f"eval.metrics={ACCURACY}",
     "sample.num_steps=6",
     "sample.group_size=8",
     "sample.groups_per_iteration=2",
@@ -61,7 +71,7 @@ BASE = [
     "sample.share_prefix=true",
     "optim.steps_per_iteration=2",
     "optim.lr=2e-3",
-    "loss.beta=0",
+    "objective.options.beta=0",
     "eval.every=0",
     "eval.num_steps=6",
     "eval.batch_size=16",
@@ -73,11 +83,11 @@ BASE = [
 QUICK = [
     "sample.num_steps=4",
     "sample.groups_per_iteration=1",
-    "sample.window_range=[0,4]",
+    "sample.window.options.range=[0,4]",
     "optim.steps_per_iteration=1",
     "eval.num_steps=4",
 ]
-QUICK_G2RPO = ["sample.window_range=[0,2]", "credit.strides=[1,2]"]
+QUICK_G2RPO = ["sample.window.options.range=[0,2]", "credit.options.strides=[1,2]"]
 
 
 def curve_at(points: list[tuple[float, float]], x: float) -> float:
@@ -101,7 +111,15 @@ def first_reach(grid: list[float], values: list[float], target: float) -> float 
     return None
 
 
-def main(argv: list[str] | None = None) -> int:
+def mean_sd(name: str, values: list[float]) -> dict[str, float]:
+    """{name_mean, name_std} over seeds (std 0.0 for one seed), rounded to 4 digits."""
+    return {
+        f"{name}_mean": round(statistics.mean(values), 4),
+        f"{name}_std": round(statistics.stdev(values), 4) if len(values) > 1 else 0.0,
+    }
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seeds", type=int, default=3, help="training seeds per variant (train.seed = 0..S-1)")
     ap.add_argument("--budget", type=int, default=1500, help="sampler NFEs per run (train.max_nfe)")
@@ -112,108 +130,140 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on shared 2-core machines)")
     ap.add_argument("overrides", nargs="*", help="extra config overrides for every variant")
     args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    from flowalign.data import PromptSet, load_prompt_source
-    from flowalign.rewards import load_reward
-    from flowalign.train_cli import build_model
-    from flowalign.trainer import train
-
-    t_start = time.time()
-    seeds = 1 if args.quick else args.seeds
-    budget = 80 if args.quick and args.budget == 1500 else args.budget
-    names = [v for v in args.variants.split(",") if v]
-    bad = [v for v in names if v not in VARIANTS]
-    if bad or "flow_grpo" not in names:
-        ap.error(f"--variants must include flow_grpo and name only {list(VARIANTS)} (got {bad or names}).")
-    base = (
+    args.names = [v for v in args.variants.split(",") if v]
+    bad = [v for v in args.names if v not in VARIANTS]
+    if bad or "flow_grpo" not in args.names:
+        ap.error(f"--variants must include flow_grpo and name only {list(VARIANTS)} (got {bad or args.names}).")
+    args.seeds = 1 if args.quick else args.seeds
+    args.budget = 80 if args.quick and args.budget == 1500 else args.budget
+    args.base = (
         BASE
         + (QUICK if args.quick else [])
         + [
             f'reward.weights={{"{args.reward}": 1.0}}',
             f"eval.num_prompts={4 if args.quick else args.eval_prompts}",
-            f"train.max_nfe={budget}",
-            f"eval.every_nfe={max(1, budget // (2 if args.quick else 4))}",
+            f"train.max_nfe={args.budget}",
+            f"eval.every_nfe={max(1, args.budget // (2 if args.quick else 4))}",
         ]
     )
-    reward = load_reward(args.reward)
-    train_prompts = load_prompt_source("testbed:train")
+    return args
+
+
+def run_one(args, ctx: dict, model, seed: int, v: str) -> dict:
+    """Train variant ``v`` from the seed's initial LoRA weights; its NFEs, times and eval points."""
+    from flowalign.train.loop import train
+
+    extra = VARIANTS[v] + (QUICK_G2RPO if args.quick and v == "g2rpo" else [])
+    with tempfile.TemporaryDirectory() as tmp:
+        items = args.base + extra + [f"train.seed={seed}", f"train.output_dir={tmp}/run", *args.overrides]
+        cfg = apply_overrides(get_preset("testbed"), items, RENAMED)
+        t, cpu = time.time(), time.process_time()
+        res = train(
+            cfg, model, ctx["reward"], ctx["train"], eval_prompts=ctx["eval"], run_dir=f"{tmp}/run",
+            eval_metrics=ctx["metrics"],
+        )  # fmt: skip
+        wall = time.time() - t - sum(e.get("time/eval", 0.0) for e in res.evals)
+        cpu = time.process_time() - cpu
+    pts = [(float(e["nfe"]), float(e["eval/reward"])) for e in res.evals]
+    print(
+        f"seed {seed} {v:<14} {res.state.iteration:4d} it  {res.nfe:6d} NFE  {wall:6.1f} s  {cpu:6.1f} cpu s  "
+        + "eval "
+        + " ".join(f"{y:.4f}@{x:.0f}" for x, y in pts)
+        + f"  accuracy {res.evals[-1].get('eval/accuracy', float('nan')):.4f}",
+        flush=True,
+    )
+    return {
+        "seed": seed,
+        "nfe": res.nfe,
+        "iterations": res.state.iteration,
+        "wall_s": wall,
+        "cpu_s": cpu,
+        "final": pts[-1][1],
+        "accuracy": res.evals[-1].get("eval/accuracy", float("nan")),
+        "points": pts,
+        "train_first": res.history[0]["reward/total_mean"],
+        "train_last": res.history[-1]["reward/total_mean"],
+    }
+
+
+def run_all(args) -> dict[str, list[dict]]:
+    """{variant: [per-seed run]}: one model load per seed, its LoRA weights reset before every variant."""
+    from flowalign.rewards import load_reward
+    from flowalign.train.build import build_eval_metrics, build_model
+    from flowalign.train.data import PromptSet, load_prompt_source
+
     test = load_prompt_source("testbed:test")
-    eval_prompts = PromptSet(test.prompts[: args.eval_prompts], test.metadata[: args.eval_prompts])
-    runs: dict[str, list[dict]] = {v: [] for v in names}
-    for seed in range(seeds):
-        cfg0 = apply_overrides(get_preset("testbed"), base + [f"train.seed={seed}", *args.overrides])
-        model = build_model(cfg0)[0]  # one load per seed; the LoRA weights are reset before every variant
+    ctx = {
+        "reward": load_reward(args.reward),
+        "train": load_prompt_source("testbed:train"),
+        "eval": PromptSet(test.prompts[: args.eval_prompts], test.metadata[: args.eval_prompts]),
+        "metrics": build_eval_metrics(apply_overrides(get_preset("testbed"), args.base, RENAMED)),  # the checker
+    }
+    runs: dict[str, list[dict]] = {v: [] for v in args.names}
+    for seed in range(args.seeds):
+        cfg0 = apply_overrides(get_preset("testbed"), args.base + [f"train.seed={seed}", *args.overrides], RENAMED)
+        model = build_model(cfg0)[0]
         init = {n: p.detach().clone() for n, p in model.transformer.named_parameters() if p.requires_grad}
-        for v in names:
+        for v in args.names:
             with torch.no_grad():
                 for n, p in model.transformer.named_parameters():
                     if n in init:
                         p.copy_(init[n])
-            extra = VARIANTS[v] + (QUICK_G2RPO if args.quick and v == "g2rpo" else [])
-            with tempfile.TemporaryDirectory() as tmp:
-                cfg = apply_overrides(
-                    get_preset("testbed"),
-                    base + extra + [f"train.seed={seed}", f"train.output_dir={tmp}/run", *args.overrides],
-                )
-                t, cpu = time.time(), time.process_time()
-                res = train(cfg, model, reward, train_prompts, eval_prompts=eval_prompts, run_dir=f"{tmp}/run")
-                wall = time.time() - t - sum(e.get("time/eval", 0.0) for e in res.evals)
-                cpu = time.process_time() - cpu
-            pts = [(float(e["nfe"]), float(e["eval/reward"])) for e in res.evals]
-            runs[v].append(
-                {
-                    "seed": seed,
-                    "nfe": res.nfe,
-                    "iterations": res.state.iteration,
-                    "wall_s": wall,
-                    "cpu_s": cpu,
-                    "final": pts[-1][1],
-                    "points": pts,
-                    "train_first": res.history[0]["reward/total_mean"],
-                    "train_last": res.history[-1]["reward/total_mean"],
-                }
-            )
-            print(
-                f"seed {seed} {v:<14} {res.state.iteration:4d} it  {res.nfe:6d} NFE  {wall:6.1f} s  {cpu:6.1f} cpu s  eval "
-                + " ".join(f"{y:.4f}@{x:.0f}" for x, y in pts),
-                flush=True,
-            )
+            runs[v].append(run_one(args, ctx, model, seed, v))
+    args.eval_steps, args.eval_n = cfg0.eval.num_steps, min(cfg0.eval.num_prompts, len(ctx["eval"].prompts))
+    return runs
+
+
+def summarise(runs: dict[str, list[dict]], budget: int) -> tuple[dict, dict, list[float]]:
+    """(the JSON object, the mean eval-reward curve per variant on the NFE grid, the grid)."""
     grid = [budget * k / 4 for k in range(5)]
     curves = {}
-    for v in names:  # the last eval counts as the budget point (it lies at >= budget)
-        per_seed = [[curve_at(r["points"][:-1] + [(float(budget), r["final"])], x) for x in grid] for r in runs[v]]
+    for v, rs in runs.items():  # the last eval counts as the budget point (it lies at >= budget)
+        per_seed = [[curve_at(r["points"][:-1] + [(float(budget), r["final"])], x) for x in grid] for r in rs]
         curves[v] = [statistics.mean(c[k] for c in per_seed) for k in range(len(grid))]
     target = statistics.mean(r["final"] for r in runs["flow_grpo"])
     out = {}
-    for v in names:
-        finals = [r["final"] for r in runs[v]]
+    for v, rs in runs.items():
         reach = first_reach(grid, curves[v], target)
         out[v] = {
-            "final_reward_mean": round(statistics.mean(finals), 4),
-            "final_reward_std": round(statistics.stdev(finals), 4) if len(finals) > 1 else 0.0,
-            "nfe": round(statistics.mean(r["nfe"] for r in runs[v]), 1),
-            "wall_s": round(statistics.mean(r["wall_s"] for r in runs[v]), 1),
-            "cpu_s": round(statistics.mean(r["cpu_s"] for r in runs[v]), 1),
+            **mean_sd("final_reward", [r["final"] for r in rs]),
+            "nfe": round(statistics.mean(r["nfe"] for r in rs), 1),
+            "wall_s": round(statistics.mean(r["wall_s"] for r in rs), 1),
+            "cpu_s": round(statistics.mean(r["cpu_s"] for r in rs), 1),
             "nfe_to_reach_flow_grpo_final": None if reach is None else round(reach, 1),
+            **mean_sd("final_accuracy", [r["accuracy"] for r in rs]),
         }
+    return out, curves, grid
+
+
+def print_table(args, runs: dict, out: dict, curves: dict, grid: list[float]) -> None:
     print(
-        f"\n{args.reward} on {len(eval_prompts.prompts)} held-out prompts (ODE, {cfg0.eval.num_steps} steps), "
-        f"{seeds} seed(s), budget {budget} sampler NFEs; eval reward (mean over seeds) at NFE = "
+        f"\n{args.reward} on {args.eval_n} held-out prompts (ODE, {args.eval_steps} steps), {args.seeds} seed(s), "
+        f"budget {args.budget} sampler NFEs; eval reward (mean over seeds) at NFE = "
         + ", ".join(f"{x:.0f}" for x in grid)
     )
-    head = f"{'variant':<14} {'iters':>6} {'NFE/it':>7} {'wall s':>7} {'cpu s':>7} " + " ".join(
-        f"{'@' + format(x, '.0f'):>8}" for x in grid
-    )
-    print(head + f" {'final':>15} {'NFE to FG final':>16}")
-    for v in names:
-        o, rs = out[v], runs[v]
-        iters = statistics.mean(r["iterations"] for r in rs)
+    head = f"{'variant':<14} {'iters':>6} {'NFE/it':>7} {'wall s':>7} {'cpu s':>7} "
+    head += " ".join(f"{'@' + format(x, '.0f'):>8}" for x in grid)
+    print(head + f" {'final':>15} {'NFE to FG final':>16} {'accuracy':>15}")
+    for v, o in out.items():
+        iters = statistics.mean(r["iterations"] for r in runs[v])
         reach = o["nfe_to_reach_flow_grpo_final"]
         print(
             f"{v:<14} {iters:6.1f} {o['nfe'] / max(iters, 1):7.1f} {o['wall_s']:7.1f} {o['cpu_s']:7.1f} "
             + " ".join(f"{y:8.4f}" for y in curves[v])
-            + f" {o['final_reward_mean']:8.4f}±{o['final_reward_std']:.4f} {'never' if reach is None else format(reach, '.0f'):>16}"
+            + f" {o['final_reward_mean']:8.4f}±{o['final_reward_std']:.4f}"
+            + f" {'never' if reach is None else format(reach, '.0f'):>16}"
+            + f" {o['final_accuracy_mean']:8.4f}±{o['final_accuracy_std']:.4f}"
         )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    t_start = time.time()
+    runs = run_all(args)
+    out, curves, grid = summarise(runs, args.budget)
+    print_table(args, runs, out, curves, grid)
     print(f"total {time.time() - t_start:.0f} s")
     print(json.dumps(out))
     return 0

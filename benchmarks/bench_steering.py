@@ -59,6 +59,8 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
 
@@ -254,8 +256,7 @@ def plot(path: str, bon_nfe: list[float], bon: list[float], rows: list[dict], ti
     plt.close(fig)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="small smoke version (<= 60 s)")
     ap.add_argument("--model", default=None, help="pipeline dir (default: the testbed assets' pipeline)")
@@ -275,7 +276,8 @@ def main() -> None:
         "--noise-steps",
         default="6-15",
         type=window_arg,
-        help="FK / beam: the SDE window, steps LO-HI (0-based) that get --noise, ODE elsewhere ('all' = every step but the last)",
+        help="FK / beam: the SDE window, steps LO-HI (0-based) that get --noise, ODE elsewhere "
+        "('all' = every step but the last)",
     )
     ap.add_argument("--dts-noise", type=float, default=None, help="flow_sde noise level of DTS* (default: --noise)")
     ap.add_argument("--dts-noise-steps", default="all", type=window_arg, help="the same for DTS*")
@@ -297,6 +299,10 @@ def main() -> None:
         default=1,
         help="seeds of the side curves: other potentials, beam, --extra-fk-ks (keeps the run short)",
     )
+    add_method_arguments(ap)
+
+
+def add_method_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--extra-fk-ks", default="", help="more K values for the headline potential, run with --side-seeds")
     ap.add_argument("--fk-potentials", default="all", help="comma-separated FK potentials or 'all'")
     ap.add_argument("--other-potential-ks", default="2,4", help="K values of the non-headline potentials ('' = none)")
@@ -321,7 +327,29 @@ def main() -> None:
     )
     ap.add_argument("--plot", default=None, help="save reward-vs-NFE curves (PNG) here")
     ap.add_argument("--no-analytic", action="store_true")
-    args = ap.parse_args()
+
+
+@dataclass
+class Bench:  # the parsed and checked flags, and what every method run shares
+    args: argparse.Namespace
+    fk_steps: list[int] | None
+    dts_steps: list[int] | None
+    sde: dict  # step / noise table of FK and beam
+    dts_sde: dict  # the same for DTS*
+    dts_noise: float
+    base: dict = field(default_factory=dict)  # model, prompts, reward, num_steps, cfg
+    log: Callable = print
+
+    @property
+    def t(self) -> int:
+        return self.args.steps
+
+
+def parse(argv: list[str] | None = None) -> Bench:
+    """The flags (``--quick`` shrinks them); flags that cannot work together are one argparse error."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_arguments(ap)
+    args = ap.parse_args(argv)
     if args.quick:
         args.seeds, args.side_seeds, args.prompts, args.steps, args.bon_max = 1, 1, min(args.prompts, 4), 10, 16
         args.ks, args.extra_fk_ks, args.other_potential_ks, args.beam_ks = "4", "", "4", "4"
@@ -336,111 +364,119 @@ def main() -> None:
         branch_depths(dts_steps, dts_sde["noise_level"], args.steps, "--dts-steps")
     except ValueError as err:
         ap.error(f"--fk-steps / --dts-steps / --noise-steps / --dts-noise-steps with --steps {args.steps}: {err}")
-    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
-    t_start = time.perf_counter()
-    model, reward, prompts = load(args)
-    ints = lambda text: [int(k) for k in text.split(",") if k.strip()]  # noqa: E731
-    ks, extra_ks, other_ks, beam_ks = (
-        ints(args.ks),
-        ints(args.extra_fk_ks),
-        ints(args.other_potential_ks),
-        ints(args.beam_ks),
-    )
-    dts_ks = ks if args.dts_ks is None else ints(args.dts_ks)
-    pots = sorted(POTENTIALS) if args.fk_potentials == "all" else args.fk_potentials.split(",")
-    base = dict(model=model, prompts=prompts, reward=reward, num_steps=args.steps, cfg=args.cfg)
-    t = args.steps
-    log = lambda *a: print(*a, file=sys.stderr, flush=True)  # noqa: E731  progress on stderr
+    return Bench(args, fk_steps, dts_steps, sde, dts_sde, dts_noise)
 
-    # best-of-N: one pool of bon_max x seeds ODE candidates per prompt
+
+def ints(text: str) -> list[int]:
+    return [int(k) for k in text.split(",") if k.strip()]
+
+
+def bon_pool(b: Bench) -> tuple[torch.Tensor, list[float], list[dict]]:
+    """best-of-N: one pool of bon_max x seeds ODE candidates per prompt -> (E[best of N] per prompt [P, M],
+    its mean curve, the rows of N = 1, 2, 4, ...)."""
     pools, bon_secs = [], 0.0
-    for seed in range(args.seeds):
+    for seed in range(b.args.seeds):
         t0 = time.perf_counter()
-        res = best_of_n(n=args.bon_max, generator=torch.Generator().manual_seed(1000 + seed), **base)
+        res = best_of_n(n=b.args.bon_max, generator=torch.Generator().manual_seed(1000 + seed), **b.base)
         bon_secs += time.perf_counter() - t0
         pools.append(res.candidate_rewards.float())
     pool = torch.cat(pools, 1)  # [P, M]
     per_prompt_curve = expected_best_of_n(pool)  # [P, M]
     bon = per_prompt_curve.mean(0).tolist()
     m = len(bon)
-    log(
+    b.log(
         f"  best-of-N pool M={m} ({bon_secs:.0f} s): "
         + " ".join(f"N={n}:{bon[n - 1]:.4f}" for n in (1, 2, 4, 8, 16, 32, 64, 128) if n <= m)
     )
-    sec_per_sample = bon_secs / (args.bon_max * args.seeds)
+    sec_per_sample = bon_secs / (b.args.bon_max * b.args.seeds)
     rows = [
-        {"method": f"bon N={n}", "family": "bon", "reward": bon[n - 1], "nfe": n * t, "seconds": n * sec_per_sample}
+        {"method": f"bon N={n}", "family": "bon", "reward": bon[n - 1], "nfe": n * b.t, "seconds": n * sec_per_sample}
         for n in (1, 2, 4, 8, 16, 32, 64, 128)
         if n <= m
     ]
+    return per_prompt_curve, bon, rows
 
-    results: dict = {}
-    fk_eq, fk_eq_nfe = {}, {}
-    c_pw, alpha = (float(v) for v in args.dts_widen.split(","))
-    hp = args.headline_potential
-    plan = [(hp, k, args.seeds) for k in ks] + [(hp, k, args.side_seeds) for k in extra_ks if k not in ks]
-    plan += [(pot, k, args.side_seeds) for pot in pots if pot != hp for k in other_ks]
+
+def run_fk(b: Bench, bon: list[float], ks: list[int]) -> tuple[dict, dict, dict]:
+    """FK at every (potential, K) of the plan -> (results, N/K equivalents, NFE-ratio equivalents)."""
+    a = b.args
+    pots = sorted(POTENTIALS) if a.fk_potentials == "all" else a.fk_potentials.split(",")
+    hp = a.headline_potential
+    plan = [(hp, k, a.seeds) for k in ks] + [(hp, k, a.side_seeds) for k in ints(a.extra_fk_ks) if k not in ks]
+    plan += [(pot, k, a.side_seeds) for pot in pots if pot != hp for k in ints(a.other_potential_ks)]
+    results, fk_eq, fk_eq_nfe = {}, {}, {}
     for pot, k, seeds in sorted(plan, key=lambda x: (x[1], x[0])):
         r = run_method(
             f"fk_{pot} K={k}",
             f"fk_{pot}",
             fk_steer,
             seeds,
-            log,
+            b.log,
             num_particles=k,
-            lam=args.lam,
+            lam=a.lam,
             potential=pot,
-            resample_steps=fk_steps,
-            lookahead=args.fk_lookahead,
-            lookahead_steps=args.fk_lookahead_steps,
-            **sde,
-            **base,
+            resample_steps=b.fk_steps,
+            lookahead=a.fk_lookahead,
+            lookahead_steps=a.fk_lookahead_steps,
+            **b.sde,
+            **b.base,
         )
         n_eq = equivalent_n(bon, r["reward"])
         r["bon_equivalent_n_over_k"] = None if n_eq is None else n_eq / k
-        r["bon_equivalent_nfe_ratio"] = None if n_eq is None else n_eq * t / r["nfe"]
+        r["bon_equivalent_nfe_ratio"] = None if n_eq is None else n_eq * b.t / r["nfe"]
         fk_eq[f"{pot}_K{k}"] = r["bon_equivalent_n_over_k"]
         fk_eq_nfe[f"{pot}_K{k}"] = r["bon_equivalent_nfe_ratio"]
-        rows.append(r)
         results[(pot, k)] = r
-    for k in beam_ks:
-        rows.append(
-            run_method(
-                f"beam K={k}",
-                "beam",
-                beam_search,
-                args.side_seeds,
-                log,
-                beam_width=min(2, k),
-                num_children=max(1, k // 2),
-                select_steps=fk_steps,
-                **sde,
-                **base,
-            )
+    return results, fk_eq, fk_eq_nfe
+
+
+def run_beam(b: Bench) -> list[dict]:
+    return [
+        run_method(
+            f"beam K={k}",
+            "beam",
+            beam_search,
+            b.args.side_seeds,
+            b.log,
+            beam_width=min(2, k),
+            num_children=max(1, k // 2),
+            select_steps=b.fk_steps,
+            **b.sde,
+            **b.base,
         )
+        for k in ints(b.args.beam_ks)
+    ]
+
+
+def run_dts(b: Bench, bon: list[float], dts_ks: list[int]) -> dict:
+    """DTS* at every budget K x T -> results keyed ("dts_star", K)."""
+    c_pw, alpha = (float(v) for v in b.args.dts_widen.split(","))
+    results = {}
     for k in dts_ks:
         r = run_method(
             f"dts_star {k}T",
             "dts_star",
             tree_search,
-            args.seeds,
-            log,
+            b.args.seeds,
+            b.log,
             star=True,
-            nfe_budget=k * t,
-            lam=args.lam,
-            branch_steps=dts_steps,
+            nfe_budget=k * b.t,
+            lam=b.args.lam,
+            branch_steps=b.dts_steps,
             widen_c=c_pw,
             widen_alpha=alpha,
-            c_uct=args.dts_cuct,
-            batch=args.dts_batch,
-            **dts_sde,
-            **base,
+            c_uct=b.args.dts_cuct,
+            batch=b.args.dts_batch,
+            **b.dts_sde,
+            **b.base,
         )
         n_eq = equivalent_n(bon, r["reward"])
-        r["bon_nfe_ratio"] = None if n_eq is None else n_eq * t / r["nfe"]
+        r["bon_nfe_ratio"] = None if n_eq is None else n_eq * b.t / r["nfe"]
         results[("dts_star", k)] = r
-        rows.append(r)
+    return results
 
+
+def print_table(rows: list[dict], m: int, t: int) -> None:
     print(
         f"{'method':<22}{'NFE/prompt':>11}{'reward':>9}{'sd(seeds)':>11}{'s/run':>8}  BoN-equivalent (N/K | NFE ratio)"
     )
@@ -456,63 +492,99 @@ def main() -> None:
             f"{r['method']:<22}{r['nfe']:>11.0f}{r['reward']:>9.4f}{r.get('reward_sd', 0.0):>11.4f}"
             f"{r['seconds']:>8.2f}  {extra}"
         )
-    hk = args.headline_k if args.headline_k in ks else ks[0]
+
+
+def headline(
+    b: Bench, results: dict, per_prompt_curve: torch.Tensor, ks: list[int], dts_ks: list[int]
+) -> tuple[dict, dict]:
+    """The headline ratios (FK at --headline-k, DTS* at that budget or the largest) with their intervals."""
+    hk = b.args.headline_k if b.args.headline_k in ks else ks[0]
     dts_hk = hk if hk in dts_ks else max(dts_ks)
-    fk_r, dts_r = results[(args.headline_potential, hk)], results[("dts_star", dts_hk)]
+    fk_r, dts_r = results[(b.args.headline_potential, hk)], results[("dts_star", dts_hk)]
     fk_head, dts_head = fk_r["bon_equivalent_n_over_k"], dts_r["bon_nfe_ratio"]
-    analytic = {} if args.no_analytic else analytic_errors()
-    summary = {
+    return {
         "fk_bon_equivalent_n_over_k": fk_head,
-        "fk_headline": f"{args.headline_potential} K={hk}",
+        "fk_headline": f"{b.args.headline_potential} K={hk}",
         "fk_censored": fk_head is None,
         "fk_bon_equivalent_nfe_ratio": fk_r["bon_equivalent_nfe_ratio"],
         "fk_bon_equivalent_n_over_k_ci90": bootstrap_ci(per_prompt_curve, fk_r["per_prompt"], 1.0 / hk),
-        "fk_equivalent": fk_eq,
-        "fk_equivalent_nfe_ratio": fk_eq_nfe,
+    }, {
         "dts_star_nfe_ratio_vs_bon": dts_head,
         "dts_star_headline": f"{dts_hk}T",
         "dts_star_censored": dts_head is None,
-        "dts_star_nfe_ratio_ci90": bootstrap_ci(per_prompt_curve, dts_r["per_prompt"], t / dts_r["nfe"]),
+        "dts_star_nfe_ratio_ci90": bootstrap_ci(per_prompt_curve, dts_r["per_prompt"], b.t / dts_r["nfe"]),
         "dts_star_ratios": {f"{k}T": results[("dts_star", k)]["bon_nfe_ratio"] for k in dts_ks},
+    }
+
+
+def settings(b: Bench, n_prompts: int, m: int) -> dict:
+    """The run's settings, as they end the summary line."""
+    a = b.args
+    return {
+        "model": a.model,
+        "reward": a.reward,
+        "prompts": n_prompts,
+        "hardest": a.hardest,
+        "seeds": a.seeds,
+        "side_seeds": a.side_seeds,
+        "steps": b.t,
+        "bon_pool": m,
+        "lam": a.lam,
+        "noise_level": a.noise,
+        "dts_noise_level": b.dts_noise,
+        "noise_steps": a.noise_steps,
+        "dts_noise_steps": a.dts_noise_steps,
+        "fk_steps": b.fk_steps,
+        "fk_lookahead": a.fk_lookahead,
+        "dts_steps": b.dts_steps,
+        "dts_widen": [float(v) for v in a.dts_widen.split(",")],
+        "dts_c_uct": a.dts_cuct,
+        "dts_batch": a.dts_batch,
+        "max_sequence_length": a.max_seq,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    b = parse(argv)
+    a, t = b.args, b.t
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    t_start = time.perf_counter()
+    model, reward, prompts = load(a)
+    b.base = dict(model=model, prompts=prompts, reward=reward, num_steps=t, cfg=a.cfg)
+    b.log = lambda *x: print(*x, file=sys.stderr, flush=True)  # progress on stderr
+    ks = ints(a.ks)
+    dts_ks = ks if a.dts_ks is None else ints(a.dts_ks)
+    per_prompt_curve, bon, rows = bon_pool(b)
+    m = len(bon)
+    results, fk_eq, fk_eq_nfe = run_fk(b, bon, ks)
+    rows += [results[key] for key in results]
+    rows += run_beam(b)
+    results |= run_dts(b, bon, dts_ks)
+    rows += [results[("dts_star", k)] for k in dts_ks]
+    print_table(rows, m, t)
+    fk_head, dts_head = headline(b, results, per_prompt_curve, ks, dts_ks)
+    analytic = {} if a.no_analytic else analytic_errors()
+    summary = {
+        **fk_head,
+        "fk_equivalent": fk_eq,
+        "fk_equivalent_nfe_ratio": fk_eq_nfe,
+        **dts_head,
         **analytic,
         "rewards": {r["method"]: round(r["reward"], 4) for r in rows},
         "bon_curve": {str(n): round(bon[n - 1], 4) for n in range(1, m + 1)},
-        "model": args.model,
-        "reward": args.reward,
-        "prompts": len(prompts),
-        "hardest": args.hardest,
-        "seeds": args.seeds,
-        "side_seeds": args.side_seeds,
-        "steps": t,
-        "bon_pool": m,
-        "lam": args.lam,
-        "noise_level": args.noise,
-        "dts_noise_level": dts_noise,
-        "noise_steps": args.noise_steps,
-        "dts_noise_steps": args.dts_noise_steps,
-        "fk_steps": fk_steps,
-        "fk_lookahead": args.fk_lookahead,
-        "dts_steps": dts_steps,
-        "dts_widen": [c_pw, alpha],
-        "dts_c_uct": args.dts_cuct,
-        "dts_batch": args.dts_batch,
-        "max_sequence_length": args.max_seq,
+        **settings(b, len(prompts), m),
         "seconds": round(time.perf_counter() - t_start, 1),
-        "quick": args.quick,
+        "quick": a.quick,
     }
-    if args.plot:
-        plot(
-            args.plot,
-            [n * t for n in range(1, m + 1)],
-            bon,
-            rows,
-            f"{os.path.basename(os.path.dirname(args.model.rstrip('/')))}: {len(prompts)} "
-            f"{'hardest ' if args.hardest else ''}prompts x {args.seeds} seeds,\n"
-            f"T={t}, lam={args.lam}, noise={args.noise} (FK / beam on steps {args.noise_steps}), "
-            f"DTS* {dts_noise} on {args.dts_noise_steps}",
-            args.reward,
+    if a.plot:
+        title = (
+            f"{os.path.basename(os.path.dirname(a.model.rstrip('/')))}: {len(prompts)} "
+            f"{'hardest ' if a.hardest else ''}prompts x {a.seeds} seeds,\n"
+            f"T={t}, lam={a.lam}, noise={a.noise} (FK / beam on steps {a.noise_steps}), "
+            f"DTS* {b.dts_noise} on {a.dts_noise_steps}"
         )
-        summary["plot"] = args.plot
+        plot(a.plot, [n * t for n in range(1, m + 1)], bon, rows, title, a.reward)
+        summary["plot"] = a.plot
     if analytic:
         print(
             f"analytic FK mean err {analytic['analytic_tilted_mean_abs_err']:.4f} (5-sigma "

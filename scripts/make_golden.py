@@ -70,12 +70,11 @@ def run_case(name: str, out: Path) -> dict:
     """Train one case into ``out`` and hash what it saved."""
     from safetensors.torch import load_file
 
-    from flowalign import train_cli
-    from flowalign.config import apply_overrides, get_preset
+    from flowalign.train.run import main, resolve_config
 
     preset, extra = CASES[name]
-    cfg = apply_overrides(get_preset(preset), [*SMALL, *extra, f"train.output_dir={out}"])
-    train_cli.main(cfg)
+    cfg, _ = resolve_config(preset, [*SMALL, *extra, f"train.output_dir={out}"], None)
+    main(cfg)
     ckpts = sorted((out / "checkpoints").glob("checkpoint-*"))
     last = ckpts[-1]
     record = {"checkpoint": last.name}

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Thin wrapper: ``python scripts/steer.py ARGS`` == ``flowalign steer ARGS`` (see flowalign/steer_cli.py)."""
+"""Thin wrapper: ``python scripts/steer.py ARGS`` == ``flowalign steer ARGS`` (see flowalign/cli/steer.py)."""
 
 import sys
 

@@ -12,7 +12,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from flowalign.train_cli import cli  # noqa: E402
+from flowalign.cli.train import cli  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(cli())

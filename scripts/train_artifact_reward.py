@@ -46,7 +46,7 @@ def split(n: int, val_fraction: float, g: torch.Generator) -> tuple[torch.Tensor
     return perm[n_val:], perm[:n_val]
 
 
-def main(argv: list[str] | None = None) -> dict:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data", required=True, help="folder with clean/ and artifact/ image folders")
     p.add_argument("--clip", required=True, help="open_clip weights (file, open_clip dir, hub id or tag)")
@@ -60,7 +60,11 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--val-fraction", type=float, default=0.2)
     p.add_argument("--load-size", type=int, default=256, help="images are resized to this square first")
     p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
 
     import open_clip
 
@@ -79,39 +83,13 @@ def main(argv: list[str] | None = None) -> dict:
     (tr_c, va_c), (tr_b, va_b) = split(len(clean), args.val_fraction, g), split(len(bad), args.val_fraction, g)
     tr = torch.cat([tr_c, tr_b + len(clean)])
     va = torch.cat([va_c, va_b + len(clean)])
-    head, stats = train_head(
-        x[tr],
-        y[tr],
-        x[va],
-        y[va],
-        hidden=args.hidden,
-        epochs=args.epochs,
-        lr=args.lr,
-        weight_decay=args.weight_decay,
-        seed=args.seed,
-    )
+    train_kw = dict(hidden=args.hidden, epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay, seed=args.seed)
+    head, stats = train_head(x[tr], y[tr], x[va], y[va], **train_kw)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    save_head(
-        head,
-        args.out,
-        args.arch,
-        extra={
-            "clip": str(args.clip),
-            "n_clean": len(clean),
-            "n_artifact": len(bad),
-            "val_acc": stats.val_acc,
-            "val_auc": stats.val_auc,
-        },
-    )
-    result = {
-        "n_clean": len(clean),
-        "n_artifact": len(bad),
-        "train_acc": stats.train_acc,
-        "val_acc": stats.val_acc,
-        "val_auc": stats.val_auc,
-        "train_loss": stats.train_loss,
-        "out": args.out,
-    }
+    counts = {"n_clean": len(clean), "n_artifact": len(bad)}
+    scores = {"val_acc": stats.val_acc, "val_auc": stats.val_auc}
+    save_head(head, args.out, args.arch, extra={"clip": str(args.clip), **counts, **scores})
+    result = {**counts, "train_acc": stats.train_acc, **scores, "train_loss": stats.train_loss, "out": args.out}
     print(
         f"artifact head: {len(clean)} clean / {len(bad)} artifact images, {x.shape[1]}-d {args.arch} features; "
         f"train acc {stats.train_acc:.3f}, val acc {stats.val_acc:.3f}, val AUC {stats.val_auc:.3f} -> {args.out}"

@@ -59,8 +59,8 @@ def run_dir(tmp_path_factory):
     from peft import LoraConfig
     from torch.utils.tensorboard import SummaryWriter
 
-    from flowalign.checkpoint import export_lora
     from flowalign.models.tiny import tiny_sd3_pipeline
+    from flowalign.train.checkpoint import export_lora
 
     run = tmp_path_factory.mktemp("train") / "run"
     ckpt = run / "checkpoints" / "checkpoint-000002"
@@ -88,7 +88,7 @@ def make(run_dir, methods=None, **kw):
         "base",
         f"lora:{run_dir}/checkpoints/last",
         "fk:particles=2,lambda=5",
-        "fk:guidance_scale=1,label=fkgrad",
+        "fk:reward_grad_scale=1,label=fkgrad",
     ]
     kw = {"prompts": PROMPTS, "seeds": [0, 1], "rewards": ["redness", "blueness"], "steps": 4, **kw}
     return make_settings("tiny-sd3", methods, **kw)
@@ -112,12 +112,12 @@ def strip(row: dict) -> dict:
 
 # --- specs ---------------------------------------------------------------------------------------------
 def test_method_specs_parse_into_dataclasses_and_steer_kwargs():
-    from flowalign.gallery_specs import check_steering, parse_method, parse_methods, steering_kwargs
+    from flowalign.gallery import check_steering, parse_method, parse_methods, steering_kwargs
 
     fk = parse_method("fk:particles=4,potential=max,lambda=10,resample_steps=3,6,9")
     assert (fk.kind, fk.label, fk.lora) == ("fk", "fk", None)
     assert fk.options == {"particles": 4, "potential": "max", "lambda": 10, "resample_steps": "3,6,9"}
-    kwargs, particles = steering_kwargs(fk)  # flowalign steer's build_kwargs: same names and defaults
+    kwargs, particles = steering_kwargs(fk)  # flowalign steer's method_kwargs: same names and defaults
     assert kwargs == {"num_particles": 4, "lam": 10, "potential": "max", "resample_steps": [3, 6, 9]} and particles == 4
     win = parse_method("fk:potential=rt,resample_steps=7-9,noise_steps=6-8,10")  # ranges stay one item each
     assert win.options == {"potential": "rt", "resample_steps": "7-9", "noise_steps": "6-8,10"}
@@ -162,7 +162,7 @@ def test_method_specs_parse_into_dataclasses_and_steer_kwargs():
 
 
 def test_summary_arithmetic_by_hand():
-    from flowalign.gallery_html import format_table, summarize
+    from flowalign.gallery import format_table, summarize
 
     rows = [{"method": "m", "rewards": {"r": v}, "nfe": n, "seconds": 1.0} for v, n in ((0.2, 4), (0.4, 4), (0.9, 10))]
     s = summarize(rows, ["m", "x"], ["r"], {"x": "no"})
@@ -177,13 +177,13 @@ def test_summary_arithmetic_by_hand():
 
 # --- a full tiny gallery ----------------------------------------------------------------------------------
 def test_gallery_rows_match_the_pngs_and_the_summary(gallery, run_dir):
-    from flowalign.gallery_plots import read_scalars
+    from flowalign.gallery import read_scalars
 
     out = gallery.out
     rows = rows_of(out)
     assert len(rows) == gallery.generated == 2 * 2 * 3  # prompts x seeds x runnable methods
     assert gallery.unavailable == {
-        "fkgrad": "the gradient proposal (guidance_scale>0) needs a differentiable reward; 'redness' is not"
+        "fkgrad": "the gradient proposal (reward_grad_scale>0) needs a differentiable reward; 'redness' is not"
     }
     for r in rows:  # the reward is the mean red / blue channel of the saved 8-bit PNG
         px = np.asarray(Image.open(out / r["image"]), dtype=np.float64) / 255

@@ -40,7 +40,10 @@ def scoped_modules(prefixes: tuple[str, ...], stubs: dict[str, types.ModuleType]
     """Put ``stubs`` in sys.modules and, on exit, drop every module under ``prefixes`` imported
     meanwhile (restoring earlier ones). Other modules imported meanwhile stay: unloading e.g. triton
     and importing it again aborts the interpreter (nanobind refuses duplicate registrations)."""
-    mine = lambda k: k in prefixes or k.startswith(tuple(p + "." for p in prefixes))  # noqa: E731
+
+    def mine(k: str) -> bool:
+        return k in prefixes or k.startswith(tuple(p + "." for p in prefixes))
+
     before = {k: v for k, v in sys.modules.items() if mine(k)}
     for k in before:
         del sys.modules[k]
@@ -113,16 +116,19 @@ def reference_imagereward(vocab_file: str, vit: dict | None = None, mlp_width: i
         bp = importlib.import_module("ImageReward.models.BLIP.blip_pretrain")
         stack.enter_context(mock.patch.object(bp, "init_tokenizer", lambda: make_tokenizer(vocab_file)))
         if vit is not None:
-            small = lambda *a, **k: (
-                vit_mod.VisionTransformer(  # noqa: E731
-                    img_size=vit["image_size"],
-                    patch_size=vit["patch"],
-                    embed_dim=vit["width"],
-                    depth=vit["depth"],
-                    num_heads=vit["heads"],
-                ),
-                vit["width"],
-            )
+
+            def small(*a, **k):
+                return (
+                    vit_mod.VisionTransformer(
+                        img_size=vit["image_size"],
+                        patch_size=vit["patch"],
+                        embed_dim=vit["width"],
+                        depth=vit["depth"],
+                        num_heads=vit["heads"],
+                    ),
+                    vit["width"],
+                )
+
             stack.enter_context(mock.patch.object(bp, "create_vit", small))
         irm = importlib.import_module("ImageReward.ImageReward")
         if mlp_width is not None:
@@ -177,7 +183,8 @@ def imagereward_diff(tmp_path, images, prompts, med_cfg: dict, vit: dict | None)
     from flowalign.rewards.imagereward import load_imagereward
 
     vocab = tiny.bert_vocab()
-    (tmp_path / "vocab.txt").write_text(open(vocab).read())
+    with open(vocab) as f:
+        (tmp_path / "vocab.txt").write_text(f.read())
     (tmp_path / "med_config.json").write_text(json.dumps(med_cfg))
     mlp = None if med_cfg["hidden_size"] == 768 else med_cfg["hidden_size"]
     with reference_imagereward(vocab, vit=vit, mlp_width=mlp) as irm:

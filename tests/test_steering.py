@@ -122,7 +122,7 @@ def test_potentials_and_final_correction_by_hand(potential, expected):
         resampler="systematic",
         schedule=[0, 1, 2, 3],
         ess_threshold=1.0,
-        guidance_scale=0.0,
+        reward_grad_scale=0.0,
         generator=torch.Generator(),
     )
     cond = Cond(embeds={"row": torch.zeros(1, 1)}, prompts=["p"])
@@ -229,7 +229,7 @@ def test_gradient_proposal_keeps_fk_exact_and_its_weight_correction():
         lam=lam,
         potential="diff",
         num_steps=T,
-        guidance_scale=1.0,
+        reward_grad_scale=1.0,
         generator=torch.Generator().manual_seed(4),
     )
     mean, cov, n_eff = weighted_moments(res.candidates, res.log_weights)
@@ -408,7 +408,7 @@ class _Hard(torch.nn.Module):
         ("fk", dict(noise_level=0.0), "FK steering needs a stochastic sampler"),
         ("dts", dict(nfe_budget=100, noise_level=0.0), "dts needs a stochastic sampler"),
         ("dts_star", dict(nfe_budget=100, step="ode"), "dts_star needs a stochastic sampler"),
-        ("fk", dict(guidance_scale=1.0, reward=_Hard()), "needs a differentiable reward"),
+        ("fk", dict(reward_grad_scale=1.0, reward=_Hard()), "needs a differentiable reward"),
         ("bon", dict(nfe_budget=9), "nfe_budget=9 is smaller than one rollout"),
         ("fk", dict(nfe_budget=9), "nfe_budget=9 is smaller than one rollout"),
         ("beam", dict(nfe_budget=5), "nfe_budget=5 is smaller than one rollout"),
@@ -496,11 +496,11 @@ def test_steer_cli_writes_images_and_json(tmp_path, monkeypatch):
     assert report["kwargs"]["resample_steps"] == [1, 3] and report["kwargs"]["final"] == "argmax"
     assert report["kwargs"]["noise_steps"] == [0, 1, 2]
     assert all((out / f).is_file() for f in report["images"])
-    from flowalign.steer_cli import add_arguments, build_kwargs
+    from flowalign.cli.steer import add_arguments, config_from_args
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     with pytest.raises(ValueError, match="must look like key=value"):
-        build_kwargs(parser.parse_args(["--set", "oops"]))
+        config_from_args(parser.parse_args(["--set", "oops"]))
     with pytest.raises(ValueError, match="--noise-steps='6,': '' is not a step or a range"):
-        build_kwargs(parser.parse_args(["--noise-steps", "6,"]))
+        config_from_args(parser.parse_args(["--noise-steps", "6,"]))

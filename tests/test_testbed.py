@@ -11,9 +11,9 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from flowalign.testbed import render as R  # noqa: E402
-from flowalign.testbed import world as W  # noqa: E402
-from flowalign.testbed.paths import ENV_VAR, TESTBED_DIR, assets_dir  # noqa: E402
+from flowalign.testbed import render as R  # noqa: E402  (HF_HUB_OFFLINE must be set before flowalign is imported)
+from flowalign.testbed import world as W  # noqa: E402  (as above)
+from flowalign.testbed.paths import ENV_VAR, TESTBED_DIR, assets_dir  # noqa: E402  (as above)
 
 ASSETS = Path(os.environ.get(ENV_VAR, TESTBED_DIR))
 
@@ -314,9 +314,10 @@ def test_vae_latents_are_unit_scaled(pipe):
 def test_cli_sample_writes_png(tmp_path, capsys):
     from PIL import Image
 
-    from flowalign.testbed.cli import main
+    from flowalign.cli import main
 
     out = tmp_path / "s.png"
-    assert main(["sample", "two red circles", "-o", str(out), "--steps", "4", "--n", "2", "--scale", "2"]) == 0
+    args = ["sample", "two red circles", "-o", str(out), "--steps", "4", "--n", "2", "--scale", "2"]
+    assert main(["testbed", *args]) == 0
     assert Image.open(out).size == (2 * 32 * 2, 32 * 2)  # two images side by side, upscaled 2x
     assert "all_correct=" in capsys.readouterr().out

@@ -119,7 +119,10 @@ def train_head(
     head.eval()
     with torch.no_grad():
         tr, va = head(train_x), head(val_x)
-    acc = lambda z, y: float(((z > 0).float() == y).float().mean()) if len(y) else float("nan")  # noqa: E731
+
+    def acc(z: torch.Tensor, y: torch.Tensor) -> float:
+        return float(((z > 0).float() == y).float().mean()) if len(y) else float("nan")
+
     return head, HeadStats(acc(tr, train_y), acc(va, val_y), auc(va, val_y), float(loss.detach()))
 
 
@@ -142,7 +145,7 @@ def load_head(path: str) -> tuple[ArtifactHead, dict]:
     try:
         with safe_open(path, "pt") as f:
             meta = f.metadata() or {}
-            state = {k: f.get_tensor(k) for k in f.keys()}
+            state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118  (safe_open handles are not iterable)
     except Exception as e:
         raise weights_error(
             "artifact",

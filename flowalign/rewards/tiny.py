@@ -23,7 +23,12 @@ TINY_OPEN_CLIP_CFG = {
     "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
 }
 TINY_VIT = dict(width=128, depth=2, heads=2, patch=16, image_size=224)  # BLIP ViT, 64-dim heads
-WORDS = ["a", "an", "the", "of", "on", "in", "with", "and", "left", "right", "above", "below", "red", "green", "blue", "yellow", "white", "black", "cat", "dog", "circle", "circles", "square", "squares", "triangle", "triangles", "two", "three", "photo", "painting", "hill", "sky"]
+WORDS = (
+    ["a", "an", "the", "of", "on", "in", "with", "and", "left", "right", "above", "below"]
+    + ["red", "green", "blue", "yellow", "white", "black", "cat", "dog"]
+    + ["circle", "circles", "square", "squares", "triangle", "triangles", "two", "three"]
+    + ["photo", "painting", "hill", "sky"]
+)
 
 
 @cache

@@ -94,9 +94,28 @@ def tree_rollout(
     if isinstance(generator, (list, tuple)) and spec.split_steps:
         raise ValueError("tree rollouts take one torch.Generator (the frontier changes size).")
     split = dict(zip(spec.split_steps, spec.factors()))
-    n_splits = max(len(spec.split_steps), 1)
     nfe0, b = model.nfe, x.shape[0]
     ids = torch.arange(b)
+    nodes = _root_nodes(x, ids, keep_mean)
+    front = _Frontier(x.float(), ids, torch.zeros(b, dtype=torch.long), ids, cond)
+    for j in range(num_steps):
+        front = _grow(model, nodes, front, sigmas, levels, j, split.get(j, 1), spec, step_fn, generator)
+    return _as_tree(nodes, sigmas, step_name(step), model.nfe - nfe0)
+
+
+@dataclass
+class _Frontier:
+    """The newest node of every branch: states [F, *S], node ids, depths, roots and conditioning."""
+
+    x: Tensor
+    ids: Tensor
+    depth: Tensor
+    root: Tensor
+    cond: Cond
+
+
+def _root_nodes(x: Tensor, ids: Tensor, keep_mean: bool) -> dict[str, list[Tensor]]:
+    b = x.shape[0]
     nodes = dict(
         latents=[x.float()],
         parent=[torch.full((b,), -1)],
@@ -109,25 +128,45 @@ def tree_rollout(
     )
     if keep_mean:
         nodes["mean"] = [x.float()]
-    fx, fid, fdepth, froot, fcond = x.float(), ids, torch.zeros(b, dtype=torch.long), ids, cond
-    for j in range(num_steps):
-        s, s_next = sigmas[j], sigmas[j + 1]
-        v = model.velocity(fx, s, fcond)
-        k = split.get(j, 1)
-        level = levels[j] * (1 + spec.depth_noise * fdepth.float() / n_splits)  # [F]
-        rep = torch.arange(fx.shape[0]).repeat_interleave(k)
-        fn = step_fn if levels[j] > 0 else ode
-        noise = None
-        if k > 1 and spec.branch_corr is not None:
-            xi0 = _draw(fx.shape, generator, fx.device)[rep]
-            eta = _draw((rep.numel(), *fx.shape[1:]), generator, fx.device)
-            noise = (xi0 + spec.branch_corr * eta) / (1 + spec.branch_corr**2) ** 0.5
-        out = fn(fx[rep], v[rep], s, s_next, level[rep], noise=noise, generator=generator)
-        new_ids = torch.arange(rep.numel()) + sum(t.numel() for t in nodes["parent"])
-        fdepth = fdepth[rep] + (1 if k > 1 else 0)
-        froot, fcond = froot[rep], fcond.select(rep) if k > 1 else fcond
-        _append(nodes, out, fid[rep], j + 1, fdepth, froot, level[rep] if levels[j] > 0 else level[rep] * 0)
-        fx, fid = out.x_next, new_ids
+    return nodes
+
+
+def _sibling_noise(fx: Tensor, rep: Tensor, corr: float, generator) -> Tensor:
+    """BranchGRPO's correlated sibling noise (xi_0 + s eta_b) / sqrt(1 + s^2), one row per child."""
+    xi0 = _draw(fx.shape, generator, fx.device)[rep]
+    eta = _draw((rep.numel(), *fx.shape[1:]), generator, fx.device)
+    return (xi0 + corr * eta) / (1 + corr**2) ** 0.5
+
+
+def _grow(
+    model,
+    nodes: dict[str, list[Tensor]],
+    front: _Frontier,
+    sigmas: Tensor,
+    levels: Tensor,
+    j: int,
+    k: int,
+    spec: TreeSpec,
+    step_fn: Callable,
+    generator,
+) -> _Frontier:
+    """Step j: one velocity per frontier node, ``k`` children each (sharing it); appends them to ``nodes``."""
+    s, s_next = sigmas[j], sigmas[j + 1]
+    fx, fdepth = front.x, front.depth
+    v = model.velocity(fx, s, front.cond)
+    level = levels[j] * (1 + spec.depth_noise * fdepth.float() / max(len(spec.split_steps), 1))  # [F]
+    rep = torch.arange(fx.shape[0]).repeat_interleave(k)
+    fn = step_fn if levels[j] > 0 else ode
+    noise = _sibling_noise(fx, rep, spec.branch_corr, generator) if k > 1 and spec.branch_corr is not None else None
+    out = fn(fx[rep], v[rep], s, s_next, level[rep], noise=noise, generator=generator)
+    new_ids = torch.arange(rep.numel()) + sum(t.numel() for t in nodes["parent"])
+    fdepth = fdepth[rep] + (1 if k > 1 else 0)
+    froot, fcond = front.root[rep], front.cond.select(rep) if k > 1 else front.cond
+    _append(nodes, out, front.ids[rep], j + 1, fdepth, froot, level[rep] if levels[j] > 0 else level[rep] * 0)
+    return _Frontier(out.x_next, new_ids, fdepth, froot, fcond)
+
+
+def _as_tree(nodes: dict[str, list[Tensor]], sigmas: Tensor, step_kind: str, nfe: int) -> TreeRollout:
     cat = {key: torch.cat(val) for key, val in nodes.items()}
     std = cat["std"]
     return TreeRollout(
@@ -142,8 +181,8 @@ def tree_rollout(
         noise_level=cat["noise_level"],
         trainable=std > 0,
         sigmas=sigmas,
-        step_kind=step_name(step),
-        nfe=model.nfe - nfe0,
+        step_kind=step_kind,
+        nfe=nfe,
     )
 
 

@@ -170,8 +170,9 @@ WINDOWS: dict[str, Window] = {
     "random": Window(_random, RandomOptions, _check_random, _span, _sized),
     "progressive": Window(_progressive, ProgressiveOptions, _check_progressive, lambda o, t: (0, t), _sized),
     "geometric": Window(_geometric, GeometricOptions, _check_geometric, lambda o, t: (0, t), _sized),
-    "table": Window(_table, TableOptions, _check_table, lambda o, t: (min(o.steps), max(o.steps) + 1),
-                    lambda o, t: len(o.steps)),
+    "table": Window(
+        _table, TableOptions, _check_table, lambda o, t: (min(o.steps), max(o.steps) + 1), lambda o, t: len(o.steps)
+    ),
 }
 
 

@@ -1,10 +1,11 @@
 """Inference-time steering and search, on the same samplers and rewards as training.
 
-* ``fk_steer`` (``fk.py``): Feynman-Kac particles as an ``on_step`` hook of the one rollout loop;
-  ``POTENTIALS`` diff / max / sum / rt; ``RESAMPLERS`` multinomial / stratified / systematic.
+* ``fk_steer`` (``fk.py``): Feynman-Kac particles as an ``on_step`` hook of the one rollout loop
+  (``FKSteering`` in ``fk_hook.py``); ``POTENTIALS`` diff / max / sum / rt; ``RESAMPLERS``
+  multinomial / stratified / systematic; ``reward_grad_scale`` > 0 adds the gradient proposal.
 * ``best_of_n``, ``beam_search`` (``search.py``): the search baselines (beam_width=1 with every step
   selected is SVDD).
-* ``tree_search`` (``dts.py``): DTS (``star=False``) and DTS* (``star=True``).
+* ``tree_search`` (``dts.py``; the trees in ``dts_tree.py``): DTS (``star=False``) and DTS* (``star=True``).
 * ``steer(method, model, prompts, reward, **kw)``: one entry point over ``SEARCH``.
 Every method returns a ``SteerResult`` (chosen latents and rewards per prompt, NFE spent, the
 candidates) and accepts ``nfe_budget`` (model evaluations per prompt).

@@ -25,7 +25,6 @@ Departures and implementation choices:
 
 from __future__ import annotations
 
-import math
 import random
 from typing import Any
 
@@ -44,116 +43,9 @@ from .common import (
     side_generator,
     stochastic_levels,
 )
+from .dts_tree import Forest, select_node
 
 FINALS = ("sample", "greedy", "max_reward")
-
-
-def soft_mean(values: list[float], lam: float) -> float:
-    """(1/lam) log mean exp(lam v) (the plain mean at lam = 0), in float64 Python arithmetic."""
-    if lam == 0:
-        return sum(values) / len(values)
-    top = max(values)
-    return top + math.log(sum(math.exp(lam * (v - top)) for v in values) / len(values)) / lam
-
-
-def softmax(values: list[float], lam: float) -> list[float]:
-    top = max(values)
-    e = [math.exp(lam * (v - top)) for v in values]
-    total = sum(e)
-    return [x / total for x in e]
-
-
-class Forest:
-    """Flat node store of P trees. Node 0..P-1 are the dummy roots (no state, above the noise)."""
-
-    def __init__(self, p: int):
-        self.parent, self.depth, self.tree = [-1] * p, [0] * p, list(range(p))
-        self.gidx = [-1] * p  # sigma-grid index of the node's state (-1: dummy root)
-        self.children: list[list[int]] = [[] for _ in range(p)]
-        self.value, self.visits = [0.0] * p, [0] * p
-        self.state: list[Tensor | None] = [None] * p
-        self.reward: list[float] = [math.nan] * p
-        self.leaf_ids: list[list[int]] = [[] for _ in range(p)]  # leaves (x0 states) of each tree
-
-    def add(self, parent: int, gidx: int, state: Tensor) -> int:
-        n = len(self.parent)
-        self.parent.append(parent)
-        self.depth.append(self.depth[parent] + 1)
-        self.tree.append(self.tree[parent])
-        self.gidx.append(gidx)
-        self.children.append([])
-        self.children[parent].append(n)
-        self.value.append(0.0)
-        self.visits.append(0)
-        self.state.append(state)
-        self.reward.append(math.nan)
-        return n
-
-    def backup(self, leaf: int, r: float | None, lam: float) -> None:
-        """v(leaf) = r (None: a revisit), then soft-value log-mean-exp to the root; N += 1."""
-        if r is not None:
-            self.value[leaf] = self.reward[leaf] = r
-        node = leaf
-        while node >= 0:
-            self.visits[node] += 1
-            kids = self.children[node]
-            if kids:
-                self.value[node] = soft_mean([self.value[c] for c in kids], lam)
-            node = self.parent[node]
-
-    def leaves(self, tree: int) -> list[int]:
-        return self.leaf_ids[tree]
-
-    def readout_probs(self, tree: int, lam: float) -> dict[int, float]:
-        """Exact probability of each leaf under the DTS read-out (descend by softmax(lam v))."""
-        out, stack = {}, [(tree, 1.0)]
-        while stack:
-            node, pr = stack.pop()
-            kids = [c for c in self.children[node] if not math.isnan(self.value[c]) and self.visits[c] > 0]
-            if not kids:
-                out[node] = pr
-                continue
-            w = softmax([self.value[c] for c in kids], lam)
-            stack.extend((c, pr * float(wi)) for c, wi in zip(kids, w))
-        return out
-
-
-def _select(
-    forest: Forest,
-    root: int,
-    *,
-    star: bool,
-    lam: float,
-    c_pw: float,
-    alpha: float,
-    c_uct: float,
-    last: int,
-    virtual: dict[int, int],
-    pending: dict[int, int],
-    rng: random.Random,
-    min_gidx: int = 0,
-) -> tuple[int, list[int]]:
-    """Walk down from ``root``; returns (node to expand or leaf reached, path). A node above grid
-    index ``min_gidx`` (its rollout would not fit in the budget left) is not expanded: the walk
-    goes on to a child, so the last NFEs still buy the cheaper, deeper branches."""
-    node, path = root, [root]
-    while True:
-        if forest.gidx[node] == last:
-            return node, path
-        kids = [c for c in forest.children[node] if forest.visits[c] > 0]
-        n_vis = forest.visits[node] + virtual.get(node, 0)
-        width = len(forest.children[node]) + pending.get(node, 0)
-        wants = width == 0 or width < c_pw * max(n_vis, 1) ** alpha or not kids
-        if wants and (max(forest.gidx[node], 0) >= min_gidx or not kids):
-            return node, path
-        vals = [forest.value[c] for c in kids]
-        if star:
-            log_n = math.log(max(n_vis, 1))
-            score = [v + c_uct * math.sqrt(log_n / (forest.visits[c] + virtual.get(c, 0))) for v, c in zip(vals, kids)]
-            node = kids[max(range(len(kids)), key=score.__getitem__)]
-        else:
-            node = rng.choices(kids, weights=softmax(vals, lam))[0]
-        path.append(node)
 
 
 def branch_depths(branch_steps: Any, levels: Tensor, t: int, method: str = "dts") -> list[int]:
@@ -182,6 +74,75 @@ def branch_depths(branch_steps: Any, levels: Tensor, t: int, method: str = "dts"
             f"noise there or move branch_steps{last}."
         )
     return depths
+
+
+def _check_options(star: bool, lam: Any, final: str | None, batch: Any, widen_c: float, widen_alpha: float):
+    """Checked (lam, final); ``final`` defaults to max_reward for DTS*, sample for DTS."""
+    lam = check_lam(lam)
+    final = final or ("max_reward" if star else "sample")
+    if final not in FINALS:
+        raise ValueError(f"unknown final {final!r}; choose one of {list(FINALS)}.")
+    if batch is not None and (not isinstance(batch, int) or batch < 1):
+        raise ValueError(f"batch={batch!r} must be an int >= 1 (rollouts per tree and round).")
+    if widen_c <= 0 or not 0 < widen_alpha <= 1:
+        raise ValueError(
+            f"progressive widening needs widen_c > 0 and 0 < widen_alpha <= 1 (the number of "
+            f"children C N^alpha must grow with the visits N), got {widen_c}, {widen_alpha}."
+        )
+    return lam, final
+
+
+class _Rounds:
+    """Selection rounds over the P trees of a forest, each tree with its own NFE budget.
+
+    A round selects up to ``batch`` nodes per tree to expand (``plan``); selections within a round
+    see virtual visits and pending children. A tree is done when what is left of its budget no longer
+    pays for the cheapest rollout or for the rollout just selected, or after 64 rounds that found
+    only free revisits of leaves.
+    """
+
+    def __init__(self, forest: Forest, t: int, budget: int, batch: int, cheapest: int, **select_kw: Any):
+        p = len(forest.leaf_ids)
+        self.forest, self.t, self.budget, self.batch, self.cheapest = forest, t, budget, batch, cheapest
+        self.select_kw, self.lam = select_kw, select_kw["lam"]
+        self.spent, self.done, self.stalled = [0] * p, [False] * p, [0] * p
+
+    def plan(self) -> list[tuple[int, int]]:
+        """One round: the (node to expand, tree) jobs of every tree."""
+        jobs: list[tuple[int, int]] = []
+        virtual: dict[int, int] = {}
+        pending: dict[int, int] = {}
+        for tr in range(len(self.spent)):
+            n_jobs = self._plan_tree(tr, jobs, virtual, pending)
+            self.stalled[tr] = 0 if n_jobs else self.stalled[tr] + 1
+            if self.stalled[tr] > 64:  # only free revisits for many rounds: the tree cannot grow any more
+                self.done[tr] = True
+        return jobs
+
+    def _plan_tree(self, tr: int, jobs: list, virtual: dict[int, int], pending: dict[int, int]) -> int:
+        """Append tree ``tr``'s selections of this round to ``jobs``; returns how many."""
+        forest, t, n_jobs = self.forest, self.t, 0
+        if self.budget - self.spent[tr] < self.cheapest:
+            self.done[tr] = True
+        for _ in range(4 * self.batch if not self.done[tr] else 0):
+            if n_jobs >= self.batch:
+                break
+            left = self.budget - self.spent[tr]
+            node, path = select_node(forest, tr, virtual=virtual, pending=pending, min_gidx=t - left, **self.select_kw)
+            if forest.gidx[node] == t:  # reached a leaf: a free revisit
+                forest.backup(node, None, self.lam)
+                continue
+            cost = t - max(forest.gidx[node], 0)
+            if self.spent[tr] + cost > self.budget:
+                self.done[tr] = True
+                break
+            self.spent[tr] += cost
+            for n in path:
+                virtual[n] = virtual.get(n, 0) + 1
+            pending[node] = pending.get(node, 0) + 1
+            jobs.append((node, tr))
+            n_jobs += 1
+        return n_jobs
 
 
 def tree_search(
@@ -216,32 +177,10 @@ def tree_search(
     schedule without the last step); the initial noise (root) always branches. ``batch``: rollouts
     per tree and round (default: budget / 16 rollouts, 1 to 8)."""
     method = "dts_star" if star else "dts"
-    lam = check_lam(lam)
-    final = final or ("max_reward" if star else "sample")
-    if final not in FINALS:
-        raise ValueError(f"unknown final {final!r}; choose one of {list(FINALS)}.")
-    if batch is not None and (not isinstance(batch, int) or batch < 1):
-        raise ValueError(f"batch={batch!r} must be an int >= 1 (rollouts per tree and round).")
-    if widen_c <= 0 or not 0 < widen_alpha <= 1:
-        raise ValueError(
-            f"progressive widening needs widen_c > 0 and 0 < widen_alpha <= 1 (the number of "
-            f"children C N^alpha must grow with the visits N), got {widen_c}, {widen_alpha}."
-        )
+    lam, final = _check_options(star, lam, final, batch, widen_c, widen_alpha)
     rew = LatentReward(reward, model)
-    setup = prepare(
-        model,
-        prompts,
-        1,
-        num_steps=num_steps,
-        sigmas=sigmas,
-        guidance=cfg,
-        negative_prompts=negative_prompts,
-        height=height,
-        width=width,
-        generator=generator,
-        cond=cond,
-        draw_noise=False,
-    )
+    enc = dict(num_steps=num_steps, guidance=cfg, negative_prompts=negative_prompts, height=height, width=width)
+    setup = prepare(model, prompts, 1, sigmas=sigmas, generator=generator, cond=cond, draw_noise=False, **enc)
     t = setup.sigmas.numel() - 1
     levels = stochastic_levels(step, noise_level, t, method, noise_steps)
     check_budget(nfe_budget, t, method)
@@ -249,56 +188,18 @@ def tree_search(
         batch = max(1, min(8, nfe_budget // (16 * t)))
     depths = branch_depths(branch_steps, levels, t, method)
     p, gen = len(setup.prompts), side_generator(generator, 104729)
-    stops = set(depths) | {t}
-    forest, spent, nfe0 = Forest(p), [0] * p, model.nfe
+    forest, nfe0 = Forest(p), model.nfe
     shape = model.initial_noise(1, setup.height, setup.width, side_generator(generator, 1)).shape[1:]
-    done, stalled = [False] * p, [0] * p
     rng = random.Random(int(torch.randint(2**62, (1,), generator=gen)))  # selection draws (fast, seeded)
     cheapest = t - max(depths, default=0)  # a rollout from the deepest branch depth
-    while not all(done):
-        jobs: list[tuple[int, int]] = []  # (node to expand, tree)
-        virtual: dict[int, int] = {}
-        pending: dict[int, int] = {}
-        for tr in range(p):
-            n_jobs = 0
-            if nfe_budget - spent[tr] < cheapest:
-                done[tr] = True
-            for _ in range(4 * batch if not done[tr] else 0):
-                if n_jobs >= batch:
-                    break
-                node, path = _select(
-                    forest,
-                    tr,
-                    star=star,
-                    lam=lam,
-                    c_pw=widen_c,
-                    alpha=widen_alpha,
-                    c_uct=c_uct,
-                    last=t,
-                    virtual=virtual,
-                    pending=pending,
-                    rng=rng,
-                    min_gidx=t - (nfe_budget - spent[tr]),
-                )
-                if forest.gidx[node] == t:  # reached a leaf: a free revisit
-                    forest.backup(node, None, lam)
-                    continue
-                cost = t - max(forest.gidx[node], 0)
-                if spent[tr] + cost > nfe_budget:
-                    done[tr] = True
-                    break
-                spent[tr] += cost
-                for n in path:
-                    virtual[n] = virtual.get(n, 0) + 1
-                pending[node] = pending.get(node, 0) + 1
-                jobs.append((node, tr))
-                n_jobs += 1
-            stalled[tr] = 0 if n_jobs else stalled[tr] + 1
-            if stalled[tr] > 64:  # only free revisits for many rounds: the tree cannot grow any more
-                done[tr] = True
+    select_kw = dict(star=star, lam=lam, c_pw=widen_c, alpha=widen_alpha, c_uct=c_uct, last=t, rng=rng)
+    rounds = _Rounds(forest, t, nfe_budget, batch, cheapest, **select_kw)
+    stops = set(depths) | {t}
+    while not all(rounds.done):
+        jobs = rounds.plan()
         if jobs:
             _expand(model, forest, jobs, setup, levels, step, stops, shape, generator, rew, lam)
-    return _finish(forest, p, lam, final, gen, method, model.nfe - nfe0, rew.calls, spent, t)
+    return _finish(forest, p, lam, final, gen, method, model.nfe - nfe0, rew.calls, rounds.spent, t)
 
 
 def _expand(model, forest: Forest, jobs, setup, levels, step, stops, shape, generator, rew, lam) -> None:

@@ -104,9 +104,9 @@ def steered_call(
     nfe_budget: int | None,
     steering_kwargs: dict | None,
 ):
-    """Run ``steering`` with the parent's arguments; returns (images or latents, SteerResult)."""
-    from ..models import FluxModel, SD3Model
-
+    """Run ``steering`` with the parent's arguments; returns (images or latents, SteerResult, the bound
+    parent arguments). The parent's ``guidance_scale`` is the classifier-free guidance; FK's gradient
+    proposal is ``steering_kwargs={"reward_grad_scale": ...}``."""
     if steering not in METHODS:
         raise ValueError(f"unknown steering={steering!r}; choose one of {list(METHODS)} or None (stock sampler).")
     if reward is None:
@@ -115,6 +115,26 @@ def steered_call(
             f"Reward or a callable (images, prompts) -> [B])."
         )
     a = _check_parent_args(parent_call, args, kwargs)
+    model, cond, height, width = _model_and_cond(pipe, family, a)
+    t = a["num_inference_steps"]
+    sigmas = model.sigmas(t, height, width)
+    pipe._num_timesteps = t
+    cb = _callback(pipe, a["callback_on_step_end"], list(a["callback_on_step_end_tensor_inputs"]), cond)
+    extra = dict(steering_kwargs or {})
+    kind, level = _sampler(steering, step, noise_level)
+    common = dict(
+        sigmas=sigmas, step=kind, noise_level=level, height=height, width=width, generator=a["generator"], cond=cond
+    )
+    choices = dict(num_particles=num_particles, lam=lam, potential=potential, resample_steps=resample_steps)
+    res = _run(steering, model, reward, cb, t, nfe_budget, common, extra, **choices)
+    return _decode(pipe, family, res.latents, height, width, a["output_type"]), res, a
+
+
+def _model_and_cond(pipe: Any, family: str, a: dict[str, Any]) -> tuple[Any, Any, int, int]:
+    """The flowalign adapter of ``pipe``, the prompts' conditioning (each repeated
+    ``num_images_per_prompt`` times), height and width; sets the pipeline's guidance state."""
+    from ..models import FluxModel, SD3Model
+
     prompts = check_prompts(a["prompt"], "prompt")
     npp = a["num_images_per_prompt"] or 1
     rows = [p for p in prompts for _ in range(npp)]
@@ -131,37 +151,40 @@ def steered_call(
         model = FluxModel(pipe, max_sequence_length=a["max_sequence_length"])
         cond = model.encode(rows, w, height=height, width=width)
     pipe._guidance_scale, pipe._interrupt, pipe._joint_attention_kwargs = w, False, None
-    t = a["num_inference_steps"]
-    sigmas = model.sigmas(t, height, width)
-    pipe._num_timesteps = t
-    cb = _callback(pipe, a["callback_on_step_end"], list(a["callback_on_step_end_tensor_inputs"]), cond)
-    extra = dict(steering_kwargs or {})
+    return model, cond, height, width
+
+
+def _sampler(steering: str, step: str | None, noise_level: Any) -> tuple[str, Any]:
+    """(step, noise level): best-of-N defaults to the ODE, the other methods to ``DEFAULT_STOCHASTIC``."""
     if steering == "bon":
-        kind, level = step or "ode", noise_level
-    else:
-        kind, level = step or DEFAULT_STOCHASTIC[0], DEFAULT_STOCHASTIC[1] if noise_level is None else noise_level
-    common = dict(
-        sigmas=sigmas, step=kind, noise_level=level, height=height, width=width, generator=a["generator"], cond=cond
-    )
+        return step or "ode", noise_level
+    return step or DEFAULT_STOCHASTIC[0], DEFAULT_STOCHASTIC[1] if noise_level is None else noise_level
+
+
+def _run(
+    steering: str,
+    model: Any,
+    reward: Any,
+    cb: Callable | None,
+    t: int,
+    nfe_budget: int | None,
+    common: dict[str, Any],
+    extra: dict[str, Any],
+    *,
+    num_particles: int,
+    lam: float,
+    potential: str,
+    resample_steps: Any,
+) -> SteerResult:
+    """Call the steering method with the pipeline's choices (``common``) and ``steering_kwargs``."""
     if steering == "fk":
-        res = fk_steer(
-            model,
-            None,
-            reward,
-            num_particles=num_particles,
-            lam=lam,
-            potential=potential,
-            resample_steps=resample_steps,
-            nfe_budget=nfe_budget,
-            callback=cb,
-            **common,
-            **extra,
-        )
-    elif steering == "bon":
-        res = best_of_n(model, None, reward, n=num_particles, nfe_budget=nfe_budget, callback=cb, **common, **extra)
-    elif steering == "beam":
+        kw = dict(num_particles=num_particles, lam=lam, potential=potential, resample_steps=resample_steps)
+        return fk_steer(model, None, reward, nfe_budget=nfe_budget, callback=cb, **kw, **common, **extra)
+    if steering == "bon":
+        return best_of_n(model, None, reward, n=num_particles, nfe_budget=nfe_budget, callback=cb, **common, **extra)
+    if steering == "beam":
         bw = extra.pop("beam_width", 2 if num_particles >= 2 else 1)
-        res = beam_search(
+        return beam_search(
             model,
             None,
             reward,
@@ -174,25 +197,16 @@ def steered_call(
             **common,
             **extra,
         )
-    else:
-        if cb is not None:
-            raise ValueError(
-                "callback_on_step_end is not supported with DTS (it grows a tree of partial "
-                "rollouts, not one batch of latents per step); drop it or use steering='fk'."
-            )
-        budget = nfe_budget if nfe_budget is not None else num_particles * t
-        res = tree_search(
-            model,
-            None,
-            reward,
-            nfe_budget=budget,
-            star=steering == "dts_star",
-            lam=lam,
-            branch_steps=resample_steps,
-            **common,
-            **extra,
+    if cb is not None:
+        raise ValueError(
+            "callback_on_step_end is not supported with DTS (it grows a tree of partial "
+            "rollouts, not one batch of latents per step); drop it or use steering='fk'."
         )
-    return _decode(pipe, family, res.latents, height, width, a["output_type"]), res, a
+    budget = nfe_budget if nfe_budget is not None else num_particles * t
+    star = steering == "dts_star"
+    return tree_search(
+        model, None, reward, nfe_budget=budget, star=star, lam=lam, branch_steps=resample_steps, **common, **extra
+    )
 
 
 @torch.no_grad()

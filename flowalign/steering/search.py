@@ -26,8 +26,8 @@ from torch import Tensor
 from ..sampling.rollout import StepContext, rollout
 from .common import (
     LatentReward,
+    Setup,
     SteerResult,
-    VelocityCache,
     check_budget,
     check_lam,
     check_particles,
@@ -39,12 +39,48 @@ from .common import (
     stochastic_levels,
 )
 from .resample import flat_index
+from .velocity_cache import VelocityCache
 
 
 def _grid_len(model: Any, num_steps: int | None, sigmas: Any) -> int:
     if sigmas is not None:
         return len(sigmas) - 1
     return num_steps if num_steps is not None else model.default_steps
+
+
+def _samples_per_prompt(n: int | None, nfe_budget: int | None, t: int) -> int:
+    """Best-of-N's N: ``n``, capped by (or, without ``n``, set to) ``nfe_budget // T``."""
+    if n is None and nfe_budget is None:
+        raise ValueError("best_of_n needs n= (samples per prompt) or nfe_budget= (model evaluations per prompt).")
+    if nfe_budget is not None:
+        check_budget(nfe_budget, t, "best-of-N")
+        n = nfe_budget // t if n is None else min(n, nfe_budget // t)
+    return check_particles(n, "n")
+
+
+def _rollout_in_chunks(
+    model: Any, setup: Setup, step: str, levels: Tensor, generator: Any, max_batch: int, callback: Callable | None
+) -> Tensor:
+    """Final latents [P * N, *S] of independent rollouts, ``max_batch`` rows at a time."""
+    finals = []
+    with torch.no_grad():
+        for i in range(0, setup.x.shape[0], max_batch):
+            rows = list(range(i, min(i + max_batch, setup.x.shape[0])))
+            gen = generator[i : i + max_batch] if isinstance(generator, (list, tuple)) else generator
+            cond = setup.cond.select(rows)
+            ro = rollout(model, cond, setup.x[rows], setup.sigmas, step, levels, generator=gen, on_step=callback)
+            finals.append(ro.final)
+    return torch.cat(finals)
+
+
+def best_per_prompt(final: Tensor, rewards: Tensor, p: int, k: int, **fields: Any) -> SteerResult:
+    """P groups of K final candidates [P * K, *S] with rewards [P * K] -> the argmax of each group as a
+    ``SteerResult`` (``fields``: its other entries)."""
+    cands, cr = final.reshape(p, k, *final.shape[1:]), rewards.reshape(p, k)
+    pick, rows = cr.argmax(-1), torch.arange(p)
+    return SteerResult(
+        latents=cands[rows, pick], rewards=cr[rows, pick], candidates=cands, candidate_rewards=cr, **fields
+    )
 
 
 def best_of_n(
@@ -70,13 +106,7 @@ def best_of_n(
 ) -> SteerResult:
     """Best of ``n`` samples per prompt (or ``n = nfe_budget // T``); ``callback(ctx)`` runs after
     every step (rows in chunks of ``max_batch``)."""
-    t = _grid_len(model, num_steps, sigmas)
-    if n is None and nfe_budget is None:
-        raise ValueError("best_of_n needs n= (samples per prompt) or nfe_budget= (model evaluations per prompt).")
-    if nfe_budget is not None:
-        check_budget(nfe_budget, t, "best-of-N")
-        n = nfe_budget // t if n is None else min(n, nfe_budget // t)
-    n = check_particles(n, "n")
+    n = _samples_per_prompt(n, nfe_budget, _grid_len(model, num_steps, sigmas))
     rew = LatentReward(reward, model)
     setup = prepare(
         model,
@@ -92,36 +122,11 @@ def best_of_n(
         cond=cond,
     )
     levels = noise_levels(noise_level, setup.sigmas.numel() - 1, "best-of-N", noise_steps)
-    nfe0, finals = model.nfe, []
-    with torch.no_grad():
-        for i in range(0, setup.x.shape[0], max_batch):
-            rows = list(range(i, min(i + max_batch, setup.x.shape[0])))
-            gen = generator[i : i + max_batch] if isinstance(generator, (list, tuple)) else generator
-            ro = rollout(
-                model,
-                setup.cond.select(rows),
-                setup.x[rows],
-                setup.sigmas,
-                step,
-                levels,
-                generator=gen,
-                on_step=None if callback is None else lambda ctx: callback(ctx),
-            )
-            finals.append(ro.final)
-    final = torch.cat(finals)
+    nfe0 = model.nfe
+    final = _rollout_in_chunks(model, setup, step, levels, generator, max_batch, callback)
     r = rew(final, setup.cond.prompts)
-    p = len(setup.prompts)
-    cands, cr = final.reshape(p, n, *final.shape[1:]), r.reshape(p, n)
-    pick, rows = cr.argmax(-1), torch.arange(p)
-    return SteerResult(
-        latents=cands[rows, pick],
-        rewards=cr[rows, pick],
-        nfe=model.nfe - nfe0,
-        method="bon",
-        reward_calls=rew.calls,
-        candidates=cands,
-        candidate_rewards=cr,
-        info={"n": n},
+    return best_per_prompt(
+        final, r, len(setup.prompts), n, nfe=model.nfe - nfe0, method="bon", reward_calls=rew.calls, info={"n": n}
     )
 
 
@@ -166,6 +171,18 @@ class _BeamHook:
         return flat_index(keep.repeat_interleave(self.m, dim=-1))
 
 
+def _beam_sizes(w: int, num_children: int | None, nfe_budget: int | None, t: int) -> tuple[int, int]:
+    """(beams W, children M) per prompt: ``nfe_budget // T`` rollouts cap W and set (or cap) M."""
+    if nfe_budget is not None:
+        check_budget(nfe_budget, t, "beam search")
+        total = nfe_budget // t
+        w = min(w, total)
+        num_children = total // w if num_children is None else min(num_children, total // w)
+    if num_children is None:
+        raise ValueError("beam_search needs num_children= or nfe_budget=.")
+    return w, check_particles(num_children, "num_children")
+
+
 def beam_search(
     model: Any,
     prompts: Any,
@@ -193,16 +210,8 @@ def beam_search(
     children as ``nfe_budget`` allows); ``select_steps`` default: the FK schedule; ``"all"`` = SVDD."""
     t = _grid_len(model, num_steps, sigmas)
     w = check_particles(beam_width, "beam_width")
-    if lam is not None:
-        lam = check_lam(lam)
-    if nfe_budget is not None:
-        check_budget(nfe_budget, t, "beam search")
-        total = nfe_budget // t
-        w = min(w, total)
-        num_children = total // w if num_children is None else min(num_children, total // w)
-    if num_children is None:
-        raise ValueError("beam_search needs num_children= or nfe_budget=.")
-    m = check_particles(num_children, "num_children")
+    lam = None if lam is None else check_lam(lam)
+    w, m = _beam_sizes(w, num_children, nfe_budget, t)
     rew = LatentReward(reward, model)
     cached = VelocityCache(model)
     setup = prepare(
@@ -226,18 +235,8 @@ def beam_search(
     nfe0 = model.nfe
     with torch.no_grad():
         ro = rollout(cached, setup.cond, setup.x, setup.sigmas, step, levels, generator=generator, on_step=hook)
-    k = w * m
-    cands = ro.final.reshape(p, k, *ro.final.shape[1:])
-    cr = hook.final_rewards.reshape(p, k)
-    pick, rows = cr.argmax(-1), torch.arange(p)
     name = "svdd" if w == 1 and len(steps) >= t - 1 else "beam"
-    return SteerResult(
-        latents=cands[rows, pick],
-        rewards=cr[rows, pick],
-        nfe=model.nfe - nfe0,
-        method=name,
-        reward_calls=rew.calls,
-        candidates=cands,
-        candidate_rewards=cr,
-        info={"beam_width": w, "num_children": m, "select_steps": steps, "cache_hits": cached.hits},
+    info = {"beam_width": w, "num_children": m, "select_steps": steps, "cache_hits": cached.hits}
+    return best_per_prompt(
+        ro.final, hook.final_rewards, p, w * m, nfe=model.nfe - nfe0, method=name, reward_calls=rew.calls, info=info
     )

@@ -75,12 +75,34 @@ def build_t5_tokenizer():
 
 def build_components(arch: dict[str, Any] | None = None, seed: int = 0) -> dict[str, Any]:
     """Fresh (untrained) components of the testbed pipeline, initialised under ``seed``."""
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
-    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
+    from diffusers import FlowMatchEulerDiscreteScheduler
 
     arch = {**DEFAULT_ARCH, **(arch or {})}
     tok = build_tokenizer()
-    c = arch["clip"]
+    encoders = _clip_encoders(tok, arch["clip"], seed)
+    t5_tok = build_t5_tokenizer()
+    t5 = _t5_encoder(len(t5_tok), arch["clip"], seed)
+    v = {"latent_channels": 4, **arch["vae"]}
+    transformer = _transformer(arch, v, seed)
+    vae = _vae(v, seed)
+    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=float(arch["shift"]))
+    return {
+        "tokenizer": tok,
+        "tokenizer_2": tok,
+        "text_encoder": encoders[0],
+        "text_encoder_2": encoders[1],
+        "tokenizer_3": t5_tok,
+        "text_encoder_3": t5,
+        "transformer": transformer,
+        "vae": vae,
+        "scheduler": scheduler,
+    }
+
+
+def _clip_encoders(tok, c: dict[str, Any], seed: int) -> list:
+    """The two CLIP text encoders (seeds ``seed + 1``, ``seed + 2``)."""
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
     encoders = []
     for k in range(2):
         cfg = CLIPTextConfig(
@@ -94,11 +116,17 @@ def build_components(arch: dict[str, Any] | None = None, seed: int = 0) -> dict[
         )
         torch.manual_seed(seed + 1 + k)
         encoders.append(CLIPTextModelWithProjection(cfg))
-    t5_tok = build_t5_tokenizer()
+    return encoders
+
+
+def _t5_encoder(vocab_size: int, c: dict[str, Any], seed: int):
+    """The zero-layer T5 encoder (seed ``seed + 5``), as wide as the two CLIP streams together."""
+    from transformers import T5Config, T5EncoderModel
+
     torch.manual_seed(seed + 5)
-    t5 = T5EncoderModel(
+    return T5EncoderModel(
         T5Config(
-            vocab_size=len(t5_tok),
+            vocab_size=vocab_size,
             d_model=2 * c["hidden_size"],
             num_layers=0,
             num_heads=2,
@@ -110,11 +138,17 @@ def build_components(arch: dict[str, Any] | None = None, seed: int = 0) -> dict[
             decoder_start_token_id=0,
         )
     )
+
+
+def _transformer(arch: dict[str, Any], v: dict[str, Any], seed: int):
+    """The SD3 transformer (seed ``seed + 3``) on the VAE's latents."""
+    from diffusers import SD3Transformer2DModel
+
+    c = arch["clip"]
     t = {"patch_size": 2, **arch["transformer"]}
-    v = {"latent_channels": 4, **arch["vae"]}
     blocks = len(v["block_out_channels"])
     torch.manual_seed(seed + 3)
-    transformer = SD3Transformer2DModel(
+    return SD3Transformer2DModel(
         sample_size=W.IMAGE_SIZE // 2 ** (blocks - 1),
         in_channels=v["latent_channels"],
         out_channels=v["latent_channels"],
@@ -124,8 +158,15 @@ def build_components(arch: dict[str, Any] | None = None, seed: int = 0) -> dict[
         pos_embed_max_size=16,
         **t,
     )
+
+
+def _vae(v: dict[str, Any], seed: int):
+    """The VAE (seed ``seed + 4``): one 2x downsampling per block after the first."""
+    from diffusers import AutoencoderKL
+
+    blocks = len(v["block_out_channels"])
     torch.manual_seed(seed + 4)
-    vae = AutoencoderKL(
+    return AutoencoderKL(
         in_channels=3,
         out_channels=3,
         down_block_types=("DownEncoderBlock2D",) * blocks,
@@ -137,18 +178,6 @@ def build_components(arch: dict[str, Any] | None = None, seed: int = 0) -> dict[
         shift_factor=0.0,
         **v,
     )
-    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=float(arch["shift"]))
-    return {
-        "tokenizer": tok,
-        "tokenizer_2": tok,
-        "text_encoder": encoders[0],
-        "text_encoder_2": encoders[1],
-        "tokenizer_3": t5_tok,
-        "text_encoder_3": t5,
-        "transformer": transformer,
-        "vae": vae,
-        "scheduler": scheduler,
-    }
 
 
 def assemble(components: dict[str, Any]):

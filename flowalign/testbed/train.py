@@ -171,7 +171,10 @@ def train_detector(cfg: dict[str, Any], seed: int, log: Log, vae=None) -> Artifa
         y = torch.cat([y[y == 0], y[y == 1]])
         logits = model.logits(x)
         loss = F.binary_cross_entropy_with_logits(logits, y)
-        acc = lambda: float(((logits > 0).float() == y).float().mean())  # noqa: E731
+
+        def acc() -> float:
+            return float(((logits > 0).float() == y).float().mean())
+
         return loss, lambda: f"loss {loss.item():.4f} batch acc {acc():.3f}"
 
     return _fit("detector", ArtifactDetector, cfg, seed, log, batch_loss)

@@ -102,73 +102,94 @@ def train_flow(
         raise ValueError(f"flow cycle has unknown caption noise {unknown}; use one of {list(NOISES)}")
     rng, g = np.random.default_rng(seed), torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    tok, tok3, vae = components["tokenizer"], components["tokenizer_3"], components["vae"].eval()
-    modules = {k: components[k].train().requires_grad_(True) for k in ("transformer", *P.ENCODERS)}
-    ema = {k: copy.deepcopy(m).eval().requires_grad_(False) for k, m in modules.items()}
-    params = [p for m in modules.values() for p in m.parameters()]
-    ema_params = [p for m in ema.values() for p in m.parameters()]
-    opt = torch.optim.AdamW(
-        params, lr=cfg["lr"], weight_decay=cfg.get("weight_decay", 0.0), betas=(0.9, 0.99), foreach=True
-    )
-    sched = _schedule(opt, cfg["steps"], warmup=cfg.get("warmup", 200))
-    proc = P.use_repeated_token(modules["transformer"])
-    shift, sf, sh = float(cfg["shift"]), vae.config.scaling_factor, vae.config.shift_factor
-    cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-
-    def ids_of(prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        for p in prompts:
-            if p not in cache:
-                cache[p] = (P.tokenize(tok, [p])[0], P.tokenize(tok3, [p], P.T5_TRAIN_LEN + 1)[0])
-        return torch.stack([cache[p][0] for p in prompts]), torch.stack([cache[p][1] for p in prompts])
-
+    run = _FlowRun(cfg, components, rng, g)
     t0, running = time.time(), 0.0
-    noises = [(fn, float(cfg.get(key, 0.0))) for key, fn in NOISES.items()]
-
-    def scene(prompt: str) -> W.Scene:
-        labels = W.parse_prompt(prompt)
-        for fn, p in noises:
-            labels = fn(labels, rng, p)
-        return W.scene_for(labels, rng)
-
     for step in range(cfg["steps"]):
-        b = cfg["batch"]
-        prompts = [W.sample_prompt(rng, "train", tuple(cfg["kind_weights"])) for _ in range(b)]
-        x = R.render([scene(p) for p in prompts])
-        with torch.no_grad():
-            z = (vae.encode(x * 2 - 1).latent_dist.sample(generator=g) - sh) * sf
-        drop = torch.rand(b, generator=g) < cfg["cfg_dropout"]
-        prompts = ["" if d else p for p, d in zip(prompts, drop.tolist())]
-        context, pooled = P.encode_train(modules, *ids_of(prompts))
-        proc.log_n = torch.log(P.sample_n_pad(b, g))
-        sigma = logit_normal_sigmas(b, g, shift)
-        eps = torch.randn(z.shape, generator=g)
-        s = sigma.view(-1, 1, 1, 1)
-        xt = (1 - s) * z + s * eps
-        v = modules["transformer"](
-            hidden_states=xt, encoder_hidden_states=context, pooled_projections=pooled, timestep=sigma * 1000
-        ).sample
-        loss = F.mse_loss(v, eps - z)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        decay = min(cfg["ema"], (1 + step) / (10 + step))
-        with torch.no_grad():
-            torch._foreach_lerp_(ema_params, params, 1 - decay)
+        loss = run.step(step)
         if checkpoint is not None and step > 0:
-            checkpoint(step, ema)
-        running = loss.item() if step == 0 else 0.98 * running + 0.02 * loss.item()
+            checkpoint(step, run.ema)
+        running = loss if step == 0 else 0.98 * running + 0.02 * loss
         if step % 100 == 0 or step == cfg["steps"] - 1:
             el = time.time() - t0
             log(
-                f"flow {step:5d} loss {running:.4f} lr {sched.get_last_lr()[0]:.2e} "
+                f"flow {step:5d} loss {running:.4f} lr {run.sched.get_last_lr()[0]:.2e} "
                 f"{el / (step + 1):.2f} s/step, eta {el / (step + 1) * (cfg['steps'] - step - 1) / 60:.1f} min"
             )
-    from diffusers.models.attention_processor import JointAttnProcessor2_0
+    return run.finish()
 
-    for m in (modules["transformer"], ema["transformer"]):
-        m.set_attn_processor(JointAttnProcessor2_0())
-    for m in modules.values():
-        m.eval()
-    return ema
+
+class _FlowRun:
+    """One ``train_flow`` call: the trained modules, their EMA copies, the optimizer and schedule, and
+    the per-step batch (caption noises drawn from ``rng``, every tensor draw from ``g``)."""
+
+    def __init__(self, cfg: dict[str, Any], components: dict[str, Any], rng: np.random.Generator, g: torch.Generator):
+        self.cfg, self.rng, self.g = cfg, rng, g
+        self.tok, self.tok3, self.vae = components["tokenizer"], components["tokenizer_3"], components["vae"].eval()
+        self.modules = {k: components[k].train().requires_grad_(True) for k in ("transformer", *P.ENCODERS)}
+        self.ema = {k: copy.deepcopy(m).eval().requires_grad_(False) for k, m in self.modules.items()}
+        self.params = [p for m in self.modules.values() for p in m.parameters()]
+        self.ema_params = [p for m in self.ema.values() for p in m.parameters()]
+        self.opt = torch.optim.AdamW(
+            self.params, lr=cfg["lr"], weight_decay=cfg.get("weight_decay", 0.0), betas=(0.9, 0.99), foreach=True
+        )
+        self.sched = _schedule(self.opt, cfg["steps"], warmup=cfg.get("warmup", 200))
+        self.proc = P.use_repeated_token(self.modules["transformer"])
+        self.shift, self.sf, self.sh = float(cfg["shift"]), self.vae.config.scaling_factor, self.vae.config.shift_factor
+        self.cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.noises = [(fn, float(cfg.get(key, 0.0))) for key, fn in NOISES.items()]
+
+    def ids_of(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        cache = self.cache
+        for p in prompts:
+            if p not in cache:
+                cache[p] = (P.tokenize(self.tok, [p])[0], P.tokenize(self.tok3, [p], P.T5_TRAIN_LEN + 1)[0])
+        return torch.stack([cache[p][0] for p in prompts]), torch.stack([cache[p][1] for p in prompts])
+
+    def scene(self, prompt: str) -> W.Scene:
+        labels = W.parse_prompt(prompt)
+        for fn, p in self.noises:
+            labels = fn(labels, self.rng, p)
+        return W.scene_for(labels, self.rng)
+
+    def batch(self, b: int) -> tuple[torch.Tensor, list[str]]:
+        """Scaled latents [b, 4, h, w] of rendered scenes and their captions (CFG-dropped to '')."""
+        prompts = [W.sample_prompt(self.rng, "train", tuple(self.cfg["kind_weights"])) for _ in range(b)]
+        x = R.render([self.scene(p) for p in prompts])
+        with torch.no_grad():
+            z = (self.vae.encode(x * 2 - 1).latent_dist.sample(generator=self.g) - self.sh) * self.sf
+        drop = torch.rand(b, generator=self.g) < self.cfg["cfg_dropout"]
+        return z, ["" if d else p for p, d in zip(prompts, drop.tolist())]
+
+    def step(self, step: int) -> float:
+        """One optimizer step and EMA update; returns the flow-matching loss."""
+        b, g = self.cfg["batch"], self.g
+        z, prompts = self.batch(b)
+        context, pooled = P.encode_train(self.modules, *self.ids_of(prompts))
+        self.proc.log_n = torch.log(P.sample_n_pad(b, g))
+        sigma = logit_normal_sigmas(b, g, self.shift)
+        eps = torch.randn(z.shape, generator=g)
+        s = sigma.view(-1, 1, 1, 1)
+        xt = (1 - s) * z + s * eps
+        v = self.modules["transformer"](
+            hidden_states=xt, encoder_hidden_states=context, pooled_projections=pooled, timestep=sigma * 1000
+        ).sample
+        loss = F.mse_loss(v, eps - z)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.params, 1.0)
+        self.opt.step()
+        self.sched.step()
+        decay = min(self.cfg["ema"], (1 + step) / (10 + step))
+        with torch.no_grad():
+            torch._foreach_lerp_(self.ema_params, self.params, 1 - decay)
+        return loss.item()
+
+    def finish(self) -> dict[str, Any]:
+        """Back to the stock attention processor, eval mode; returns the EMA modules."""
+        from diffusers.models.attention_processor import JointAttnProcessor2_0
+
+        for m in (self.modules["transformer"], self.ema["transformer"]):
+            m.set_attn_processor(JointAttnProcessor2_0())
+        for m in self.modules.values():
+            m.eval()
+        return self.ema

@@ -9,7 +9,7 @@ crash). Everything else is rebuilt from those rows at the end of every run:
   the rows by that reward's mean over the methods shown (click again: ascending); checkboxes filter
   the methods. The state lives in the URL hash, ``#sort=<reward>&dir=desc&methods=a,b``, so a
   sorted view can be linked.
-* ``plots/`` (``gallery_plots.py``): reward per method, reward vs NFE, training curves.
+* ``plots/`` (``plots.py``): reward per method, reward vs NFE, training curves.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .gallery_plots import write_plots
+from .plots import write_plots
 
 
 # --- results on disk ----------------------------------------------------------------------------------
@@ -217,41 +217,8 @@ def render_html(
         ],
     }
     spec = {m.label: m.spec for m in settings.methods}
-    srows = []
-    for m, s in summary.items():
-        if "unavailable" in s:
-            srows.append(
-                f"<tr><td>{e(m)}</td><td>0</td><td class=na colspan={len(rewards) + 2}>unavailable: "
-                f"{e(s['unavailable'])}</td></tr>"
-            )
-        else:
-            cells = "".join(f"<td>{s['rewards'][k][0]:.3f} ± {s['rewards'][k][1]:.3f}</td>" for k in rewards)
-            srows.append(
-                f"<tr><td title='{e(spec[m])}'>{e(m)}</td><td>{s['n']}</td>{cells}<td>{s['nfe']:.0f}</td>"
-                f"<td>{s['seconds']:.2f}</td></tr>"
-            )
     shead = "".join(f"<th>{e(k)}</th>" for k in rewards)
-    body = []
-    for n, (i, s) in enumerate(grid):
-        cells = []
-        for m in methods:
-            r = by_key.get((i, s, m))
-            if m in summary and "unavailable" in summary[m]:
-                cells.append(f"<td data-method='{e(m)}' class=na>unavailable</td>")
-            elif r is None:
-                cells.append(f"<td data-method='{e(m)}' class=na>not made</td>")
-            else:
-                sc = "<br>".join(f"{e(k)}: {r['rewards'][k]:.3f}" for k in rewards)
-                cells.append(
-                    f"<td data-method='{e(m)}'><img src='{e(r['image'])}' alt='{e(r['key'])}' "
-                    f"title='{e(r['prompt'])} | seed {s} | {e(m)}'><div class=scores>{sc}<br>NFE {r['nfe']}"
-                    f"</div></td>"
-                )
-        means = "".join(f"<td class=mean data-reward='{e(k)}'></td>" for k in rewards)
-        body.append(
-            f"<tr data-row={n} data-key='p{i:03d}_s{s}'><td>{i}</td><td>{e(settings.prompts[i])}</td>"
-            f"<td>{s}</td>{means}{''.join(cells)}</tr>"
-        )
+    body = [_gallery_row(n, i, s, settings, by_key, summary) for n, (i, s) in enumerate(grid)]
     heads = "".join(
         f"<th class=sort data-reward='{e(k)}' title='sort by {e(k)}: mean over the shown methods'>{e(k)}</th>"
         for k in rewards
@@ -276,8 +243,50 @@ def render_html(
         f"<!doctype html><html><head><meta charset='utf-8'><title>flowalign gallery</title><style>{CSS}</style>"
         f"</head><body><h1>flowalign gallery</h1><p>{info}</p><h2>Summary (mean ± std)</h2><table id=summary>"
         f"<thead><tr><th>method</th><th>n</th>{shead}<th>NFE/image</th><th>s/image</th></tr></thead><tbody>"
-        f"{''.join(srows)}</tbody></table><div id=plots>{plots}</div><div id=filter>Methods: {boxes}</div>"
+        f"{''.join(_summary_rows(summary, rewards, spec))}</tbody></table><div id=plots>{plots}</div>"
+        f"<div id=filter>Methods: {boxes}</div>"
         f"<table id=gallery><thead><tr><th>#</th><th>prompt</th><th>seed</th>{heads}{mheads}</tr></thead>"
         f"<tbody>{''.join(body)}</tbody></table><script type='application/json' id='gallery-data'>{blob}</script>"
         f"<script>{JS}</script></body></html>\n"
+    )
+
+
+def _summary_rows(summary: dict, rewards: list[str], spec: dict[str, str]) -> list[str]:
+    e, out = html.escape, []
+    for m, s in summary.items():
+        if "unavailable" in s:
+            out.append(
+                f"<tr><td>{e(m)}</td><td>0</td><td class=na colspan={len(rewards) + 2}>unavailable: "
+                f"{e(s['unavailable'])}</td></tr>"
+            )
+        else:
+            cells = "".join(f"<td>{s['rewards'][k][0]:.3f} ± {s['rewards'][k][1]:.3f}</td>" for k in rewards)
+            out.append(
+                f"<tr><td title='{e(spec[m])}'>{e(m)}</td><td>{s['n']}</td>{cells}<td>{s['nfe']:.0f}</td>"
+                f"<td>{s['seconds']:.2f}</td></tr>"
+            )
+    return out
+
+
+def _gallery_row(n: int, i: int, s: int, settings: Any, by_key: dict, summary: dict) -> str:
+    """Row n of the gallery table: prompt i, seed s, the reward means (filled by the JS), one cell per method."""
+    e, rewards = html.escape, list(settings.rewards)
+    cells = []
+    for m in (m.label for m in settings.methods):
+        r = by_key.get((i, s, m))
+        if m in summary and "unavailable" in summary[m]:
+            cells.append(f"<td data-method='{e(m)}' class=na>unavailable</td>")
+        elif r is None:
+            cells.append(f"<td data-method='{e(m)}' class=na>not made</td>")
+        else:
+            sc = "<br>".join(f"{e(k)}: {r['rewards'][k]:.3f}" for k in rewards)
+            cells.append(
+                f"<td data-method='{e(m)}'><img src='{e(r['image'])}' alt='{e(r['key'])}' "
+                f"title='{e(r['prompt'])} | seed {s} | {e(m)}'><div class=scores>{sc}<br>NFE {r['nfe']}"
+                f"</div></td>"
+            )
+    means = "".join(f"<td class=mean data-reward='{e(k)}'></td>" for k in rewards)
+    return (
+        f"<tr data-row={n} data-key='p{i:03d}_s{s}'><td>{i}</td><td>{e(settings.prompts[i])}</td>"
+        f"<td>{s}</td>{means}{''.join(cells)}</tr>"
     )

@@ -25,10 +25,20 @@ def write_plots(out: Path, summary: dict, rows: list[dict], settings: Any) -> li
     import matplotlib.pyplot as plt
 
     (out / "plots").mkdir(exist_ok=True)
-    rewards, files = list(settings.rewards), []
     ok = [m for m, s in summary.items() if "unavailable" not in s and s["n"]]
     if not ok:
-        return files
+        return []
+    files = [_rewards(plt, out, summary, rows, ok, list(settings.rewards))]
+    files.append(_reward_vs_nfe(plt, out, summary, ok, list(settings.rewards)))
+    for m in settings.methods:
+        ck = settings.checkpoints.get(m.label)
+        tb = Path(ck.run_dir) / "tb" if ck is not None and ck.run_dir else None
+        if tb is not None and tb.is_dir():
+            files += _training_curves(plt, out, m, ck, tb)
+    return files
+
+
+def _rewards(plt: Any, out: Path, summary: dict, rows: list[dict], ok: list[str], rewards: list[str]) -> str:
     fig, axes = plt.subplots(1, len(rewards), figsize=(3.2 * len(rewards) + 1, 3.4), squeeze=False)
     for ax, k in zip(axes[0], rewards):
         means = [summary[m]["rewards"][k][0] for m in ok]
@@ -42,7 +52,10 @@ def write_plots(out: Path, summary: dict, rows: list[dict], settings: Any) -> li
     fig.tight_layout()
     fig.savefig(out / "plots" / "rewards.png", dpi=90)
     plt.close(fig)
-    files.append("plots/rewards.png")
+    return "plots/rewards.png"
+
+
+def _reward_vs_nfe(plt: Any, out: Path, summary: dict, ok: list[str], rewards: list[str]) -> str:
     fig, axes = plt.subplots(1, len(rewards), figsize=(3.2 * len(rewards) + 1, 3.2), squeeze=False)
     for ax, k in zip(axes[0], rewards):
         for m in ok:
@@ -59,35 +72,28 @@ def write_plots(out: Path, summary: dict, rows: list[dict], settings: Any) -> li
     fig.tight_layout()
     fig.savefig(out / "plots" / "reward_vs_nfe.png", dpi=90)
     plt.close(fig)
-    files.append("plots/reward_vs_nfe.png")
-    for m in settings.methods:
-        ck = settings.checkpoints.get(m.label)
-        tb = Path(ck.run_dir) / "tb" if ck is not None and ck.run_dir else None
-        if tb is None or not tb.is_dir():
-            continue
-        scalars = {
-            t: v
-            for t, v in read_scalars(tb).items()
-            if t.startswith("eval/") or t in ("reward/total_mean", "train/loss")
-        }
-        if not scalars:
-            continue
-        cols = min(3, len(scalars))
-        rows_n = -(-len(scalars) // cols)
-        fig, axes = plt.subplots(rows_n, cols, figsize=(3.0 * cols + 0.5, 2.6 * rows_n + 0.4), squeeze=False)
-        for ax in axes.flat[len(scalars) :]:
-            ax.axis("off")
-        for ax, (tag, points) in zip(axes.flat, sorted(scalars.items())):
-            ax.plot([p[0] for p in points], [p[1] for p in points], "o-", ms=3)
-            ax.set_title(tag, fontsize=9)
-            ax.set_xlabel("iteration")
-        fig.suptitle(f"training curves of {m.label} ({Path(ck.run_dir).name})")
-        fig.tight_layout()
-        name = f"plots/training_{m.slug}.png"
-        fig.savefig(out / name, dpi=90)
-        plt.close(fig)
-        files.append(name)
-    return files
+    return "plots/reward_vs_nfe.png"
 
 
-# --- HTML ---------------------------------------------------------------------------------------------
+def _training_curves(plt: Any, out: Path, m: Any, ck: Any, tb: Path) -> list[str]:
+    """plots/training_<method>.png from the run's eval/*, reward/total_mean and train/loss scalars."""
+    scalars = {
+        t: v for t, v in read_scalars(tb).items() if t.startswith("eval/") or t in ("reward/total_mean", "train/loss")
+    }
+    if not scalars:
+        return []
+    cols = min(3, len(scalars))
+    rows_n = -(-len(scalars) // cols)
+    fig, axes = plt.subplots(rows_n, cols, figsize=(3.0 * cols + 0.5, 2.6 * rows_n + 0.4), squeeze=False)
+    for ax in axes.flat[len(scalars) :]:
+        ax.axis("off")
+    for ax, (tag, points) in zip(axes.flat, sorted(scalars.items())):
+        ax.plot([p[0] for p in points], [p[1] for p in points], "o-", ms=3)
+        ax.set_title(tag, fontsize=9)
+        ax.set_xlabel("iteration")
+    fig.suptitle(f"training curves of {m.label} ({Path(ck.run_dir).name})")
+    fig.tight_layout()
+    name = f"plots/training_{m.slug}.png"
+    fig.savefig(out / name, dpi=90)
+    plt.close(fig)
+    return [name]

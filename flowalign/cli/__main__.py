@@ -1,0 +1,7 @@
+"""``python -m flowalign.cli ARGS`` == ``flowalign ARGS``."""
+
+import sys
+
+from . import main
+
+sys.exit(main())
