@@ -26,11 +26,12 @@ path is the trajectory the trainer stores (its final image is the usual sample).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from ..ranges import ranged
 from ..sampling.rollout import rollout
 from ..sampling.sde import get_step, ode, step_name
 from ..types import Advantages, Cond, Rollout, StepOut
@@ -209,7 +210,7 @@ g2rpo.needs = ("granular",)
 
 @dataclass
 class G2RPOOptions:
-    strides: list[int] = field(default_factory=lambda: list(PAPER_STRIDES))  # completion granularities (code {1,2})
+    strides: list[int] = ranged(list(PAPER_STRIDES), "[1, inf)")  # completion granularities (code {1,2})
     completion: str = "paper"  # strided grid 'paper' | 'reference' (released code)
 
     def kwargs(self) -> dict:

@@ -36,6 +36,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..ranges import ranged
 from ..sampling.rollout import StepContext, as_noise_levels, rollout
 from ..sampling.sde import get_step, ode
 from ..train.losses import clipped_policy_loss
@@ -322,10 +323,12 @@ euphonium.needs = ("process",)
 class EuphoniumOptions:
     process_reward: str = ""  # differentiable reward in rewards.REWARDS scored on x0_pred; '' = the training reward
     process_options: dict[str, Any] = field(default_factory=dict)  # kwargs of its factory (e.g. {"output": "soft"})
-    reward_grad_scale: float = 0.0  # kappa: reward-gradient scale of the guided SDE (0 = unguided)
-    reward_grad_steps: list[int] = field(default_factory=list)  # steps that get the gradient ([] = every SDE step)
-    c_outcome: float = 1.0  # weight of the outcome (final-reward) advantage
-    c_process: float = 1.0  # weight of the per-step process advantage
+    reward_grad_scale: float = ranged(0.0, "[0, inf)")  # kappa: reward-gradient scale of the guided SDE (0 = unguided)
+    reward_grad_steps: list[int] = ranged(
+        field(default_factory=list), "[0, inf)"
+    )  # steps that get the gradient ([] = every SDE step)
+    c_outcome: float = ranged(1.0, "free")  # weight of the outcome (final-reward) advantage
+    c_process: float = ranged(1.0, "free")  # weight of the per-step process advantage
 
     def kwargs(self) -> dict:
         return {"c_outcome": self.c_outcome, "c_process": self.c_process}

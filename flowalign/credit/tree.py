@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from ..ranges import ranged
 from ..types import Advantages, Rollout, TreeRollout
 from .group import normalize
 
@@ -302,17 +303,19 @@ def tree_to_batch(tree: TreeRollout, tadv: TreeAdvantages, dedupe: bool = True) 
 
 @dataclass
 class TreeGRPOOptions:
-    splits: list[int] = field(
-        default_factory=lambda: [0, 1, 2]
-    )  # split steps, increasing (offsets from the window start)
-    branch: list[int] = field(default_factory=lambda: [2])  # children per split (one, or one per split)
-    depth_noise: float = 0.0  # noise level x (1 + this x depth / #splits) (Dynamic-TreeRPO's depth-dependent noise)
-    branch_corr: float | None = None  # BranchGRPO paper's sibling-noise correlation s; None = independent draws
-    temperature: float = 1.0  # softmax temperature beta (BranchGRPO path/edge fusion; TreeGRPO bottom-up weights)
-    prune_depths: list[int] = field(default_factory=list)  # child depths (= step index + 1) whose edges are not trained
-    prune_slide_every: int = 0  # move prune_depths one step shallower every this many iterations (0 = fixed)
+    splits: list[int] = ranged([0, 1, 2], "[0, inf)")  # split steps, increasing (offsets from the window start)
+    branch: list[int] = ranged([2], "[1, inf)")  # children per split (one, or one per split)
+    # noise level x (1 + this x depth / #splits) (Dynamic-TreeRPO's depth-dependent noise)
+    depth_noise: float = ranged(0.0, "[0, inf)")
+    # BranchGRPO paper's sibling-noise correlation s; None = independent draws
+    branch_corr: float | None = ranged(None, "[0, inf)")
+    # softmax temperature beta (BranchGRPO path/edge fusion; TreeGRPO bottom-up weights)
+    temperature: float = ranged(1.0, "free")
+    prune_depths: list[int] = ranged([], "[1, inf)")  # child depths (= step index + 1) whose edges are not trained
+    # move prune_depths one step shallower every this many iterations (0 = fixed)
+    prune_slide_every: int = ranged(0, "[0, inf)")
     width_pruning: str = ""  # '' (off) | 'parent_top' | 'extreme' (BranchGRPO width pruning of the last layer)
-    width_ratio: float = 0.5  # fraction of last-layer edges width pruning keeps
+    width_ratio: float = ranged(0.5, "(0, 1]")  # fraction of last-layer edges width pruning keeps
 
     def kwargs(self) -> dict:
         prune = {"prune_depths": tuple(self.prune_depths), "width_pruning": self.width_pruning or None}
@@ -321,7 +324,7 @@ class TreeGRPOOptions:
 
 @dataclass
 class BranchGRPOOptions(TreeGRPOOptions):
-    splits: list[int] = field(default_factory=lambda: [0, 2, 4])
+    splits: list[int] = ranged([0, 2, 4], "[0, inf)")
     fusion: str = "mean"  # internal-node reward fusion 'mean' (code) | 'path_softmax' (paper) | 'edge_softmax'
 
     def kwargs(self) -> dict:

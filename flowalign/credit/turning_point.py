@@ -42,6 +42,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..ranges import ranged
 from ..types import Advantages
 from .dense import as_step_mask, check_ladder, per_step_advantages
 
@@ -213,8 +214,8 @@ tp_grpo.needs = ("ladder", "balance_ids")
 class TurningPointOptions:
     constraint: bool = True  # consistency constraint (Def. 5.1, the released runs) or Def. 4.1
     balance: bool = True  # balance +/- turning points within each sampling batch (App. D)
-    ladder_steps: int = 0  # ODE steps of each ladder completion (0 = all remaining)
-    ladder_stride: int = 0  # complete on every stride-th grid point instead (0 = off)
+    ladder_steps: int = ranged(0, "[0, inf)")  # ODE steps of each ladder completion (0 = all remaining)
+    ladder_stride: int = ranged(0, "[0, inf)")  # complete on every stride-th grid point instead (0 = off)
 
     def kwargs(self) -> dict:
         return {"constraint": self.constraint, "balance": self.balance}

@@ -19,48 +19,49 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from ..ranges import ranged
 from .schedule import progressive_window, random_window, window_mask
 
 
 @dataclass
 class AllOptions:
-    fraction: float = 0.99  # train the first int(T * fraction) steps (0.99 of 10 = all but the last)
+    fraction: float = ranged(0.99, "(0, 1]")  # train the first int(T * fraction) steps (0.99 of 10 = all but the last)
 
 
 @dataclass
 class FixedOptions:
-    size: int = 2  # consecutive SDE (trained) steps; the rest are ODE
-    start: int = 0  # first SDE step
+    size: int = ranged(2, "[1, inf)")  # consecutive SDE (trained) steps; the rest are ODE
+    start: int = ranged(0, "[0, inf)")  # first SDE step
 
 
 @dataclass
 class RandomOptions:
-    size: int = 2  # consecutive SDE (trained) steps
-    range: list[int] = field(default_factory=lambda: [0])  # [lo] or [lo, hi]: start drawn in [lo, hi - size]; hi = T
+    size: int = ranged(2, "[1, inf)")  # consecutive SDE (trained) steps
+    range: list[int] = ranged([0], "[0, inf)")  # [lo] or [lo, hi]: start drawn in [lo, hi - size]; hi = T
 
 
 @dataclass
 class ProgressiveOptions:
-    size: int = 2  # consecutive SDE (trained) steps
-    every: int = 25  # iterations before the window moves
-    stride: int = 1  # steps the window moves each time (MixGRPO s)
+    size: int = ranged(2, "[1, inf)")  # consecutive SDE (trained) steps
+    every: int = ranged(25, "[1, inf)")  # iterations before the window moves
+    stride: int = ranged(1, "[1, inf)")  # steps the window moves each time (MixGRPO s)
 
 
 @dataclass
 class GeometricOptions:
-    size: int = 2  # consecutive SDE (trained) steps
-    r: float = 0.5  # P(start = i) ~ r^i (TreeGRPO r = 0.5)
+    size: int = ranged(2, "[1, inf)")  # consecutive SDE (trained) steps
+    r: float = ranged(0.5, "(0, 1)")  # P(start = i) ~ r^i (TreeGRPO r = 0.5)
 
 
 @dataclass
 class TableOptions:
-    steps: list[int] = field(default_factory=lambda: [0, 1])  # the trained step indices
+    steps: list[int] = ranged([0, 1], "[0, inf)")  # the trained step indices
 
 
 def geometric_window_probs(num_steps: int, size: int, r: float = 0.5) -> Tensor:

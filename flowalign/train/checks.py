@@ -4,6 +4,7 @@ and the fix, before anything is loaded or any run directory is created."""
 from __future__ import annotations
 
 from ..credit import check_credit
+from ..ranges import check_ranges
 from ..sampling.windows import window_kind
 from .batching import derived
 from .objectives import objective_kind
@@ -11,9 +12,16 @@ from .objectives import objective_kind
 DTYPES = ("fp32", "bf16", "fp16")
 
 
-def check_variants(cfg) -> None:
-    """The SDE window, the credit scheme and the objective, each by its own registry entry's check."""
+def check_variants(cfg, custom_credit: bool = False) -> None:
+    """Declared ranges, then the SDE window, the credit scheme and the objective, each by its own
+    registry entry's check, and the relations between sections."""
+    check_ranges(cfg)
     s, t = cfg.sample, cfg.sample.num_steps
+    if s.group_size < 2 and not custom_credit:  # every built-in scheme is group-relative: a group of one has no baseline
+        raise ValueError(
+            f"sample.group_size={s.group_size}: credit {cfg.credit.kind!r} compares the images of a prompt's "
+            f"group with each other, so a group needs >= 2 images (Flow-GRPO uses 24); set sample.group_size >= 2."
+        )
     window_kind(s.window.kind).check(s.window.options, t)
     scheme = check_credit(cfg.credit.kind)
     if s.noise_levels and (len(s.noise_levels) != t or min(s.noise_levels) < 0):

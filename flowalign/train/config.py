@@ -24,6 +24,7 @@ from typing import Any
 
 from .. import overrides
 from ..credit import GRPOOptions, check_credit
+from ..ranges import ranged
 from ..sampling.windows import AllOptions, window_kind
 from .objectives import FlowGRPOOptions, objective_kind
 
@@ -37,12 +38,14 @@ class ModelConfig:
     path: str = "testbed"  # 'testbed', a name in models.MODELS, a saved pipeline dir, or a hub id
     family: str | None = None  # 'sd3' | 'flux'; None = read model_index.json / the name
     dtype: str = "fp32"  # weights of the frozen parts: fp32 | bf16 | fp16 (trainable params stay fp32)
-    resolution: int = 32  # image height = width, px (multiple of VAE factor x patch size)
-    max_sequence_length: int = 256  # T5 tokens (SD3 pipeline default 256; flow_grpo uses 128; Flux 512)
+    resolution: int = ranged(32, "[1, inf)")  # image height = width, px (multiple of VAE factor x patch size)
+    max_sequence_length: int = ranged(
+        256, "[1, inf)"
+    )  # T5 tokens (SD3 pipeline default 256; flow_grpo uses 128; Flux 512)
     negative_prompt: str = ""  # CFG negative prompt (flow_grpo: "")
     lora: bool = True  # True: train peft LoRA adapters on the transformer; False: full fine-tuning
-    lora_rank: int = 32  # LoRA r (Flow-GRPO SD3: 32; Flux: 64)
-    lora_alpha: int = 64  # LoRA alpha; the update is scaled by alpha / r (SD3: 64; Flux: 128)
+    lora_rank: int = ranged(32, "[1, inf)")  # LoRA r (Flow-GRPO SD3: 32; Flux: 64)
+    lora_alpha: int = ranged(64, "(0, inf)")  # LoRA alpha; the update is scaled by alpha / r (SD3: 64; Flux: 128)
     lora_init: str = "gaussian"  # peft init_lora_weights ('gaussian' as flow_grpo; B = 0: training starts at the base)
     lora_targets: list[str] = field(default_factory=lambda: list(SD3_LORA_TARGETS))  # module-name suffixes
     gradient_checkpointing: bool = False  # recompute transformer activations in backward (less memory, ~30% slower)
@@ -66,14 +69,20 @@ class WindowConfig:
 
 @dataclass
 class SampleConfig:
-    num_steps: int = 10  # SDE steps per training rollout (paper: 10 for training, 40 for eval)
-    guidance_scale: float = 4.5  # classifier-free guidance for sampling AND the training forward (on-policy); 1 = off
-    noise_level: float = 0.7  # a in g = a sqrt(sigma / (1 - sigma)) (flow_sde), or CPS's a
-    noise_levels: list[float] = field(default_factory=list)  # per-step table psi(t) [T] (DenseGRPO); [] = noise_level
+    num_steps: int = ranged(10, "[1, inf)")  # SDE steps per training rollout (paper: 10 for training, 40 for eval)
+    guidance_scale: float = ranged(
+        4.5, "[0, inf)"
+    )  # classifier-free guidance for sampling AND the training forward (on-policy); 1 = off
+    noise_level: float = ranged(0.7, "[0, inf)")  # a in g = a sqrt(sigma / (1 - sigma)) (flow_sde), or CPS's a
+    noise_levels: list[float] = ranged(
+        field(default_factory=list), "[0, inf)"
+    )  # per-step table psi(t) [T] (DenseGRPO); [] = noise_level
     step: str = "flow_sde"  # step kind in sampling.sde.STEPS: flow_sde | cps | dance_sde | cps_flowgrpo
-    group_size: int = 24  # K images per prompt (paper: 24; 6 and 12 were unstable); trees: leaves per tree
-    groups_per_iteration: int = 48  # distinct prompts per iteration (paper: 48)
-    batch_size: int = 9  # images per device per sampling batch = training micro-batch (memory knob)
+    group_size: int = ranged(
+        24, "[1, inf)"
+    )  # K images per prompt (paper: 24; 6 and 12 were unstable); trees: leaves per tree
+    groups_per_iteration: int = ranged(48, "[1, inf)")  # distinct prompts per iteration (paper: 48)
+    batch_size: int = ranged(9, "[1, inf)")  # images per device per sampling batch = training micro-batch (memory knob)
     window: WindowConfig = field(default_factory=WindowConfig)  # the stochastic (trained) steps of an iteration
     same_noise: bool = False  # one initial noise per group (flow_grpo same_latent): rewards differ by SDE noise only
     share_prefix: bool = False  # run the ODE steps before the first SDE step once per distinct initial noise
@@ -81,7 +90,7 @@ class SampleConfig:
 
 @dataclass
 class RewardConfig:
-    weights: dict[str, float] = field(default_factory=lambda: {"compositional": 1.0})  # REWARDS name or 'module:fn'
+    weights: dict[str, float] = ranged({"compositional": 1.0}, "free")  # REWARDS name or 'module:fn'
     options: dict[str, dict] = field(default_factory=dict)  # reward name -> kwargs for its factory
 
 
@@ -89,7 +98,7 @@ class RewardConfig:
 class CreditConfig:
     kind: str = "grpo"  # credit.CREDIT: grpo | dense | turning_point | g2rpo | euphonium | branchgrpo | treegrpo
     scale: str = "batch"  # advantage divisor: 'group' std | 'batch' std (flow_grpo global_std) | 'none'
-    eps: float = 1e-4  # added to the std (flow_grpo: 1e-4)
+    eps: float = ranged(1e-4, "[0, inf)")  # added to the std (flow_grpo: 1e-4)
     unbiased: bool = False  # ddof=1 std (FastVideo repos) instead of the population std (flow_grpo)
     filter_zero_std: bool = True  # mask out groups whose rewards are all equal (DAPO-style; they carry no signal)
     options: Any = field(default_factory=GRPOOptions)  # the kind's options (credit/<scheme>.py)
@@ -111,48 +120,54 @@ class ObjectiveConfig:
 
 @dataclass
 class OptimConfig:
-    lr: float = 3e-4  # AdamW learning rate (constant) (paper: 3e-4)
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # AdamW betas
-    weight_decay: float = 1e-4  # AdamW weight decay
-    eps: float = 1e-8  # AdamW epsilon
-    max_grad_norm: float = 1.0  # clip the global grad norm before each step (0 = no clipping)
-    steps_per_iteration: int = 2  # optimizer steps per iteration (flow_grpo: grad-acc = batches / 2 -> 2)
+    lr: float = ranged(3e-4, "(0, inf)")  # AdamW learning rate (constant) (paper: 3e-4)
+    betas: list[float] = ranged([0.9, 0.999], "[0, 1)")  # AdamW betas
+    weight_decay: float = ranged(1e-4, "[0, inf)")  # AdamW weight decay
+    eps: float = ranged(1e-8, "(0, inf)")  # AdamW epsilon
+    max_grad_norm: float = ranged(1.0, "(0, inf]")  # clip the global grad norm before each step (inf = no clipping)
+    steps_per_iteration: int = ranged(
+        2, "[1, inf)"
+    )  # optimizer steps per iteration (flow_grpo: grad-acc = batches / 2 -> 2)
 
 
 @dataclass
 class TrainConfig:
-    iterations: int = 1000  # outer iterations (sample -> score -> credit -> update)
-    inner_epochs: int = 1  # passes over each iteration's samples (flow_grpo: 1)
-    seed: int = 0  # seeds the prompts, initial noise, windows, shuffles and LoRA init
+    iterations: int = ranged(1000, "[1, inf)")  # outer iterations (sample -> score -> credit -> update)
+    inner_epochs: int = ranged(1, "[1, inf)")  # passes over each iteration's samples (flow_grpo: 1)
+    seed: int = ranged(0, "free")  # seeds the prompts, initial noise, windows, shuffles and LoRA init
     mixed_precision: str = "no"  # accelerate autocast for the transformer: no | fp16 | bf16 (step math stays fp32)
     ema: bool = True  # keep an EMA of the trainable params, used for eval and the exported LoRA
-    ema_decay: float = 0.9  # max EMA decay; decay = min(this, (1 + n) / (10 + n)) (flow_grpo)
-    ema_every: int = 8  # update the EMA every this many optimizer steps (flow_grpo: 8)
-    save_every: int = 20  # full checkpoint every this many iterations (and at the end)
-    keep_last: int = 3  # complete checkpoints kept (older ones are deleted)
+    ema_decay: float = ranged(0.9, "[0, 1]")  # max EMA decay; decay = min(this, (1 + n) / (10 + n)) (flow_grpo)
+    ema_every: int = ranged(8, "[1, inf)")  # update the EMA every this many optimizer steps (flow_grpo: 8)
+    save_every: int = ranged(20, "[0, inf)")  # full checkpoint every this many iterations (and at the end)
+    keep_last: int = ranged(3, "[1, inf)")  # complete checkpoints kept (older ones are deleted)
     output_dir: str | None = None  # run directory; None = <runs_dir>/<preset>-<timestamp>
     runs_dir: str = "runs"  # parent of automatic run directories
-    max_minutes: float = 0.0  # stop (and checkpoint) after this much wall time; 0 = no limit
-    max_nfe: int = 0  # stop (and checkpoint) once the sampler NFEs (all ranks) reach this; 0 = no limit
+    max_minutes: float = ranged(0.0, "[0, inf)")  # stop (and checkpoint) after this much wall time; 0 = no limit
+    max_nfe: int = ranged(
+        0, "[0, inf)"
+    )  # stop (and checkpoint) once the sampler NFEs (all ranks) reach this; 0 = no limit
     cpu: bool = False  # force CPU even when a GPU is present
 
 
 @dataclass
 class EvalConfig:
-    every: int = 20  # evaluate every this many iterations (and before the first and after the last); 0 = never
-    every_nfe: int = 0  # also evaluate each time this many more sampler NFEs are spent; 0 = off
-    num_prompts: int = 64  # held-out prompts per eval (prefix of the eval set)
-    num_steps: int = 40  # ODE steps at eval (paper: 40)
-    guidance_scale: float = 4.5  # classifier-free guidance at eval
-    batch_size: int = 16  # images per device per eval batch
-    seed: int = 1234  # fixed per-prompt noise, so evals are comparable across iterations
-    grid_images: int = 16  # images in the logged grid (PNG + tensorboard)
+    every: int = ranged(
+        20, "[0, inf)"
+    )  # evaluate every this many iterations (and before the first and after the last); 0 = never
+    every_nfe: int = ranged(0, "[0, inf)")  # also evaluate each time this many more sampler NFEs are spent; 0 = off
+    num_prompts: int = ranged(64, "[1, inf)")  # held-out prompts per eval (prefix of the eval set)
+    num_steps: int = ranged(40, "[1, inf)")  # ODE steps at eval (paper: 40)
+    guidance_scale: float = ranged(4.5, "[0, inf)")  # classifier-free guidance at eval
+    batch_size: int = ranged(16, "[1, inf)")  # images per device per eval batch
+    seed: int = ranged(1234, "free")  # fixed per-prompt noise, so evals are comparable across iterations
+    grid_images: int = ranged(16, "[0, inf)")  # images in the logged grid (PNG + tensorboard)
     metrics: dict[str, dict] = field(default_factory=dict)  # eval-only scores: name -> {"reward": REWARDS name, ...}
 
 
 @dataclass
 class LogConfig:
-    every: int = 1  # write scalars every this many iterations
+    every: int = ranged(1, "[1, inf)")  # write scalars every this many iterations
     wandb: bool = False  # also log to Weights & Biases (only if installed)
     wandb_project: str = "flowalign"  # wandb project name
     progress: bool = True  # tqdm progress bars for sampling and training

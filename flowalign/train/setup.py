@@ -86,7 +86,7 @@ def start_log(run: Run) -> None:
 def setup(cfg, model, reward_fn: Callable, prompts, *, run_dir, credit_fn, resume, accelerator, hooks) -> Run:
     """Everything the phases share; the order of these steps is part of a run's reproducibility."""
     acc = make_accelerator(cfg) if accelerator is None else accelerator
-    check_variants(cfg)
+    check_variants(cfg, custom_credit=credit_fn is not None)
     d = derived(cfg, acc.num_processes)
     acc.gradient_accumulation_steps = d.backward_per_step
     credit_fn, needs = make_credit(cfg, credit_fn)

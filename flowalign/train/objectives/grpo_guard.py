@@ -46,6 +46,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ...ranges import ranged
 from ...sampling.rollout import log_prob_at
 from ...types import LossOut
 from ..losses import clipped_policy_loss, gaussian_kl, total_loss
@@ -55,10 +56,12 @@ from .flow_grpo import recompute
 
 @dataclass
 class GRPOGuardOptions:
-    clip_range: float = 1e-4  # PPO epsilon on the ratio (flow_grpo 1e-4; GRPO-Guard's RatioNorm runs 2e-6)
-    clip_range_high: float | None = None  # upper epsilon if asymmetric (None = clip_range)
-    adv_clip: float = 5.0  # advantages clamped to +-adv_clip (flow_grpo adv_clip_max)
-    beta: float = 0.04  # KL weight to the reference (adapter off) (GRPO-Guard runs use 0)
+    clip_range: float = ranged(
+        1e-4, "(0, inf)"
+    )  # PPO epsilon on the ratio (flow_grpo 1e-4; GRPO-Guard's RatioNorm runs 2e-6)
+    clip_range_high: float | None = ranged(None, "(0, inf)")  # upper epsilon if asymmetric (None = clip_range)
+    adv_clip: float = ranged(5.0, "(0, inf)")  # advantages clamped to +-adv_clip (flow_grpo adv_clip_max)
+    beta: float = ranged(0.04, "[0, inf)")  # KL weight to the reference (adapter off) (GRPO-Guard runs use 0)
     kl_mode: str = "flow_grpo"  # 'flow_grpo' (x|dt|, keeps the published betas) | 'exact' (closed-form per-step KL)
     ratio_norm: bool = True  # RatioNorm: log rho = s (l - l_old + mean(d^2) / (2 s^2)) = mean(d z), centred per step
     reweight: bool = True  # divide step j's policy loss by Delta_j = sigma_j - sigma_{j+1} (step-uniform gradient)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ...ranges import ranged
 from ...types import LossOut
 from ..data import generators
 from ..losses import nft_loss
@@ -29,10 +30,10 @@ NFT_NOISE_INDEX = -(10**7)  # generator indices below this one are NFT's forward
 
 @dataclass
 class NFTOptions:
-    nft_beta: float = 1.0  # b of the implicit policies v+- (paper: 1.0; 0.1 for OCR)
+    nft_beta: float = ranged(1.0, "(0, inf)")  # b of the implicit policies v+- (paper: 1.0; 0.1 for OCR)
     nft_cfg: bool = True  # train the guided velocity (the policy that samples) | false: the conditional one (paper)
-    adv_clip: float = 5.0  # advantages clamped to +-adv_clip, then mapped to r in [0, 1]
-    beta: float = 0.04  # weight of |v - v_ref|^2 to the reference (adapter off)
+    adv_clip: float = ranged(5.0, "(0, inf)")  # advantages clamped to +-adv_clip, then mapped to r in [0, 1]
+    beta: float = ranged(0.04, "[0, inf)")  # weight of |v - v_ref|^2 to the reference (adapter off)
 
 
 def check_nft(o: NFTOptions, cfg) -> None:
