@@ -148,7 +148,7 @@ def test_startup_errors(tmp_path):
         validate(apply_overrides(tiny_cfg(tmp_path), ["sample.groups_per_iteration=4"]), world_size=3)
     with pytest.raises(ValueError, match=r"objective.kind='grpo' is unknown; choose one of \['flow_grpo', 'nft'"):
         validate(apply_overrides(tiny_cfg(tmp_path), ["loss.objective=grpo"]))
-    with pytest.raises(ValueError, match=r"objective.options.nft_beta=0.0 must be > 0"):
+    with pytest.raises(ValueError, match=r"objective.options.nft_beta=0.0 is out of range: it must be > 0"):
         validate(apply_overrides(tiny_cfg(tmp_path), ["loss.objective=nft", "loss.nft_beta=0"]))
     (tmp_path / "empty.txt").write_text("\n")
     from flowalign.train.build import build_prompts

@@ -293,7 +293,7 @@ def test_bad_credit_config_is_one_clear_error(tmp_path, monkeypatch):
         validate(cfg(*tree, "sample.tree_splits=[0,5]"))
     with pytest.raises(ValueError, match=r"split_steps=\[1, 0\] must be strictly increasing"):
         validate(cfg(*tree, "sample.tree_splits=[1,0]"))
-    with pytest.raises(ValueError, match=r"branch_factor=\[0, 0\] must be ints >= 1"):
+    with pytest.raises(ValueError, match=r"credit.options.branch=\[0\] \(entry 0\) is out of range: it must be >= 1"):
         validate(cfg("credit.name=branchgrpo", "sample.tree_splits=[0,1]", "sample.tree_branch=[0]"))
     # tree rollouts are the tree schemes' own options: a flat scheme has none to set
     with pytest.raises(ValueError, match=r"unknown config key 'credit.options.splits'"):

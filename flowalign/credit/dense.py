@@ -242,14 +242,12 @@ def ladder_gain_measure(
 @dataclass
 class DenseOptions:
     reward: str = "gain"  # 'gain' d_j = R_{j+1} - R_j (DenseGRPO) | 'level' R_{j+1} (its dense baseline)
-    ladder_steps: int = ranged(
-        0, "[0, inf)"
-    )  # ODE steps of each ladder completion (0 = all remaining: DenseGRPO's n = t)
+    # ODE steps of each ladder completion (0 = all remaining: DenseGRPO's n = t)
+    ladder_steps: int = ranged(0, "[0, inf)")
     ladder_stride: int = ranged(0, "[0, inf)")  # complete on every stride-th grid point instead (0 = off)
     calibrate_iterations: int = ranged(0, "[0, inf)")  # Alg. 1: rounds of psi(t) calibration before training (0 = off)
-    calibrate_samples: int = ranged(
-        16, "[1, inf)"
-    )  # trajectories per calibration round (prompts drawn from the training set)
+    # trajectories per calibration round (prompts drawn from the training set)
+    calibrate_samples: int = ranged(16, "[1, inf)")
     calibrate_eps1: float = ranged(2.0, "[0, inf)")  # |#pos - #neg| below this raises psi_j (paper: 2)
     calibrate_eps2: float = ranged(0.01, "[0, inf)")  # psi step per round (paper: 0.01)
 

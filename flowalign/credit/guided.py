@@ -324,9 +324,8 @@ class EuphoniumOptions:
     process_reward: str = ""  # differentiable reward in rewards.REWARDS scored on x0_pred; '' = the training reward
     process_options: dict[str, Any] = field(default_factory=dict)  # kwargs of its factory (e.g. {"output": "soft"})
     reward_grad_scale: float = ranged(0.0, "[0, inf)")  # kappa: reward-gradient scale of the guided SDE (0 = unguided)
-    reward_grad_steps: list[int] = ranged(
-        field(default_factory=list), "[0, inf)"
-    )  # steps that get the gradient ([] = every SDE step)
+    # steps that get the gradient ([] = every SDE step)
+    reward_grad_steps: list[int] = ranged([], "[0, inf)")
     c_outcome: float = ranged(1.0, "free")  # weight of the outcome (final-reward) advantage
     c_process: float = ranged(1.0, "free")  # weight of the per-step process advantage
 

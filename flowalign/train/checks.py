@@ -17,7 +17,9 @@ def check_variants(cfg, custom_credit: bool = False) -> None:
     registry entry's check, and the relations between sections."""
     check_ranges(cfg)
     s, t = cfg.sample, cfg.sample.num_steps
-    if s.group_size < 2 and not custom_credit:  # every built-in scheme is group-relative: a group of one has no baseline
+    if (
+        s.group_size < 2 and not custom_credit
+    ):  # every built-in scheme is group-relative: a group of one has no baseline
         raise ValueError(
             f"sample.group_size={s.group_size}: credit {cfg.credit.kind!r} compares the images of a prompt's "
             f"group with each other, so a group needs >= 2 images (Flow-GRPO uses 24); set sample.group_size >= 2."

@@ -39,9 +39,8 @@ class ModelConfig:
     family: str | None = None  # 'sd3' | 'flux'; None = read model_index.json / the name
     dtype: str = "fp32"  # weights of the frozen parts: fp32 | bf16 | fp16 (trainable params stay fp32)
     resolution: int = ranged(32, "[1, inf)")  # image height = width, px (multiple of VAE factor x patch size)
-    max_sequence_length: int = ranged(
-        256, "[1, inf)"
-    )  # T5 tokens (SD3 pipeline default 256; flow_grpo uses 128; Flux 512)
+    # T5 tokens (SD3 pipeline default 256; flow_grpo uses 128; Flux 512)
+    max_sequence_length: int = ranged(256, "[1, inf)")
     negative_prompt: str = ""  # CFG negative prompt (flow_grpo: "")
     lora: bool = True  # True: train peft LoRA adapters on the transformer; False: full fine-tuning
     lora_rank: int = ranged(32, "[1, inf)")  # LoRA r (Flow-GRPO SD3: 32; Flux: 64)
@@ -70,17 +69,14 @@ class WindowConfig:
 @dataclass
 class SampleConfig:
     num_steps: int = ranged(10, "[1, inf)")  # SDE steps per training rollout (paper: 10 for training, 40 for eval)
-    guidance_scale: float = ranged(
-        4.5, "[0, inf)"
-    )  # classifier-free guidance for sampling AND the training forward (on-policy); 1 = off
+    # classifier-free guidance for sampling AND the training forward (on-policy); 1 = off
+    guidance_scale: float = ranged(4.5, "[0, inf)")
     noise_level: float = ranged(0.7, "[0, inf)")  # a in g = a sqrt(sigma / (1 - sigma)) (flow_sde), or CPS's a
-    noise_levels: list[float] = ranged(
-        field(default_factory=list), "[0, inf)"
-    )  # per-step table psi(t) [T] (DenseGRPO); [] = noise_level
+    # per-step table psi(t) [T] (DenseGRPO); [] = noise_level
+    noise_levels: list[float] = ranged([], "[0, inf)")
     step: str = "flow_sde"  # step kind in sampling.sde.STEPS: flow_sde | cps | dance_sde | cps_flowgrpo
-    group_size: int = ranged(
-        24, "[1, inf)"
-    )  # K images per prompt (paper: 24; 6 and 12 were unstable); trees: leaves per tree
+    # K images per prompt (paper: 24; 6 and 12 were unstable); trees: leaves per tree
+    group_size: int = ranged(24, "[1, inf)")
     groups_per_iteration: int = ranged(48, "[1, inf)")  # distinct prompts per iteration (paper: 48)
     batch_size: int = ranged(9, "[1, inf)")  # images per device per sampling batch = training micro-batch (memory knob)
     window: WindowConfig = field(default_factory=WindowConfig)  # the stochastic (trained) steps of an iteration
@@ -125,9 +121,8 @@ class OptimConfig:
     weight_decay: float = ranged(1e-4, "[0, inf)")  # AdamW weight decay
     eps: float = ranged(1e-8, "(0, inf)")  # AdamW epsilon
     max_grad_norm: float = ranged(1.0, "(0, inf]")  # clip the global grad norm before each step (inf = no clipping)
-    steps_per_iteration: int = ranged(
-        2, "[1, inf)"
-    )  # optimizer steps per iteration (flow_grpo: grad-acc = batches / 2 -> 2)
+    # optimizer steps per iteration (flow_grpo: grad-acc = batches / 2 -> 2)
+    steps_per_iteration: int = ranged(2, "[1, inf)")
 
 
 @dataclass
@@ -144,17 +139,15 @@ class TrainConfig:
     output_dir: str | None = None  # run directory; None = <runs_dir>/<preset>-<timestamp>
     runs_dir: str = "runs"  # parent of automatic run directories
     max_minutes: float = ranged(0.0, "[0, inf)")  # stop (and checkpoint) after this much wall time; 0 = no limit
-    max_nfe: int = ranged(
-        0, "[0, inf)"
-    )  # stop (and checkpoint) once the sampler NFEs (all ranks) reach this; 0 = no limit
+    # stop (and checkpoint) once the sampler NFEs (all ranks) reach this; 0 = no limit
+    max_nfe: int = ranged(0, "[0, inf)")
     cpu: bool = False  # force CPU even when a GPU is present
 
 
 @dataclass
 class EvalConfig:
-    every: int = ranged(
-        20, "[0, inf)"
-    )  # evaluate every this many iterations (and before the first and after the last); 0 = never
+    # evaluate every this many iterations (and before the first and after the last); 0 = never
+    every: int = ranged(20, "[0, inf)")
     every_nfe: int = ranged(0, "[0, inf)")  # also evaluate each time this many more sampler NFEs are spent; 0 = off
     num_prompts: int = ranged(64, "[1, inf)")  # held-out prompts per eval (prefix of the eval set)
     num_steps: int = ranged(40, "[1, inf)")  # ODE steps at eval (paper: 40)

@@ -21,9 +21,8 @@ class FlowGRPOOptions:
     clip_range: float = ranged(1e-4, "(0, inf)")  # PPO epsilon on the ratio (flow_grpo 1e-4; Fast 1e-5)
     clip_range_high: float | None = ranged(None, "(0, inf)")  # upper epsilon if asymmetric (None = clip_range)
     adv_clip: float = ranged(5.0, "(0, inf)")  # advantages clamped to +-adv_clip (flow_grpo adv_clip_max)
-    beta: float = ranged(
-        0.04, "[0, inf)"
-    )  # KL weight to the reference (adapter off) (paper: 0.04 GenEval/OCR, 0.01 PickScore, 0 Flux)
+    # KL weight to the reference (adapter off) (paper: 0.04 GenEval/OCR, 0.01 PickScore, 0 Flux)
+    beta: float = ranged(0.04, "[0, inf)")
     kl_mode: str = "flow_grpo"  # 'flow_grpo' (x|dt|, keeps the published betas) | 'exact' (closed-form per-step KL)
 
     def loss_kwargs(self) -> dict:

@@ -56,9 +56,8 @@ from .flow_grpo import recompute
 
 @dataclass
 class GRPOGuardOptions:
-    clip_range: float = ranged(
-        1e-4, "(0, inf)"
-    )  # PPO epsilon on the ratio (flow_grpo 1e-4; GRPO-Guard's RatioNorm runs 2e-6)
+    # PPO epsilon on the ratio (flow_grpo 1e-4; GRPO-Guard's RatioNorm runs 2e-6)
+    clip_range: float = ranged(1e-4, "(0, inf)")
     clip_range_high: float | None = ranged(None, "(0, inf)")  # upper epsilon if asymmetric (None = clip_range)
     adv_clip: float = ranged(5.0, "(0, inf)")  # advantages clamped to +-adv_clip (flow_grpo adv_clip_max)
     beta: float = ranged(0.04, "[0, inf)")  # KL weight to the reference (adapter off) (GRPO-Guard runs use 0)
