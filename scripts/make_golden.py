@@ -105,8 +105,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--check", action="store_true", help="compare with the committed record instead of writing")
     parser.add_argument("--case", action="append", default=None, help="only this case (repeatable)")
+    parser.add_argument("--print", action="store_true", help="print the hashes as one JSON line (no compare, no write)")
     args = parser.parse_args(argv)
     results = compute(args.case)
+    if args.print:
+        print(json.dumps(results, sort_keys=True))
+        return 0
     if args.check:
         golden = json.loads(GOLDEN.read_text())
         bad = {n: [k for k in r if r[k] != golden[n].get(k)] for n, r in results.items()}

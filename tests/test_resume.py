@@ -15,6 +15,7 @@ import torch
 from test_trainer import PROMPTS, RUNNER, TINY, brightness
 
 from flowalign.train import checkpoint as ckpt
+from flowalign.train import integrity
 from flowalign.train import run as train_cli
 
 ITERATIONS = 5
@@ -71,6 +72,9 @@ def test_sigkill_at_random_point_then_resume_is_bitwise_exact(tmp_path):
     assert proc.returncode == -signal.SIGKILL, "".join(lines)[-2000:]
     done = [i for i, _ in ckpt.checkpoints(tmp_path / "cut")]
     assert done and done[-1] < ITERATIONS, f"the run was not cut short: {done}"
+    # whatever moment the kill hit, every checkpoint left matches its manifest (size + sha256 of each file)
+    left = ckpt.checkpoints(tmp_path / "cut")
+    assert all((p / "manifest.json").is_file() and integrity.verify(p) is None for _, p in left), left
 
     # resume from the latest complete checkpoint and finish
     cfg, path = train_cli.resolve_config(None, [f"train.output_dir={tmp_path / 'cut'}"], "auto")
@@ -82,6 +86,7 @@ def test_sigkill_at_random_point_then_resume_is_bitwise_exact(tmp_path):
     where = f"(killed {delay:.2f}s after checkpoint {kill_after}, resumed from {path.name})"
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a), where
+    assert integrity.verify(ckpt.latest(tmp_path / "cut")) is None
     parts_a, _ = ckpt.load(ckpt.latest(tmp_path / "full"))
     parts_b, _ = ckpt.load(ckpt.latest(tmp_path / "cut"))
     for part in ("ema", "optimizer"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,16 +36,24 @@ def run(args: argparse.Namespace) -> int:
 
     def job() -> int:
         from ..overrides import to_dict
+        from ..train.faults import Interrupted, RunStopped
         from ..train.run import main, resolve_config
 
         cfg, resume = resolve_config(args.preset, list(args.overrides), args.resume)
         if args.print_config:
             print(json.dumps(to_dict(cfg), indent=1))
-        else:
+            return 0
+        try:
             main(cfg, resume=resume)
+        except Interrupted as err:  # SIGINT / SIGTERM: the command that continues this run, as it runs
+            print(err, file=sys.stderr)
+            return 130
+        except RunStopped as err:  # a fault the run could not get past; a checkpoint was saved
+            print(f"flowalign train: stopped: {err}", file=sys.stderr)
+            return 1
         return 0
 
-    return guarded("train", job, "interrupted; resume with `flowalign train --resume auto`")
+    return guarded("train", job, "interrupted before training started; nothing to resume")
 
 
 def cli(argv: list[str] | None = None) -> int:

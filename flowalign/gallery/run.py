@@ -33,7 +33,7 @@ from typing import Any
 from ..steering.config import load_model_with_defaults, method_kwargs
 from .config import GalleryConfig, GallerySettings, check_out, settings_from_config
 from .html import append_row, read_results, save_png, write_atomic, write_reports
-from .specs import SD3_ONLY, Checkpoint, MethodSpec
+from .specs import SD3_ONLY, Checkpoint, MethodSpec, load_errors
 
 
 # --- running one method -------------------------------------------------------------------------------
@@ -79,7 +79,7 @@ def weights(model: Any, ckpt: Checkpoint | None) -> Iterator[None]:
     if ckpt is None:
         yield
     elif ckpt.kind == "lora":
-        with quiet_hf():
+        with quiet_hf(), load_errors(ckpt):
             model.pipe.load_lora_weights(ckpt.path, adapter_name="gallery")
         try:
             yield
@@ -87,7 +87,8 @@ def weights(model: Any, ckpt: Checkpoint | None) -> Iterator[None]:
             model.pipe.unload_lora_weights()
     else:
         base = model.transformer
-        tuned = type(base).from_pretrained(ckpt.path, torch_dtype=model.dtype).to(model.device).eval()
+        with load_errors(ckpt):
+            tuned = type(base).from_pretrained(ckpt.path, torch_dtype=model.dtype).to(model.device).eval()
         model.transformer = model.pipe.transformer = tuned
         try:
             yield

@@ -12,11 +12,13 @@ steering spec's options become the same ``SteerMethod`` that ``flowalign steer``
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -177,22 +179,29 @@ class Checkpoint:
 
 def resolve_checkpoint(path: str) -> Checkpoint:
     """A LoRA folder, a checkpoint folder (``lora/`` or ``transformer/`` inside), a run folder (its
-    latest complete checkpoint) or ``<run>/checkpoints/last`` -> Checkpoint; else one ValueError."""
-    from ..train.checkpoint import latest
+    newest intact checkpoint) or ``<run>/checkpoints/last`` -> Checkpoint whose weights files open
+    (and match the checkpoint's manifest when it has one, see ``flowalign.train.checkpoint``); else
+    one ValueError naming the path or the damaged file."""
+    from ..train.integrity import MANIFEST, verify
 
     p = Path(os.path.expanduser(path))
     if not p.exists() and p.name in ("last", "latest"):
         run = p.parent.parent if p.parent.name == "checkpoints" else p.parent
-        p = latest(run) or p
-    if p.is_dir() and not (p / "pytorch_lora_weights.safetensors").is_file() and latest(p) is not None:
-        p = latest(p)  # a run directory
+        p = _newest_intact(run, path) or p
+    if p.is_dir() and not (p / "pytorch_lora_weights.safetensors").is_file():
+        p = _newest_intact(p, path) or p  # a run directory
     run = p.parent.parent if p.parent.name == "checkpoints" else p.parent if (p.parent / "tb").is_dir() else None
     run_dir = None if run is None else str(run.resolve())
     for sub, kind in (("", "lora"), ("lora", "lora"), ("transformer", "transformer")):
         d = p / sub if sub else p
         marker = "pytorch_lora_weights.safetensors" if kind == "lora" else "config.json"
         if (d / marker).is_file():
-            return Checkpoint(kind, str(d.resolve()), run_dir)
+            found = Checkpoint(kind, str(d.resolve()), run_dir)
+            check_weights(found)
+            return found
+    problem = verify(p) if (p / MANIFEST).is_file() else None  # a checkpoint whose weights were deleted
+    if problem is not None:
+        raise ValueError(f"checkpoint {p} is damaged: {problem}; {_advice(Checkpoint('lora', str(p), run_dir))}.")
     what = (
         "does not exist"
         if not p.exists()
@@ -202,6 +211,62 @@ def resolve_checkpoint(path: str) -> Checkpoint:
         f"checkpoint {path!r} {what}; pass a LoRA folder, a training checkpoint folder "
         f"(RUN/checkpoints/checkpoint-NNNNNN), a run folder or RUN/checkpoints/last."
     )
+
+
+def _newest_intact(run: Path, path: str) -> Path | None:
+    """The newest intact checkpoint of the run folder ``run`` (one warning naming what is wrong with
+    any newer one); None when it has no checkpoints; one ValueError when all of them are damaged."""
+    from ..train.checkpoint import checkpoints, find_intact, warn_skipped
+
+    if not checkpoints(run):
+        return None
+    found, damaged = find_intact(run)
+    if found is None:
+        raise ValueError(
+            f"checkpoint {path!r}: every checkpoint in {run / 'checkpoints'} is damaged ({'; '.join(damaged)}); "
+            f"pass an intact LoRA folder or train again."
+        )
+    warn_skipped(run, found, damaged)
+    return found
+
+
+def _advice(ckpt: Checkpoint) -> str:
+    what = "LoRA" if ckpt.kind == "lora" else "fine-tuned transformer"
+    return f"re-export the {what}, or pass RUN/checkpoints/last (the newest intact checkpoint of the run)"
+
+
+def check_weights(ckpt: Checkpoint) -> None:
+    """The checkpoint's ``.safetensors`` files open (header and size agree) and, inside a training
+    checkpoint with a manifest, match it byte for byte; else one ValueError naming the file."""
+    from safetensors import SafetensorError, safe_open
+
+    from ..train.integrity import MANIFEST, unreadable, verify
+
+    d = Path(ckpt.path)
+    if d.name in ("lora", "transformer") and (d.parent / MANIFEST).is_file():
+        problem = verify(d.parent, under=f"{d.name}/")
+        if problem is not None:
+            raise ValueError(f"checkpoint {d.parent} is damaged: {problem}; {_advice(ckpt)}.")
+    for f in sorted(d.glob("*.safetensors")):
+        try:
+            with safe_open(str(f), "pt"):
+                pass
+        except (SafetensorError, OSError) as err:
+            raise unreadable(f, err, _advice(ckpt)) from None
+
+
+@contextlib.contextmanager
+def load_errors(ckpt: Checkpoint) -> Iterator[None]:
+    """Inside: loading ``ckpt``'s weights; a safetensors / OS error becomes one ValueError naming them."""
+    from safetensors import SafetensorError
+
+    from ..train.integrity import unreadable
+
+    try:
+        yield
+    except (SafetensorError, OSError) as err:
+        files = sorted(Path(ckpt.path).glob("*.safetensors"))
+        raise unreadable(files[0] if len(files) == 1 else ckpt.path, err, _advice(ckpt)) from None
 
 
 def digest(path: str | Path) -> str | None:

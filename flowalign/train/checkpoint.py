@@ -8,13 +8,21 @@ A checkpoint is a directory ``<run>/checkpoints/checkpoint-<iteration>`` holding
   (and likewise any per-rank part, e.g. a sharded optimizer under FSDP / DeepSpeed);
 * ``lora/`` (or ``transformer/`` for full fine-tuning): the exported weights, loadable by a stock
   pipeline (``StableDiffusion3Pipeline.load_lora_weights(dir)``);
-* ``state.json``, written last: scalars (iteration, optimizer step, counters), the non-tensor
-  skeleton of every part, the config.
+* ``state.json``: scalars (iteration, optimizer step, counters), the non-tensor skeleton of every
+  part, the config; and ``manifest.json``, written last: size and sha256 of every other file.
 
-Atomicity: everything is written into ``.tmp-checkpoint-<iteration>`` and the directory is renamed
-into place with ``os.replace``; a directory named ``checkpoint-*`` is therefore always complete, and
-a run killed mid-save leaves only a temp directory that is ignored and cleaned up. Weights are
-checked for NaN/inf before anything is written: a corrupt state never replaces a good checkpoint.
+Atomicity: everything is written and fsynced into ``.tmp-checkpoint-<iteration>``, renamed into place
+with ``os.replace`` and the parent directory fsynced; a run killed mid-save leaves only a temp directory
+that is ignored and cleaned up. Re-saving an iteration renames the old directory aside
+(``.old-checkpoint-<iteration>``, listed by ``checkpoints`` if its replacement never arrived) and
+deletes it only once the new one is in place. Weights are checked for NaN/inf before anything is
+written: a corrupt state never replaces a good checkpoint.
+
+Verification (``integrity.verify``, against the manifest): ``latest`` and ``resolve_resume`` skip a
+damaged checkpoint (a file missing, truncated, changed or unreadable) for the newest intact one with
+one ``CheckpointWarning`` naming the file; ``load`` and an explicitly named checkpoint refuse it with
+one ValueError naming the file and the checkpoint to resume from instead. Checkpoints written before
+manifests existed (no ``manifest.json``, no ``"manifest"`` in ``state.json``) are accepted unverified.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ import os
 import random
 import re
 import shutil
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -32,8 +41,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .integrity import MANIFEST, OLD, publish, read_tensors, verify, write_json, write_manifest, write_tensors
+from .integrity import export_atomic as export_atomic  # re-exported: the run's top-level export
+
 PREFIX = "checkpoint-"
-_NAME = re.compile(rf"^{PREFIX}(\d+)$")
+_NAME = re.compile(rf"^({re.escape(OLD)})?{PREFIX}(\d+)$")
+
+
+class CheckpointWarning(UserWarning):
+    """A damaged checkpoint was skipped for an older intact one."""
 
 
 # --- nested state <-> (json skeleton, flat tensors) ----------------------------------------------
@@ -102,21 +118,6 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 # --- files -----------------------------------------------------------------------------------------
-def _write_json(path: Path, data: Any) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _write_tensors(path: Path, tensors: dict[str, Tensor]) -> None:
-    from safetensors.torch import save_file
-
-    save_file(tensors, str(path))
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
-
-
 def check_finite(tensors: dict[str, Tensor], what: str) -> None:
     bad = [k for k, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
     if bad:
@@ -126,19 +127,44 @@ def check_finite(tensors: dict[str, Tensor], what: str) -> None:
 
 
 def checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
-    """Complete checkpoints of a run, oldest first."""
+    """The checkpoints of a run, oldest first: every ``checkpoint-N`` directory holding a state.json or
+    a manifest (complete when renamed into place; ``verify`` tells whether it still is), or the
+    ``.old-checkpoint-N`` of a re-save killed between its two renames."""
     root = Path(run_dir) / "checkpoints"
-    found = []
+    found: dict[int, Path] = {}
     for p in root.iterdir() if root.is_dir() else []:
         m = _NAME.match(p.name)
-        if m and (p / "state.json").is_file():
-            found.append((int(m.group(1)), p))
-    return sorted(found)
+        saved = m and ((p / "state.json").is_file() or (p / MANIFEST).is_file())
+        if saved and (m.group(1) is None or int(m.group(2)) not in found):
+            found[int(m.group(2))] = p
+    return sorted(found.items())
+
+
+def find_intact(run_dir: str | Path) -> tuple[Path | None, list[str]]:
+    """(the newest intact checkpoint of a run or None, ``"<name>: <problem>"`` for each newer one)."""
+    damaged = []
+    for _, p in reversed(checkpoints(run_dir)):
+        problem = verify(p)
+        if problem is None:
+            return p, damaged
+        damaged.append(f"{p.name}: {problem}")
+    return None, damaged
+
+
+def warn_skipped(run_dir: str | Path, found: Path | None, damaged: list[str]) -> None:
+    """One ``CheckpointWarning`` for the damaged checkpoints skipped (``find_intact``), if any."""
+    if damaged:
+        use = f"using {found.name}, the newest intact one" if found else "no intact checkpoint is left"
+        where = Path(run_dir) / "checkpoints"
+        warnings.warn(f"skipped damaged checkpoint(s) in {where}: {'; '.join(damaged)}; {use}.", CheckpointWarning, 3)
 
 
 def latest(run_dir: str | Path) -> Path | None:
-    found = checkpoints(run_dir)
-    return found[-1][1] if found else None
+    """The newest intact checkpoint of a run; damaged newer ones are skipped with one
+    ``CheckpointWarning`` naming the file and what is wrong with it."""
+    found, damaged = find_intact(run_dir)
+    warn_skipped(run_dir, found, damaged)
+    return found
 
 
 def save(
@@ -168,22 +194,19 @@ def save(
     barrier()
     for name, obj in mine.items():
         skeleton, tensors = flatten(obj)
-        _write_tensors(tmp / f"{name}_{rank}.safetensors", tensors)
-        _write_json(tmp / f"{name}_{rank}.json", skeleton)
+        write_tensors(tmp / f"{name}_{rank}.safetensors", tensors)
+        write_json(tmp / f"{name}_{rank}.json", skeleton)
     barrier()
     if rank == 0:
         for name, (_, tensors) in flat.items():
-            _write_tensors(tmp / f"{name}.safetensors", tensors)
+            write_tensors(tmp / f"{name}.safetensors", tensors)
         if export is not None:
             export(tmp)
         skeletons = {name: sk for name, (sk, _) in flat.items()}
-        _write_json(
-            tmp / "state.json",
-            {"iteration": iteration, "scalars": scalars, "parts": skeletons, "rank_parts": sorted(mine)},
-        )
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        state = {"iteration": iteration, "scalars": scalars, "parts": skeletons, "rank_parts": sorted(mine)}
+        write_json(tmp / "state.json", {**state, "manifest": MANIFEST})
+        write_manifest(tmp)
+        publish(tmp, final)
         for _, old in checkpoints(run_dir)[: -max(1, keep_last)]:
             shutil.rmtree(old, ignore_errors=True)
         for stale in root.glob(f".tmp-{PREFIX}*"):
@@ -192,40 +215,86 @@ def save(
     return final
 
 
+def _instead(path: Path) -> str:
+    """What to use instead of the damaged checkpoint ``path``: the newest intact older one of its run."""
+    m = _NAME.match(path.name)
+    if m is not None and path.parent.name == "checkpoints":
+        older = [p for i, p in checkpoints(path.parent.parent) if i < int(m.group(2))]
+        good = next((p for p in reversed(older) if verify(p) is None), None)
+        if good is not None:
+            return f"resume from {good.name}, the newest intact checkpoint before it (--resume {good})"
+    return "no intact checkpoint precedes it; start the run again without --resume"
+
+
+def damaged(path: str | Path, problem: str) -> ValueError:
+    path = Path(path)
+    return ValueError(f"checkpoint {path} is damaged: {problem}; {_instead(path)}.")
+
+
+def _read_json(file: Path, ckpt: Path) -> Any:
+    try:
+        return json.loads(file.read_text())
+    except (OSError, ValueError) as err:
+        raise damaged(ckpt, f"{file.name} is unreadable ({err})") from None
+
+
 def load(path: str | Path, rank: int = 0) -> tuple[dict[str, Any], dict[str, Any]]:
     """(parts, scalars) of a checkpoint directory; ``parts`` includes this rank's own parts
-    (``rng`` and any sharded state) under their plain names."""
-    from safetensors.torch import load_file
-
+    (``rng`` and any sharded state) under their plain names. The checkpoint is verified first: a
+    damaged one (or an unreadable file of an unverified old one) is one ValueError naming the file
+    and the checkpoint to resume from instead."""
     path = Path(path)
-    state_file = path / "state.json"
-    if not state_file.is_file():
+    if not (path / "state.json").is_file() and not (path / MANIFEST).is_file():
         raise ValueError(
             f"{path} is not a complete checkpoint (no state.json); pass a "
             f"'{PREFIX}NNNNNN' directory or a run directory holding checkpoints/."
         )
-    state = json.loads(state_file.read_text())
-    parts = {name: unflatten(sk, load_file(str(path / f"{name}.safetensors"))) for name, sk in state["parts"].items()}
+    problem = verify(path)
+    if problem is not None:
+        raise damaged(path, problem)
+    state = _read_json(path / "state.json", path)
+    tensors = lambda name: read_tensors(path / f"{name}.safetensors", lambda: _instead(path))  # noqa: E731
+    parts = {name: unflatten(sk, tensors(name)) for name, sk in state["parts"].items()}
     for name in state.get("rank_parts", []):
         if not (path / f"{name}_{rank}.json").is_file():
             raise ValueError(
                 f"{path} has no {name}_{rank}: it was saved by fewer processes; resume a "
                 f"sharded run (FSDP / DeepSpeed) with the same number of processes."
             )
-        parts[name] = unflatten(
-            json.loads((path / f"{name}_{rank}.json").read_text()), load_file(str(path / f"{name}_{rank}.safetensors"))
-        )
+        parts[name] = unflatten(_read_json(path / f"{name}_{rank}.json", path), tensors(f"{name}_{rank}"))
     return parts, state["scalars"]
 
 
+def _newest(run: Path, spec: str) -> Path | None:
+    """The newest intact checkpoint of ``run`` (one warning for damaged newer ones); None when it has no
+    checkpoint; one ValueError when every checkpoint it has is damaged."""
+    if not checkpoints(run):
+        return None
+    found, bad = find_intact(run)
+    if found is None:
+        raise ValueError(
+            f"--resume {spec}: every checkpoint in {run / 'checkpoints'} is damaged ({'; '.join(bad)}); "
+            f"start the run again without --resume."
+        )
+    warn_skipped(run, found, bad)
+    return found
+
+
 def resolve_resume(spec: str, run_dir: str | Path | None, runs_dir: str | Path, preset: str) -> Path:
-    """``--resume DIR|auto`` -> a checkpoint directory. ``auto``: the latest complete checkpoint of
-    ``run_dir`` if given, else of the newest run of this preset under ``runs_dir``."""
+    """``--resume DIR|auto`` -> an intact checkpoint directory. ``auto``: the newest intact checkpoint
+    of ``run_dir`` if given, else of the newest run of this preset under ``runs_dir`` that has
+    checkpoints; a run directory: its newest intact checkpoint (damaged newer ones are skipped with
+    one ``CheckpointWarning``); a checkpoint directory: that one if intact, else one ValueError naming
+    the damaged file and the checkpoint to resume from instead. Old checkpoints without a manifest
+    are not verified."""
     if spec != "auto":
         path = Path(spec)
-        if (path / "state.json").is_file():
+        if any((path / f).is_file() for f in ("state.json", MANIFEST)) or (_NAME.match(path.name) and path.is_dir()):
+            problem = verify(path)
+            if problem is not None:
+                raise damaged(path, problem)
             return path
-        found = latest(path)
+        found = _newest(path, spec)
         if found is None:
             raise ValueError(
                 f"--resume {spec}: no complete checkpoint there (expected a "
@@ -234,7 +303,7 @@ def resolve_resume(spec: str, run_dir: str | Path | None, runs_dir: str | Path, 
         return found
     candidates = [Path(run_dir)] if run_dir else sorted(Path(runs_dir).glob(f"{preset}-*"), key=os.path.getmtime)
     for run in reversed(candidates):
-        found = latest(run)
+        found = _newest(run, spec)
         if found is not None:
             return found
     where = run_dir or f"{runs_dir}/{preset}-*"

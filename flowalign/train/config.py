@@ -142,6 +142,9 @@ class TrainConfig:
     # stop (and checkpoint) once the sampler NFEs (all ranks) reach this; 0 = no limit
     max_nfe: int = ranged(0, "[0, inf)")
     cpu: bool = False  # force CPU even when a GPU is present
+    reward_retries: int = ranged(2, "[0, inf)")  # calls repeated when a reward raises, then its batch is masked
+    reward_patience: int = ranged(3, "[1, inf)")  # iterations in a row with no reward before the run stops
+    nonfinite_patience: int = ranged(3, "[1, inf)")  # iterations in a row rolled back (NaN weights) before a stop
 
 
 @dataclass

@@ -3,8 +3,11 @@ noise, scored by the training reward, its components and extra eval-only metrics
 
 from __future__ import annotations
 
+import contextlib
 import math
+import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -13,6 +16,9 @@ from ..sampling.rollout import rollout
 from ..types import Cond, Rollout
 from .data import PromptSet, generators
 from .scores import as_scores
+
+if TYPE_CHECKING:
+    from .records import Run
 
 
 @torch.no_grad()
@@ -91,3 +97,45 @@ def evaluate(
     stats = {f"eval/{k}": float(flat[i, 0] / flat[i, 1].clamp_min(1)) for i, k in enumerate(keys)}
     grid = make_grid(torch.stack(shown), nrow=int(math.ceil(math.sqrt(len(shown)))), padding=1) if shown else None
     return stats, grid
+
+
+# --- the schedule of the periodic evaluation (the loop calls these) ---------------------------------
+def swap(run: Run):
+    """Evaluate and export with the EMA weights when there is an EMA."""
+    return run.ema.swapped() if run.ema is not None else contextlib.nullcontext()
+
+
+def evals_on(run: Run) -> bool:
+    return run.cfg.eval.every > 0 or run.cfg.eval.every_nfe > 0
+
+
+def eval_due(run: Run, it: int) -> bool:
+    """Every eval.every iterations and/or each time eval.every_nfe more NFEs are spent."""
+    e = run.cfg.eval
+    by_nfe = e.every_nfe > 0 and run.state.nfe >= run.next_eval_nfe
+    if by_nfe:
+        run.next_eval_nfe = (run.state.nfe // e.every_nfe + 1) * e.every_nfe
+    return (e.every > 0 and it % e.every == 0) or by_nfe
+
+
+def run_eval(run: Run, it: int) -> None:
+    if run.hooks.get("eval_prompts") is None or not evals_on(run):
+        return
+    t = time.time()
+    with swap(run):
+        stats, grid = evaluate(
+            run.model,
+            run.reward_fn,
+            run.hooks["eval_prompts"],
+            run.cfg,
+            run.acc,
+            run.hooks["rollout_fn"],
+            run.hooks.get("eval_metrics"),
+        )
+    stats["time/eval"] = time.time() - t
+    run.log.scalars(stats, it)
+    if grid is not None:
+        run.log.image("eval/samples", grid, it)
+    run.result.evals.append({"iteration": it, "nfe": run.state.nfe, **stats})
+    shown = "  ".join(f"{k[5:]}={v:.4f}" for k, v in stats.items() if k.startswith("eval/"))
+    run.acc.print(f"eval @ {it}: " + shown)

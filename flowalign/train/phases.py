@@ -24,10 +24,11 @@ from .collect import CollectContext, Collected, collect, tree_credit_batch
 from .data import generators, group_batch, sample_seed
 from .distributed import zero_loss
 from .evaluation import generate
+from .faults import check_weights, score
 from .objectives import UnitInputs, objective_kind
 from .records import Credit, Run, Samples
 from .rollouts import whole_group_batch
-from .scores import as_scores, cat_scores
+from .scores import cat_scores
 
 
 def progress(run: Run, **kw):
@@ -76,8 +77,7 @@ def sample_batch(run: Run, it: int, b: int, rows: tuple, levels: Tensor, mask_t:
         init_gens=init,
     )
     tr, meta = time.time(), run.prompts.columns(pidx)
-    with torch.no_grad():
-        scores = as_scores(run.reward_fn(images, texts, **meta), len(texts))
+    scores = score(run, images, texts, meta)
     tc = time.time()
     batch_id = run.acc.process_index * run.d.batches_per_rank + b
     ctx = CollectContext(cfg, model, run.reward_fn, it, mask_t, batch_id, run.ladder, meta)
@@ -170,6 +170,7 @@ def optimizer_step(run: Run, bad: int, norms: list[float]) -> None:
         state.skipped_steps += 1
     else:
         run.optimizer.step()
+        check_weights(run.params)
         if run.ema is not None:
             run.ema.update(state.optimizer_step)
         state.optimizer_step += 1

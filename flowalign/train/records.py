@@ -21,6 +21,9 @@ class TrainState:
     skipped_iterations: int = 0  # iterations skipped because no reward was finite
     nonfinite_reward_rows: int = 0  # samples whose reward (or credit extra) was NaN/inf (masked out of the loss)
     nfe: int = 0  # sampler velocity evaluations so far, all ranks (rollouts + completions + calibration)
+    reward_retries: int = 0  # reward calls repeated after the reward raised (this rank)
+    reward_failures: int = 0  # sampling batches whose reward kept failing: masked (this rank)
+    restored_iterations: int = 0  # iterations rolled back after an optimizer step left a weight non-finite
 
 
 @dataclass
@@ -62,6 +65,8 @@ class Run:
     ema: Any = None  # ema.EMA or None
     ladder: Any = None  # rewards.ladder.RewardLadder when the scheme needs one
     next_eval_nfe: int = 0
+    signals: Any = None  # faults.StopSignals: a graceful stop was requested
+    in_a_row: dict[str, int] = field(default_factory=dict)  # consecutive dead-reward / restored iterations
     t_start: float = 0.0
 
     @property

@@ -24,9 +24,14 @@ def as_scores(out: Scores | Tensor, b: int) -> Scores:
 
 
 def cat_scores(parts: list[Scores]) -> Scores:
-    keys = parts[0].components.keys()
+    """One Scores of the batches in order; a component missing from a batch (its reward failed) is NaN."""
+    keys = list(dict.fromkeys(k for p in parts for k in p.components))
+
+    def column(p: Scores, k: str) -> Tensor:
+        return p.components[k] if k in p.components else torch.full_like(p.total, float("nan"))
+
     return Scores(
         total=torch.cat([p.total for p in parts]),
         valid=torch.cat([p.valid for p in parts]),
-        components={k: torch.cat([p.components[k] for p in parts]) for k in keys},
+        components={k: torch.cat([column(p, k) for p in parts]) for k in keys},
     )
