@@ -214,20 +214,10 @@ def resolve_checkpoint(path: str) -> Checkpoint:
 
 
 def _newest_intact(run: Path, path: str) -> Path | None:
-    """The newest intact checkpoint of the run folder ``run`` (one warning naming what is wrong with
-    any newer one); None when it has no checkpoints; one ValueError when all of them are damaged."""
-    from ..train.checkpoint import checkpoints, find_intact, warn_skipped
+    """The newest intact checkpoint of the run folder ``run`` (see ``checkpoint.newest_intact``)."""
+    from ..train.checkpoint import newest_intact
 
-    if not checkpoints(run):
-        return None
-    found, damaged = find_intact(run)
-    if found is None:
-        raise ValueError(
-            f"checkpoint {path!r}: every checkpoint in {run / 'checkpoints'} is damaged ({'; '.join(damaged)}); "
-            f"pass an intact LoRA folder or train again."
-        )
-    warn_skipped(run, found, damaged)
-    return found
+    return newest_intact(run, f"checkpoint {path!r}", "pass an intact LoRA folder or train again.")
 
 
 def _advice(ckpt: Checkpoint) -> str:

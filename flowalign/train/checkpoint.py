@@ -265,17 +265,14 @@ def load(path: str | Path, rank: int = 0) -> tuple[dict[str, Any], dict[str, Any
     return parts, state["scalars"]
 
 
-def _newest(run: Path, spec: str) -> Path | None:
+def newest_intact(run: Path, what: str, fix: str) -> Path | None:
     """The newest intact checkpoint of ``run`` (one warning for damaged newer ones); None when it has no
-    checkpoint; one ValueError when every checkpoint it has is damaged."""
+    checkpoint; one ValueError naming ``what`` and the ``fix`` when every checkpoint it has is damaged."""
     if not checkpoints(run):
         return None
     found, bad = find_intact(run)
     if found is None:
-        raise ValueError(
-            f"--resume {spec}: every checkpoint in {run / 'checkpoints'} is damaged ({'; '.join(bad)}); "
-            f"start the run again without --resume."
-        )
+        raise ValueError(f"{what}: every checkpoint in {run / 'checkpoints'} is damaged ({'; '.join(bad)}); {fix}")
     warn_skipped(run, found, bad)
     return found
 
@@ -294,7 +291,7 @@ def resolve_resume(spec: str, run_dir: str | Path | None, runs_dir: str | Path, 
             if problem is not None:
                 raise damaged(path, problem)
             return path
-        found = _newest(path, spec)
+        found = newest_intact(path, f"--resume {spec}", "start the run again without --resume.")
         if found is None:
             raise ValueError(
                 f"--resume {spec}: no complete checkpoint there (expected a "
@@ -303,7 +300,7 @@ def resolve_resume(spec: str, run_dir: str | Path | None, runs_dir: str | Path, 
         return found
     candidates = [Path(run_dir)] if run_dir else sorted(Path(runs_dir).glob(f"{preset}-*"), key=os.path.getmtime)
     for run in reversed(candidates):
-        found = _newest(run, spec)
+        found = newest_intact(run, f"--resume {spec}", "start the run again without --resume.")
         if found is not None:
             return found
     where = run_dir or f"{runs_dir}/{preset}-*"
