@@ -170,11 +170,11 @@ def test_export_atomic_keeps_the_previous_export_until_the_new_one_is_whole(tmp_
         return fn
 
     run = tmp_path / "run"
-    assert ckpt.export_atomic(run, export("one")) == [run / "lora"]
+    assert integrity.export_atomic(run, export("one")) == [run / "lora"]
     with pytest.raises(RuntimeError):
-        ckpt.export_atomic(run, export("two", fail=True))
+        integrity.export_atomic(run, export("two", fail=True))
     assert (run / "lora" / "a.txt").read_text() == "one"
-    ckpt.export_atomic(run, export("three"))
+    integrity.export_atomic(run, export("three"))
     assert (run / "lora" / "a.txt").read_text() == "three" and sorted(p.name for p in run.iterdir()) == ["lora"]
 
 

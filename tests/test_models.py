@@ -16,7 +16,8 @@ import torch
 from conftest import FLUX_MAX_SEQ
 
 from flowalign.models import MODELS, FluxModel, SD3Model, load_model
-from flowalign.models.tiny import build_clip_tokenizer, build_t5_tokenizer, tiny_flux_pipeline, tiny_sd3_pipeline
+from flowalign.models.tiny import tiny_flux_pipeline, tiny_sd3_pipeline
+from flowalign.models.tiny_tokenizers import build_clip_tokenizer, build_t5_tokenizer
 from flowalign.sampling.rollout import log_prob_at, rollout
 from flowalign.sampling.sde import STEPS
 

@@ -22,10 +22,12 @@ from flowalign.sampling.rollout import StepContext, rollout
 from flowalign.sampling.schedule import linear_sigmas, steps_noise_table
 from flowalign.sampling.sde import flow_sde
 from flowalign.steering import POTENTIALS, RESAMPLERS, SEARCH, steer
-from flowalign.steering.common import LatentReward, VelocityCache, default_schedule
+from flowalign.steering.common import LatentReward, default_schedule
 from flowalign.steering.dts import branch_depths
-from flowalign.steering.fk import FKSteering, fk_steer
+from flowalign.steering.fk import fk_steer
+from flowalign.steering.fk_hook import FKSteering
 from flowalign.steering.resample import ess, flat_index, normalize
+from flowalign.steering.velocity_cache import VelocityCache
 from flowalign.types import Cond, StepOut
 
 MIX2D = dict(

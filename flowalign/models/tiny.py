@@ -2,8 +2,8 @@
 
 diffusers' own tests download tiny tokenizers from the hub; here every piece is built locally:
 
-* ``build_clip_tokenizer`` / ``build_t5_tokenizer`` (``tiny_tokenizers.py``, re-exported here):
-  offline CLIP BPE and T5 Unigram tokenizers in which every word of a given list is one token.
+* the offline CLIP BPE and T5 Unigram tokenizers (every word of a given list is one token) are
+  built in ``tiny_tokenizers.py``.
 * ``tiny_sd3_pipeline`` / ``tiny_flux_pipeline``: fp32, ``.eval()`` components built from configs
   under fixed seeds (the global RNG is left untouched). Both survive ``save_pretrained`` /
   ``from_pretrained(local_dir)`` offline.
@@ -17,7 +17,6 @@ from typing import Any
 
 import torch
 
-from .tiny_tokenizers import DEFAULT_WORDS as DEFAULT_WORDS  # re-exported
 from .tiny_tokenizers import build_clip_tokenizer, build_t5_tokenizer
 
 

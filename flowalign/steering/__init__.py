@@ -17,9 +17,10 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-from .common import LatentReward, SteerResult, VelocityCache, default_schedule
+from .common import LatentReward, SteerResult, default_schedule
 from .dts import tree_search
-from .fk import POTENTIALS, FKSteering, fk_steer
+from .fk import fk_steer
+from .fk_hook import POTENTIALS, FKSteering
 from .resample import RESAMPLERS, ess
 from .search import beam_search, best_of_n
 

@@ -5,8 +5,8 @@ result record, the boundary checks and the batch set-up (``prepare``).
   ``(images, prompts) -> [B]`` (a one-argument callable ``(images) -> [B]`` is accepted too, e.g. a
   plain function of analytic latents, whose decode is the identity) and scores *latents*:
   decode -> reward, in chunks, counting the images scored.
-* ``VelocityCache`` (``velocity_cache.py``, re-exported here): a ``FlowModel`` proxy serving the
-  velocities a look-ahead already computed, so look-aheads cost no extra model call.
+The ``FlowModel`` proxy that serves velocities a look-ahead already computed is
+``velocity_cache.VelocityCache``.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from ..sampling.rollout import as_noise_levels
 from ..sampling.schedule import parse_steps, steps_noise_table
 from ..sampling.sde import step_name
 from ..types import Cond
-from .velocity_cache import VelocityCache as VelocityCache  # re-exported (imported from here by users)
 
 
 # --- rewards of latents --------------------------------------------------------------------------

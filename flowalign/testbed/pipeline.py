@@ -62,13 +62,13 @@ def vocabulary() -> list[str]:
 
 
 def build_tokenizer(save_dir: str | None = None):
-    from ..models.tiny import build_clip_tokenizer
+    from ..models.tiny_tokenizers import build_clip_tokenizer
 
     return build_clip_tokenizer(vocabulary(), save_dir=save_dir, model_max_length=TOKENIZER_MAX_LENGTH)
 
 
 def build_t5_tokenizer():
-    from ..models.tiny import build_t5_tokenizer as build
+    from ..models.tiny_tokenizers import build_t5_tokenizer as build
 
     return build(vocabulary())
 

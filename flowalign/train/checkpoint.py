@@ -42,7 +42,6 @@ import torch
 from torch import Tensor
 
 from .integrity import MANIFEST, OLD, publish, read_tensors, verify, write_json, write_manifest, write_tensors
-from .integrity import export_atomic as export_atomic  # re-exported: the run's top-level export
 
 PREFIX = "checkpoint-"
 _NAME = re.compile(rf"^({re.escape(OLD)})?{PREFIX}(\d+)$")

@@ -22,9 +22,9 @@ import time
 from collections.abc import Callable
 
 from ..sampling.rollout import rollout
-from . import checkpoint as ckpt
 from .evaluation import eval_due, evals_on, run_eval, swap
 from .faults import Interrupted, NonFiniteWeights, RunStopped, StopSignals, restore, snapshot
+from .integrity import export_atomic
 from .phases import credit, sample, update
 from .records import Run, TrainResult
 from .report import log_and_save, save
@@ -37,7 +37,7 @@ def finish_run(run: Run) -> None:
         run_eval(run, run.state.iteration)
     if run.acc.is_main_process and run.hooks.get("export_fn") is not None:
         with swap(run):
-            ckpt.export_atomic(run.run_dir, run.hooks["export_fn"])
+            export_atomic(run.run_dir, run.hooks["export_fn"])
 
 
 def rolled_back(run: Run, it: int, snap: dict) -> bool:
