@@ -24,7 +24,6 @@ from flowalign.credit.dense import (
 from flowalign.credit.granular import g2rpo, granular_grid, shared_log_prob, singular_sde_rollout
 from flowalign.credit.guided import (
     dual_reward_advantages,
-    dual_reward_loss,
     euphonium,
     guided_rollout,
     kl_optimal_kappa,
@@ -45,6 +44,7 @@ from flowalign.sampling.schedule import linear_sigmas, shifted_sigmas
 from flowalign.sampling.sde import dance_sde, flow_sde
 from flowalign.sampling.tree import TreeSpec, edge_log_prob, tree_rollout
 from flowalign.sampling.windows import geometric_window, geometric_window_probs
+from flowalign.train.losses import dual_reward_loss
 from flowalign.types import TreeRollout
 
 close = torch.testing.assert_close

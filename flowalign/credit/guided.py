@@ -17,7 +17,7 @@ DanceGRPO (``dance_sde``) rollout bit for bit.
 Dual-reward credit: outcome advantages (each outcome reward z-scored in its group, weighted sum,
 broadcast over the trained steps) and process advantages (the process score recorded at each guided
 step z-scored per step within the group; unguided steps record 0 and get advantage 0), trained as
-two clipped terms ``c_outcome * L(A_out) + c_process * L(A_proc)`` (``dual_reward_loss``). The CREDIT
+two clipped terms ``c_outcome * L(A_out) + c_process * L(A_proc)`` (``train.losses.dual_reward_loss``). The CREDIT
 entry ``euphonium`` returns the single advantage ``c_outcome A_out + c_process A_proc``, which gives the
 same loss while no ratio is clipped (on-policy), not in general.
 
@@ -39,8 +39,7 @@ from torch import Tensor
 from ..ranges import ranged
 from ..sampling.rollout import StepContext, as_noise_levels, rollout
 from ..sampling.sde import get_step, ode
-from ..train.losses import clipped_policy_loss
-from ..types import Advantages, Cond, LossOut, Rollout
+from ..types import Advantages, Cond, Rollout
 from .dense import as_step_mask, per_step_advantages
 from .group import normalize
 
@@ -244,38 +243,6 @@ def dual_reward_advantages(
         filter_zero_std=filter_zero_std,
     )
     return {"outcome": outcome, "process": proc}
-
-
-def dual_reward_loss(
-    log_prob: Tensor,
-    old_log_prob: Tensor,
-    outcome: Advantages,
-    process: Advantages,
-    *,
-    c_outcome: float = 1.0,
-    c_process: float = 1.0,
-    clip_range: float = 1e-4,
-    adv_clip: float | None = 5.0,
-) -> LossOut:
-    """Euphonium's two-term clipped loss over [B, T] (log_prob / old_log_prob [B, T])."""
-    lo = clipped_policy_loss(
-        log_prob.flatten(),
-        old_log_prob.flatten(),
-        outcome.advantages.flatten(),
-        clip_range,
-        adv_clip,
-        outcome.mask.flatten(),
-    )
-    lp = clipped_policy_loss(
-        log_prob.flatten(),
-        old_log_prob.flatten(),
-        process.advantages.flatten(),
-        clip_range,
-        adv_clip,
-        process.mask.flatten(),
-    )
-    stats = {**{f"outcome/{k}": v for k, v in lo.stats.items()}, **{f"process/{k}": v for k, v in lp.stats.items()}}
-    return LossOut(loss=c_outcome * lo.loss + c_process * lp.loss, stats=stats)
 
 
 def euphonium(

@@ -17,6 +17,7 @@
   mean |x0+- - x0|), plus ``beta`` x mean |v - v_ref|^2. Its minimiser in v for b = 1 and w+ = w- is
   ``v_old + (2r - 1)(u - v_old)`` with u the sample's target velocity (x_t - x0) / sigma: toward a
   good sample, away from a bad one, by a bounded amount (the old policy anchors it).
+* ``dual_reward_loss``: Euphonium's two clipped terms (outcome and process advantages, arXiv 2602.04928).
 * ``weighted_mean``: masked mean used to reduce everything, so padding/filtered pairs never count.
 """
 
@@ -25,7 +26,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..types import LossOut
+from ..types import Advantages, LossOut
 
 
 def weighted_mean(x: Tensor, mask: Tensor | None) -> Tensor:
@@ -173,3 +174,35 @@ def nft_loss(
         }
     kl = None if v_ref is None else (v - v_ref.detach()).pow(2).flatten(1).mean(1)
     return total_loss(LossOut(loss=policy, stats=stats), kl, beta, mask)
+
+
+def dual_reward_loss(
+    log_prob: Tensor,
+    old_log_prob: Tensor,
+    outcome: Advantages,
+    process: Advantages,
+    *,
+    c_outcome: float = 1.0,
+    c_process: float = 1.0,
+    clip_range: float = 1e-4,
+    adv_clip: float | None = 5.0,
+) -> LossOut:
+    """Euphonium's two-term clipped loss over [B, T] (log_prob / old_log_prob [B, T])."""
+    lo = clipped_policy_loss(
+        log_prob.flatten(),
+        old_log_prob.flatten(),
+        outcome.advantages.flatten(),
+        clip_range,
+        adv_clip,
+        outcome.mask.flatten(),
+    )
+    lp = clipped_policy_loss(
+        log_prob.flatten(),
+        old_log_prob.flatten(),
+        process.advantages.flatten(),
+        clip_range,
+        adv_clip,
+        process.mask.flatten(),
+    )
+    stats = {**{f"outcome/{k}": v for k, v in lo.stats.items()}, **{f"process/{k}": v for k, v in lp.stats.items()}}
+    return LossOut(loss=c_outcome * lo.loss + c_process * lp.loss, stats=stats)
