@@ -208,7 +208,7 @@ def test_euphonium_guided_rollout_and_dual_advantages(tmp_path):
     res, rec, fed, moved = run(
         tmp_path,
         "credit.name=euphonium",
-        "credit.guidance_kappa=0.5",
+        "credit.options.reward_grad_scale=0.5",
         "sample.step=dance_sde",
         "sample.noise_level=0.5",
     )

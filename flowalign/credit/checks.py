@@ -54,10 +54,10 @@ def check_window(num_steps: int, size: int | None, start: int = 0, hi: int | Non
     return window_mask(num_steps, size, start)
 
 
-def check_guidance(process_reward: Callable, kappa: float, differentiable: bool | None = None) -> None:
-    """Reward-gradient-guided SDE: a differentiable process reward and kappa >= 0."""
-    if kappa < 0:
-        raise ValueError(f"guidance kappa={kappa} must be >= 0 (0 = the unguided SDE).")
+def check_guidance(process_reward: Callable, reward_grad_scale: float, differentiable: bool | None = None) -> None:
+    """Reward-gradient-guided SDE: a differentiable process reward and reward_grad_scale >= 0."""
+    if reward_grad_scale < 0:
+        raise ValueError(f"reward_grad_scale={reward_grad_scale} must be >= 0 (0 = the unguided SDE).")
     check_process_reward(process_reward, differentiable)
 
 

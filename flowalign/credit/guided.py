@@ -2,8 +2,8 @@
 zerzerzerz/Euphonium, ``grpo_sampling/flux_step.py``, ``sampling.py``).
 
 Guided rollouts (``RewardGuidance``, ``guided_rollout``): at every guided step the mean of the SDE
-kernel gets ``kappa * |dt| * grad_x R(x_j)`` added (``scale_by_dt``, on in the release), where R is a
-differentiable *process* reward of the current noisy state: ``process_reward(x [B, *S], ctx) -> [B]``
+kernel gets ``kappa * |dt| * grad_x R(x_j)`` added (kappa is ``reward_grad_scale``; ``scale_by_dt``,
+on in the release), where R is a differentiable *process* reward of the current noisy state: ``process_reward(x [B, *S], ctx) -> [B]``
 with ``ctx`` the rollout's ``StepContext`` (sigma, v, cond). ``x0_process_reward`` turns an image
 reward into one by scoring ``decode(x - sigma * v)`` with v held fixed (no model Jacobian).
 kappa = eta^2 / (2 beta) (``kl_optimal_kappa``) is the KL-optimal tilt for the Dance-SDE with
@@ -94,7 +94,7 @@ class RewardGuidance:
     def __init__(
         self,
         process_reward: Callable,
-        kappa: float,
+        reward_grad_scale: float,
         *,
         step: str | Callable = "dance_sde",
         noise_levels: Tensor,
@@ -104,7 +104,7 @@ class RewardGuidance:
         differentiable: bool | None = None,
     ):
         check_process_reward(process_reward, differentiable)
-        self.process_reward, self.kappa = process_reward, float(kappa)
+        self.process_reward, self.reward_grad_scale = process_reward, float(reward_grad_scale)
         self.step_fn, self.levels = get_step(step), torch.as_tensor(noise_levels, dtype=torch.float32)
         t = self.levels.numel()
         self.guided = (self.levels > 0) & (
@@ -131,7 +131,7 @@ class RewardGuidance:
         self.scores[ctx.j] = r.detach().float().reshape(-1)
         if self.normalize:
             grad = grad / (grad.flatten(1).norm(dim=1).reshape(-1, *[1] * (grad.ndim - 1)) + 1e-8)
-        scale = self.kappa * (float(ctx.sigma - ctx.sigma_next) if self.scale_by_dt else 1.0)
+        scale = self.reward_grad_scale * (float(ctx.sigma - ctx.sigma_next) if self.scale_by_dt else 1.0)
         return scale * grad
 
     def on_step(self, ctx: StepContext) -> None:
@@ -161,7 +161,7 @@ def guided_rollout(
     x: Tensor,
     sigmas: Tensor,
     process_reward: Callable,
-    kappa: float,
+    reward_grad_scale: float,
     step: str | Callable = "dance_sde",
     noise_levels: Tensor | float | None = 0.25,
     *,
@@ -178,7 +178,7 @@ def guided_rollout(
     levels = as_noise_levels(noise_levels, torch.as_tensor(sigmas).numel() - 1)
     hook = RewardGuidance(
         process_reward,
-        kappa,
+        reward_grad_scale,
         step=step,
         noise_levels=levels,
         steps=steps,

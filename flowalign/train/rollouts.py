@@ -193,12 +193,21 @@ def guided_batch_rollout(
     *,
     generator=None,
     process_reward: Callable,
-    kappa: float,
+    reward_grad_scale: float,
     steps=None,
     keep_x0: bool = False,
 ) -> GuidedBatchRollout:
     g = guided_rollout(
-        model, cond, x, sigmas, process_reward, kappa, step, noise_levels, generator=generator, steps=steps or None
+        model,
+        cond,
+        x,
+        sigmas,
+        process_reward,
+        reward_grad_scale,
+        step,
+        noise_levels,
+        generator=generator,
+        steps=steps or None,
     )
     return _as(GuidedBatchRollout, g.rollout, process=g.process)
 
@@ -224,7 +233,7 @@ def make_rollout(
         check_process_reward(process_reward)
         pr = x0_reward_process(process_reward, model.decode)
         steps = list(o.reward_grad_steps)
-        return partial(guided_batch_rollout, process_reward=pr, kappa=o.reward_grad_scale, steps=steps)
+        return partial(guided_batch_rollout, process_reward=pr, reward_grad_scale=o.reward_grad_scale, steps=steps)
     fn = partial(shared_prefix_rollout, base=base) if s.share_prefix else base
     # the ladder reuses each state's sampling velocity (x0_preds) for its completion's first step
     return partial(fn, keep_x0=True) if "ladder" in needs and base is rollout else fn
