@@ -4,8 +4,8 @@ zerzerzerz/Euphonium, ``grpo_sampling/flux_step.py``, ``sampling.py``).
 Guided rollouts (``RewardGuidance``, ``guided_rollout``): at every guided step the mean of the SDE
 kernel gets ``kappa * |dt| * grad_x R(x_j)`` added (kappa is ``reward_grad_scale``; ``scale_by_dt``,
 on in the release), where R is a differentiable *process* reward of the current noisy state:
-``process_reward(x [B, *S], ctx) -> [B]`` with ``ctx`` the rollout's ``StepContext`` (sigma, v, cond). ``x0_process_reward`` turns an image
-reward into one by scoring ``decode(x - sigma * v)`` with v held fixed (no model Jacobian).
+``process_reward(x [B, *S], ctx) -> [B]`` with ``ctx`` the rollout's ``StepContext`` (sigma, v,
+cond). ``x0_process_reward`` turns an image reward into one by scoring ``decode(x - sigma * v)`` with v held fixed (no model Jacobian).
 kappa = eta^2 / (2 beta) (``kl_optimal_kappa``) is the KL-optimal tilt for the Dance-SDE with
 diffusion eta: the score gains grad R / beta and the mean carries (eta^2 / 2) |dt| score.
 The transition is sampled from the guided kernel but its log-prob is recorded under the *unguided*
