@@ -5,14 +5,14 @@ Guided rollouts (``RewardGuidance``, ``guided_rollout``): at every guided step t
 kernel gets ``kappa * |dt| * grad_x R(x_j)`` added (kappa is ``reward_grad_scale``; ``scale_by_dt``,
 on in the release), where R is a differentiable *process* reward of the current noisy state:
 ``process_reward(x [B, *S], ctx) -> [B]`` with ``ctx`` the rollout's ``StepContext`` (sigma, v,
-cond). ``x0_process_reward`` turns an image reward into one by scoring ``decode(x - sigma * v)`` with v held fixed (no model Jacobian).
-kappa = eta^2 / (2 beta) (``kl_optimal_kappa``) is the KL-optimal tilt for the Dance-SDE with
-diffusion eta: the score gains grad R / beta and the mean carries (eta^2 / 2) |dt| score.
-The transition is sampled from the guided kernel but its log-prob is recorded under the *unguided*
-kernel (``USE_REWARD_GUIDED_MEAN_FOR_LOGPROB=false`` in the release), so training with
-``log_prob_at`` (no drift) is on-policy for the policy's own kernel: the guidance is distilled into it.
-With kappa = 0 the drift is exactly zero and the rollout is the unguided Flow-GRPO (``flow_sde``) or
-DanceGRPO (``dance_sde``) rollout bit for bit.
+cond). ``x0_process_reward`` turns an image reward into one by scoring ``decode(x - sigma * v)``
+with v held fixed (no model Jacobian). kappa = eta^2 / (2 beta) (``kl_optimal_kappa``) is the
+KL-optimal tilt for the Dance-SDE with diffusion eta: the score gains grad R / beta and the mean
+carries (eta^2 / 2) |dt| score. The transition is sampled from the guided kernel but its log-prob is
+recorded under the *unguided* kernel (``USE_REWARD_GUIDED_MEAN_FOR_LOGPROB=false`` in the release),
+so training with ``log_prob_at`` (no drift) is on-policy for the policy's own kernel: the guidance
+is distilled into it. With kappa = 0 the drift is exactly zero and the rollout is the unguided
+Flow-GRPO (``flow_sde``) or DanceGRPO (``dance_sde``) rollout bit for bit.
 
 Dual-reward credit: outcome advantages (each outcome reward z-scored in its group, weighted sum,
 broadcast over the trained steps) and process advantages (the process score recorded at each guided
