@@ -299,3 +299,13 @@ def test_load_model_names_and_objects(tiny_sd3_pipe, tiny_flux_pipe):
     assert isinstance(model, FluxModel) and model.encode("a").guidance_scale == 2.0
     with pytest.raises(ValueError, match="unknown model family 'sdxl'"):
         load_model("x", family="sdxl")
+
+
+def test_a_damaged_saved_pipeline_is_one_error_naming_the_file(tmp_path, tiny_sd3_pipe):
+    from flowalign.models import load_model
+
+    tiny_sd3_pipe.save_pretrained(str(tmp_path))
+    weights = tmp_path / "transformer" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # truncated mid-file
+    with pytest.raises(ValueError, match=r"cannot load the pipeline in .*transformer/diffusion_pytorch_model"):
+        load_model(str(tmp_path))

@@ -95,8 +95,33 @@ def load_model(name_or_path: Any, family: str | None = None, **kw: Any) -> FlowM
         )
     fam = family or detect_family(name_or_path)
     if isinstance(name_or_path, (str, os.PathLike)):
-        return FAMILIES[fam].from_pretrained(os.fspath(name_or_path), **kw)
+        path = os.fspath(name_or_path)
+        try:
+            return FAMILIES[fam].from_pretrained(path, **kw)
+        except Exception as err:  # a damaged local pipeline: name the file instead of diffusers' traceback
+            if not os.path.isdir(path) or (bad := unreadable_weights(path)) is None:
+                raise
+            raise ValueError(
+                f"cannot load the pipeline in {path}: {bad} ({type(err).__name__}); save it again with "
+                f"`pipeline.save_pretrained(dir)` or pass another model path."
+            ) from None
     return FAMILIES[fam](name_or_path, **kw)
+
+
+def unreadable_weights(directory: str) -> str | None:
+    """The first weights file of a saved pipeline that safetensors cannot read, described; or None."""
+    from pathlib import Path
+
+    from safetensors import safe_open
+
+    for f in sorted(Path(directory).rglob("*.safetensors")):
+        try:
+            with safe_open(str(f), "pt") as handle:
+                for key in handle.keys():  # noqa: SIM118  (safe_open handles are not iterable)
+                    handle.get_slice(key)
+        except Exception as err:  # what safetensors raises for a damaged file varies by version
+            return f"{f} is not a readable safetensors file ({err})"
+    return None
 
 
 __all__ = ["FlowModel", "SD3Model", "FluxModel", "FAMILIES", "MODELS", "detect_family", "load_model"]
