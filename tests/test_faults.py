@@ -116,7 +116,7 @@ def test_non_finite_steps_in_a_row_stop_naming_the_learning_rate(tmp_path, monke
 
 
 # --- SIGINT / SIGTERM through the command line ------------------------------------------------------------
-CLI_ITERATIONS = 3
+CLI_ITERATIONS = 5
 CLI = [
     "testbed",
     *TINY,
@@ -141,7 +141,7 @@ def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
 
 
 def interrupted_run(out: Path, sig: int, rng: random.Random, env: dict) -> str:
-    """Start the command, send ``sig`` a random moment into the training, return what it printed."""
+    """Start the command, send ``sig`` a random moment into a random iteration, return what it printed."""
     proc = subprocess.Popen(
         [*flowalign(), "train", *CLI, f"train.output_dir={out}"],
         stdout=subprocess.PIPE,
@@ -149,12 +149,12 @@ def interrupted_run(out: Path, sig: int, rng: random.Random, env: dict) -> str:
         text=True,
         env=env,
     )
-    lines = []
-    for line in proc.stdout:  # training has started once the first iteration line is printed
+    at, lines = rng.randint(1, CLI_ITERATIONS - 2), []
+    for line in proc.stdout:  # iteration `at` has ended and the next one begun once its line is printed
         lines.append(line)
-        if line.startswith("it 1/"):
+        if line.startswith(f"it {at}/"):
             break
-    time.sleep(rng.uniform(0.0, 0.5))
+    time.sleep(rng.uniform(0.0, 0.05))
     proc.send_signal(sig)
     rest, _ = proc.communicate(timeout=300)
     assert proc.returncode == 130, "".join(lines) + rest
