@@ -85,19 +85,37 @@ def plot(curves: dict[str, list[dict]], path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The flags, the output folder and both runs' config through ``flowalign train``'s start-up checks:
+    a bad value is one argparse error before anything loads (not after two training runs)."""
+    from flowalign.cli import bounded
+    from flowalign.steering.config import check_output
+    from flowalign.train.checks import validate
+
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--iterations", type=int, default=120, help="training iterations per run")
-    ap.add_argument("--eval-every", type=int, default=10, help="iterations between evals")
-    ap.add_argument("--eval-prompts", type=int, default=64, help="held-out prompts per eval (one fixed noise each)")
-    ap.add_argument("--artifact-weight", type=float, default=5.0, help="weight of the detector's clean score")
-    ap.add_argument("--beta", type=float, default=0.04, help="KL weight of the regularized run (objective beta)")
-    ap.add_argument("--seed", type=int, default=0)
+    pos, nonneg = bounded(int, "[1, inf)"), bounded(float, "[0, inf)")
+    ap.add_argument("--iterations", type=pos, default=120, help="training iterations per run")
+    ap.add_argument("--eval-every", type=pos, default=10, help="iterations between evals")
+    ap.add_argument("--eval-prompts", type=pos, default=64, help="held-out prompts per eval (one fixed noise each)")
+    ap.add_argument("--artifact-weight", type=nonneg, default=5.0, help="weight of the detector's clean score")
+    ap.add_argument("--beta", type=nonneg, default=0.04, help="KL weight of the regularized run (objective beta)")
+    ap.add_argument("--seed", type=bounded(int, "[0, inf)"), default=0)
     ap.add_argument("--out", default="runs/artifact_reg", help="folder for artifact_reg.png / .json")
     ap.add_argument("--quick", action="store_true", help="<= 60 s: 3 iterations, 8 eval prompts")
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--threads", type=pos, default=1)
     ap.add_argument("overrides", nargs="*", help="extra config overrides for both runs")
     args = ap.parse_args(argv)
+    try:
+        check_output(args.out, "--out")
+        for beta in (0.0, args.beta):
+            validate(apply_overrides(get_preset("testbed"), [*BASE, f"objective.options.beta={beta}", *args.overrides]))
+    except ValueError as err:
+        ap.error(str(err))
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     torch.set_num_threads(args.threads)
     from flowalign.rewards import MultiReward, load_reward
     from flowalign.train.build import build_eval_metrics, build_model

@@ -22,6 +22,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
+from flowalign.cli import bounded  # noqa: E402
 from flowalign.models import FluxModel, SD3Model  # noqa: E402
 from flowalign.models.tiny import tiny_flux_pipeline, tiny_sd3_pipeline  # noqa: E402
 from flowalign.sampling import TreeSpec, log_prob_at, noise_table, rollout, tree_rollout  # noqa: E402
@@ -79,9 +80,14 @@ def recompute_diff(model, steps, size, guidance) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer repeats (<= 60 s on 2 cores)")
-    ap.add_argument("--repeats", type=int, default=None)
-    ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--threads", type=int, default=1, help="torch threads (1 keeps shared 2-core machines stable)")
+    ap.add_argument("--repeats", type=bounded(int, "[1, inf)"), default=None)
+    ap.add_argument("--steps", type=bounded(int, "[1, inf)"), default=20)
+    ap.add_argument(
+        "--threads",
+        type=bounded(int, "[1, inf)"),
+        default=1,
+        help="torch threads (1 keeps shared 2-core machines stable)",
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

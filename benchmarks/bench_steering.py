@@ -61,11 +61,13 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from flowalign.cli import bounded  # noqa: E402
 from flowalign.sampling.schedule import parse_steps, steps_noise_table  # noqa: E402
 from flowalign.steering import POTENTIALS, beam_search, best_of_n, fk_steer, tree_search  # noqa: E402
 from flowalign.steering.common import expected_best_of_n  # noqa: E402
@@ -116,6 +118,33 @@ def hardest_prompts(model, reward, prompts: list[str], args) -> list[str]:
 def steps_arg(text: str) -> list[int] | None:
     """'4-14' -> [4, ..., 14]; '4,8,12' -> [4, 8, 12]; 'default' -> None (the FK schedule)."""
     return None if text == "default" else parse_steps(text, "steps")
+
+
+def ks_arg(text: str) -> list[int]:
+    """argparse type of the K lists: comma-separated ints >= 1 ('' = none)."""
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if not all(t.isdigit() and int(t) >= 1 for t in items):
+        raise argparse.ArgumentTypeError(f"{text!r} must be comma-separated ints >= 1, e.g. '2,4,8' ('' = none)")
+    return [int(t) for t in items]
+
+
+def potentials_arg(text: str) -> list[str]:
+    """argparse type of --fk-potentials: 'all' or comma-separated names of POTENTIALS."""
+    names = sorted(POTENTIALS) if text == "all" else [t.strip() for t in text.split(",") if t.strip()]
+    if not names or any(n not in POTENTIALS for n in names):
+        raise argparse.ArgumentTypeError(f"{text!r}: choose 'all' or names among {sorted(POTENTIALS)}")
+    return names
+
+
+def widen_arg(text: str) -> tuple[float, float]:
+    """argparse type of --dts-widen: 'C,alpha' with C > 0 and 0 < alpha <= 1."""
+    try:
+        c, alpha = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} must be two numbers C,alpha, e.g. '1.0,0.5'") from None
+    if not (0 < c < math.inf and 0 < alpha <= 1):
+        raise argparse.ArgumentTypeError(f"{text!r} needs C > 0 and 0 < alpha <= 1")
+    return c, alpha
 
 
 def window_arg(text: str) -> str:
@@ -257,21 +286,23 @@ def plot(path: str, bon_nfe: list[float], bon: list[float], rows: list[dict], ti
 
 
 def add_arguments(ap: argparse.ArgumentParser) -> None:
-    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--seeds", type=bounded(int, "[1, inf)"), default=3)
     ap.add_argument("--quick", action="store_true", help="small smoke version (<= 60 s)")
     ap.add_argument("--model", default=None, help="pipeline dir (default: the testbed assets' pipeline)")
-    ap.add_argument("--reward", default="compositional")
+    ap.add_argument("--reward", default="compositional", help="a name in flowalign.rewards.REWARDS, or redness")
     ap.add_argument("--device", default="")
-    ap.add_argument("--prompts", type=int, default=32)
+    ap.add_argument("--prompts", type=bounded(int, "[1, inf)"), default=32)
     ap.add_argument(
         "--hardest",
-        type=int,
+        type=bounded(int, "[0, inf)"),
         default=0,
         help="instead of the first --prompts, the N held-out prompts the base fails most (see hardest_prompts)",
     )
-    ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--cfg", type=float, default=4.5)
-    ap.add_argument("--noise", type=float, default=0.7, help="flow_sde noise level of FK / beam / DTS*")
+    ap.add_argument("--steps", type=bounded(int, "[2, inf)"), default=20)
+    ap.add_argument("--cfg", type=bounded(float, "[0, inf)"), default=4.5)
+    ap.add_argument(
+        "--noise", type=bounded(float, "[0, inf)"), default=0.7, help="flow_sde noise level of FK / beam / DTS*"
+    )
     ap.add_argument(
         "--noise-steps",
         default="6-15",
@@ -279,23 +310,35 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
         help="FK / beam: the SDE window, steps LO-HI (0-based) that get --noise, ODE elsewhere "
         "('all' = every step but the last)",
     )
-    ap.add_argument("--dts-noise", type=float, default=None, help="flow_sde noise level of DTS* (default: --noise)")
-    ap.add_argument("--dts-noise-steps", default="all", type=window_arg, help="the same for DTS*")
-    ap.add_argument("--lam", type=float, default=10.0)
     ap.add_argument(
-        "--bon-max", type=int, default=12, help="best-of-N candidates per prompt and seed (pool M = this x seeds)"
+        "--dts-noise",
+        type=bounded(float, "[0, inf)"),
+        default=None,
+        help="flow_sde noise level of DTS* (default: --noise)",
+    )
+    ap.add_argument("--dts-noise-steps", default="all", type=window_arg, help="the same for DTS*")
+    ap.add_argument("--lam", type=bounded(float, "[0, inf)"), default=10.0)
+    ap.add_argument(
+        "--bon-max",
+        type=bounded(int, "[1, inf)"),
+        default=12,
+        help="best-of-N candidates per prompt and seed (pool M = this x seeds)",
     )
     ap.add_argument(
-        "--ks", default="2,4,8", help="K values (FK particles, DTS* budgets in rollouts x T) run with --seeds"
+        "--ks",
+        default=[2, 4, 8],
+        type=ks_arg,
+        help="K values (FK particles, DTS* budgets in rollouts x T) run with --seeds",
     )
     ap.add_argument(
         "--dts-ks",
         default=None,
+        type=ks_arg,
         help="DTS* budgets in rollouts x T (default: --ks; headline: --headline-k if listed, else the largest)",
     )
     ap.add_argument(
         "--side-seeds",
-        type=int,
+        type=bounded(int, "[1, inf)"),
         default=1,
         help="seeds of the side curves: other potentials, beam, --extra-fk-ks (keeps the run short)",
     )
@@ -303,24 +346,33 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
 
 
 def add_method_arguments(ap: argparse.ArgumentParser) -> None:
-    ap.add_argument("--extra-fk-ks", default="", help="more K values for the headline potential, run with --side-seeds")
-    ap.add_argument("--fk-potentials", default="all", help="comma-separated FK potentials or 'all'")
-    ap.add_argument("--other-potential-ks", default="2,4", help="K values of the non-headline potentials ('' = none)")
-    ap.add_argument("--beam-ks", default="2,4", help="beam particles (2 beams x K/2 children; '' = none)")
+    ap.add_argument(
+        "--extra-fk-ks", default=[], type=ks_arg, help="more K values for the headline potential, run with --side-seeds"
+    )
+    ap.add_argument(
+        "--fk-potentials",
+        default=sorted(POTENTIALS),
+        type=potentials_arg,
+        help="comma-separated FK potentials or 'all'",
+    )
+    ap.add_argument(
+        "--other-potential-ks", default=[2, 4], type=ks_arg, help="K values of the non-headline potentials ('' = none)"
+    )
+    ap.add_argument("--beam-ks", default=[2, 4], type=ks_arg, help="beam particles (2 beams x K/2 children; '' = none)")
     ap.add_argument(
         "--fk-steps", default="7-14", help="FK resampling / beam selection steps ('default' = FK's 20/40/60/80%%)"
     )
     ap.add_argument("--fk-lookahead", default="x0", choices=["x0", "x0_prev", "ode"])
-    ap.add_argument("--fk-lookahead-steps", type=int, default=None)
-    ap.add_argument("--headline-k", type=int, default=4)
-    ap.add_argument("--headline-potential", default="rt")
+    ap.add_argument("--fk-lookahead-steps", type=bounded(int, "[1, inf)"), default=None)
+    ap.add_argument("--headline-k", type=bounded(int, "[1, inf)"), default=4)
+    ap.add_argument("--headline-potential", default="rt", choices=sorted(POTENTIALS))
     ap.add_argument("--dts-steps", default="default", help="DTS* branching steps")
-    ap.add_argument("--dts-widen", default="1.0,0.5", help="DTS* progressive widening C,alpha")
-    ap.add_argument("--dts-cuct", type=float, default=0.1)
-    ap.add_argument("--dts-batch", type=int, default=1, help="DTS* rollouts per tree and round")
+    ap.add_argument("--dts-widen", default=(1.0, 0.5), type=widen_arg, help="DTS* progressive widening C,alpha")
+    ap.add_argument("--dts-cuct", type=bounded(float, "[0, inf)"), default=0.1)
+    ap.add_argument("--dts-batch", type=bounded(int, "[1, inf)"), default=1, help="DTS* rollouts per tree and round")
     ap.add_argument(
         "--max-seq",
-        type=int,
+        type=bounded(int, "[1, 512]"),
         default=16,
         help="T5 max_sequence_length: the testbed's T5 stream is padding only beyond 12 tokens and was "
         "trained with 16..512 pads, so 16 gives the same images ~5x faster than the default 256",
@@ -352,7 +404,7 @@ def parse(argv: list[str] | None = None) -> Bench:
     args = ap.parse_args(argv)
     if args.quick:
         args.seeds, args.side_seeds, args.prompts, args.steps, args.bon_max = 1, 1, min(args.prompts, 4), 10, 16
-        args.ks, args.extra_fk_ks, args.other_potential_ks, args.beam_ks = "4", "", "4", "4"
+        args.ks, args.extra_fk_ks, args.other_potential_ks, args.beam_ks = [4], [], [4], [4]
         args.fk_steps, args.dts_steps, args.noise_steps = "3-7", "default", "2-8"
     dts_noise = args.noise if args.dts_noise is None else args.dts_noise
     try:  # a bad step list, a window outside the grid, DTS* branches with only ODE below: one error before loading
@@ -364,11 +416,30 @@ def parse(argv: list[str] | None = None) -> Bench:
         branch_depths(dts_steps, dts_sde["noise_level"], args.steps, "--dts-steps")
     except ValueError as err:
         ap.error(f"--fk-steps / --dts-steps / --noise-steps / --dts-noise-steps with --steps {args.steps}: {err}")
+    check_inputs(ap, args)
     return Bench(args, fk_steps, dts_steps, sde, dts_sde, dts_noise)
 
 
-def ints(text: str) -> list[int]:
-    return [int(k) for k in text.split(",") if k.strip()]
+def check_inputs(ap: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """What would otherwise fail after minutes of sampling: one argparse error before anything loads."""
+    from flowalign.rewards import REWARDS
+
+    if not args.ks:
+        ap.error("--ks '' leaves no K for the headline FK curve; pass e.g. --ks 2,4,8")
+    if args.reward not in (*REWARDS, "redness"):
+        ap.error(f"--reward {args.reward!r} is unknown; choose one of {sorted([*REWARDS, 'redness'])}")
+    if args.model is not None and not os.path.isfile(os.path.join(args.model, "model_index.json")):
+        ap.error(f"--model {args.model!r} holds no saved pipeline (model_index.json)")
+    if args.plot is not None:
+        near = next(p for p in Path(os.path.abspath(args.plot)).parents if p.exists())
+        if (
+            os.path.isdir(args.plot)
+            or not near.is_dir()
+            or Path(args.plot).suffix.lower() not in (".png", ".pdf", ".svg")
+        ):
+            ap.error(
+                f"--plot {args.plot!r} must be a .png / .pdf / .svg file that can be written (it is saved at the end)"
+            )
 
 
 def bon_pool(b: Bench) -> tuple[torch.Tensor, list[float], list[dict]]:
@@ -400,10 +471,9 @@ def bon_pool(b: Bench) -> tuple[torch.Tensor, list[float], list[dict]]:
 def run_fk(b: Bench, bon: list[float], ks: list[int]) -> tuple[dict, dict, dict]:
     """FK at every (potential, K) of the plan -> (results, N/K equivalents, NFE-ratio equivalents)."""
     a = b.args
-    pots = sorted(POTENTIALS) if a.fk_potentials == "all" else a.fk_potentials.split(",")
-    hp = a.headline_potential
-    plan = [(hp, k, a.seeds) for k in ks] + [(hp, k, a.side_seeds) for k in ints(a.extra_fk_ks) if k not in ks]
-    plan += [(pot, k, a.side_seeds) for pot in pots if pot != hp for k in ints(a.other_potential_ks)]
+    pots, hp = a.fk_potentials, a.headline_potential
+    plan = [(hp, k, a.seeds) for k in ks] + [(hp, k, a.side_seeds) for k in a.extra_fk_ks if k not in ks]
+    plan += [(pot, k, a.side_seeds) for pot in pots if pot != hp for k in a.other_potential_ks]
     results, fk_eq, fk_eq_nfe = {}, {}, {}
     for pot, k, seeds in sorted(plan, key=lambda x: (x[1], x[0])):
         r = run_method(
@@ -444,13 +514,13 @@ def run_beam(b: Bench) -> list[dict]:
             **b.sde,
             **b.base,
         )
-        for k in ints(b.args.beam_ks)
+        for k in b.args.beam_ks
     ]
 
 
 def run_dts(b: Bench, bon: list[float], dts_ks: list[int]) -> dict:
     """DTS* at every budget K x T -> results keyed ("dts_star", K)."""
-    c_pw, alpha = (float(v) for v in b.args.dts_widen.split(","))
+    c_pw, alpha = b.args.dts_widen
     results = {}
     for k in dts_ks:
         r = run_method(
@@ -499,16 +569,21 @@ def headline(
 ) -> tuple[dict, dict]:
     """The headline ratios (FK at --headline-k, DTS* at that budget or the largest) with their intervals."""
     hk = b.args.headline_k if b.args.headline_k in ks else ks[0]
-    dts_hk = hk if hk in dts_ks else max(dts_ks)
-    fk_r, dts_r = results[(b.args.headline_potential, hk)], results[("dts_star", dts_hk)]
-    fk_head, dts_head = fk_r["bon_equivalent_n_over_k"], dts_r["bon_nfe_ratio"]
-    return {
+    fk_r = results[(b.args.headline_potential, hk)]
+    fk_head = fk_r["bon_equivalent_n_over_k"]
+    fk = {
         "fk_bon_equivalent_n_over_k": fk_head,
         "fk_headline": f"{b.args.headline_potential} K={hk}",
         "fk_censored": fk_head is None,
         "fk_bon_equivalent_nfe_ratio": fk_r["bon_equivalent_nfe_ratio"],
         "fk_bon_equivalent_n_over_k_ci90": bootstrap_ci(per_prompt_curve, fk_r["per_prompt"], 1.0 / hk),
-    }, {
+    }
+    if not dts_ks:  # --dts-ks '': no DTS* run
+        return fk, {"dts_star_nfe_ratio_vs_bon": None, "dts_star_headline": None, "dts_star_ratios": {}}
+    dts_hk = hk if hk in dts_ks else max(dts_ks)
+    dts_r = results[("dts_star", dts_hk)]
+    dts_head = dts_r["bon_nfe_ratio"]
+    return fk, {
         "dts_star_nfe_ratio_vs_bon": dts_head,
         "dts_star_headline": f"{dts_hk}T",
         "dts_star_censored": dts_head is None,
@@ -537,7 +612,7 @@ def settings(b: Bench, n_prompts: int, m: int) -> dict:
         "fk_steps": b.fk_steps,
         "fk_lookahead": a.fk_lookahead,
         "dts_steps": b.dts_steps,
-        "dts_widen": [float(v) for v in a.dts_widen.split(",")],
+        "dts_widen": list(a.dts_widen),
         "dts_c_uct": a.dts_cuct,
         "dts_batch": a.dts_batch,
         "max_sequence_length": a.max_seq,
@@ -552,8 +627,8 @@ def main(argv: list[str] | None = None) -> None:
     model, reward, prompts = load(a)
     b.base = dict(model=model, prompts=prompts, reward=reward, num_steps=t, cfg=a.cfg)
     b.log = lambda *x: print(*x, file=sys.stderr, flush=True)  # progress on stderr
-    ks = ints(a.ks)
-    dts_ks = ks if a.dts_ks is None else ints(a.dts_ks)
+    ks = a.ks
+    dts_ks = ks if a.dts_ks is None else a.dts_ks  # [] (--dts-ks ''): no DTS*
     per_prompt_curve, bon, rows = bon_pool(b)
     m = len(bon)
     results, fk_eq, fk_eq_nfe = run_fk(b, bon, ks)

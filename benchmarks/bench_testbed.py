@@ -29,14 +29,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def main(argv: list[str] | None = None) -> dict:
+    from flowalign.cli import bounded
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="24 prompts, 300 real images")
-    ap.add_argument("--n-prompts", type=int, default=None, help="held-out prompts (default all 219; quick 24)")
-    ap.add_argument("--n-real", type=int, default=None, help="real images for scorer checks")
+    ap.add_argument(
+        "--n-prompts", type=bounded(int, "[1, inf)"), default=None, help="held-out prompts (default all 219; quick 24)"
+    )
+    ap.add_argument("--n-real", type=bounded(int, "[1, inf)"), default=None, help="real images for scorer checks")
     ap.add_argument("--assets", default=None, help="testbed assets folder (default assets/testbed)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    ap.add_argument("--seed", type=bounded(int, "[0, inf)"), default=0)
+    ap.add_argument("--threads", type=bounded(int, "[1, inf)"), default=None, help="torch threads (default: torch's)")
     args = ap.parse_args(argv)
+    try:  # the assets before minutes of sampling
+        from flowalign.testbed.jobs import EvalJob, validate
+
+        validate(EvalJob(assets=args.assets))
+    except ValueError as err:
+        ap.error(str(err))
     import torch
 
     from flowalign.testbed.evaluate import MAIN_KEYS, format_table, run_eval

@@ -63,16 +63,35 @@ def compositional_accuracy(model, cfg, prompts: list[str], seeds: int) -> dict[s
     return clause_metrics(torch.cat(correct), torch.cat(mask), labels)
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The flags, and the runs' config (preset + overrides) through ``flowalign train``'s start-up
+    checks: a bad value is one argparse error before anything loads."""
+    from flowalign.cli import bounded
+    from flowalign.train.checks import validate
+
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--minutes", type=float, default=15.0, help="training wall time per seed")
-    ap.add_argument("--seeds", type=int, default=3, help="independent training runs (train.seed = 0..S-1)")
+    ap.add_argument("--minutes", type=bounded(float, "(0, inf)"), default=15.0, help="training wall time per seed")
+    ap.add_argument(
+        "--seeds", type=bounded(int, "[1, inf)"), default=3, help="independent training runs (train.seed = 0..S-1)"
+    )
     ap.add_argument("--quick", action="store_true", help="<= 60 s: train ~40 s and show the reward rising")
-    ap.add_argument("--eval-prompts", type=int, default=0, help="held-out prompts (0 = all of the test split)")
-    ap.add_argument("--eval-seeds", type=int, default=2, help="noise seeds per held-out prompt")
+    ap.add_argument(
+        "--eval-prompts", type=bounded(int, "[0, inf)"), default=0, help="held-out prompts (0 = all of the test split)"
+    )
+    ap.add_argument("--eval-seeds", type=bounded(int, "[1, inf)"), default=2, help="noise seeds per held-out prompt")
     ap.add_argument("--preset", default="testbed", help="a testbed preset (default: the main job's), e.g. testbed_nft")
     ap.add_argument("overrides", nargs="*", help="extra config overrides, e.g. optim.lr=5e-4")
     args = ap.parse_args(argv)
+    items = QUICK if args.quick else [f"train.max_minutes={args.minutes}", "eval.every=0"]
+    try:
+        validate(apply_overrides(get_preset(args.preset), ["train.iterations=100000", *items, *args.overrides]))
+    except ValueError as err:
+        ap.error(f"--preset {args.preset} with overrides {args.overrides}: {err}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
     from flowalign.testbed import world as W
 

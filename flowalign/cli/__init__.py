@@ -5,6 +5,10 @@ line and makes one call into the library. Modules are imported only when chosen,
 --help`` stays fast. The config commands (train, steer, gallery) read ``[PRESET] key=value ...``
 (``flowalign.overrides``); their flags are shorthands applied as overrides after those
 (``flag_overrides``), so both forms meet in one config object.
+
+Bad input is refused before anything loads, with ONE stderr line ``flowalign <cmd>: error: ...`` and
+exit 2: argparse's own errors (``Parser``; numeric flags are typed by ``bounded``, e.g. ``--particles
+0``), and every ValueError a command's config check raises (``guarded``).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import json
 import os
 import sys
 from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 SUBCOMMANDS = {
     "train": ("flowalign.cli.train", "Flow-GRPO training (default: the testbed preset on CPU)"),
@@ -28,6 +33,34 @@ SUBCOMMANDS = {
 }
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with its error on ONE line (no usage block): ``<prog>: error: <message>; see `<prog>
+    --help`.`` and exit 2, like every other refusal of the command line."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message}; see `{self.prog} --help`.\n")
+
+
+def bounded(kind: type, rule: str) -> Callable[[str], Any]:
+    """An argparse ``type=`` for a number in ``rule`` (``flowalign.ranges`` syntax, e.g. ``"[1, inf)"``):
+    anything else is argparse's one-line error naming the flag, the value and the range."""
+    from ..ranges import in_range
+
+    what = "an int" if kind is int else "a number"
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}; pass {what} in {rule}") from None
+        if not in_range(float(value), rule):
+            raise argparse.ArgumentTypeError(f"{text!r} is out of range; pass {what} in {rule}")
+        return value
+
+    parse.__name__ = f"{kind.__name__} in {rule}"
+    return parse
+
+
 def guarded(prog: str, job: Callable[[], int], interrupted: str) -> int:
     """Run a subcommand's job: a ValueError (bad input, raised at the boundary) becomes one
     ``flowalign <prog>: error: ...`` line and exit 2 (``FLOWALIGN_DEBUG=1`` re-raises it); Ctrl-C
@@ -37,7 +70,7 @@ def guarded(prog: str, job: Callable[[], int], interrupted: str) -> int:
     except ValueError as err:
         if os.environ.get("FLOWALIGN_DEBUG"):
             raise
-        print(f"flowalign {prog}: error: {err}", file=sys.stderr)
+        print(f"flowalign {prog}: error: {' '.join(str(err).splitlines())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(interrupted, file=sys.stderr)
@@ -80,9 +113,7 @@ def print_config(cfg: object) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="flowalign", description="Align flow-matching text-to-image models with rewards."
-    )
+    parser = Parser(prog="flowalign", description="Align flow-matching text-to-image models with rewards.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     chosen = (argv if argv is not None else sys.argv[1:])[:1]
     for name, (module, help_text) in SUBCOMMANDS.items():

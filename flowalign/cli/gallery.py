@@ -14,7 +14,7 @@ import argparse
 from pathlib import Path
 
 from ..gallery.config import GALLERY_PRESETS
-from . import add_config_arguments, flag_overrides, guarded, print_config
+from . import add_config_arguments, bounded, flag_overrides, guarded, print_config
 
 FLAGS = {  # argparse dest -> config key
     "model": "model",
@@ -51,7 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="prompt file (.txt or .jsonl); default for the testbed: assets/prompts/gallery_testbed.txt",
     )
     add("--prompt", action="append", help="a prompt (repeatable)")
-    add("--num-prompts", type=int, help="use the first N prompts only")
+    add("--num-prompts", type=bounded(int, "[1, inf)"), help="use the first N prompts only")
     add("--seeds", help="comma-separated seeds, one image per prompt and seed (default 0,1,2)")
     add(
         "--reward",
@@ -60,10 +60,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "'package.module:factory'); default for the testbed: compositional, testbed_aesthetic, testbed_artifact",
     )
     add("--steer-reward", help="reward the steering methods use (default: the first --reward)")
-    add("--steps", type=int, help="sampling steps (default: the model's)")
-    add("--cfg", type=float, help="classifier-free guidance scale (default: the model's)")
-    add("--size", type=int, help="image height = width (default: the model's)")
-    add("--max-seq", type=int, help="T5 max_sequence_length (default: 16 for the testbed)")
+    add("--steps", type=bounded(int, "[1, inf)"), help="sampling steps (default: the model's)")
+    add("--cfg", type=bounded(float, "[0, inf)"), help="classifier-free guidance scale (default: the model's)")
+    add("--size", type=bounded(int, "[1, inf)"), help="image height = width (default: the model's)")
+    add("--max-seq", type=bounded(int, "[1, 512]"), help="T5 max_sequence_length (default: 16 for the testbed)")
     add("--no-plots", dest="plots", action="store_const", const=False, help="skip the matplotlib plots")
     add("--out", help="output folder (default runs/gallery; re-run the same command to resume)")
 
@@ -80,9 +80,11 @@ def run(args: argparse.Namespace) -> int:
         cfg = config_from_args(args)
         if args.print_config:
             return print_config(cfg)
-        from ..gallery import gallery_job
+        from ..gallery import run_gallery
+        from ..gallery.config import validate
 
-        res = gallery_job(cfg)
+        settings = validate(cfg)  # every value, name, file, checkpoint and the output folder, before loading
+        res = run_gallery(settings, cfg.out, plots=cfg.plots)
         print(res.table)
         index = Path(cfg.out) / "index.html"
         print(f"{res.generated} new image(s), {len(res.rows)} in all, {res.seconds:.1f} s -> {index}")

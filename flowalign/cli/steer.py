@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 
 from ..steering.config import METHODS, STEER_PRESETS
-from . import add_config_arguments, flag_overrides, guarded, print_config
+from . import add_config_arguments, bounded, flag_overrides, guarded, print_config
 
 FLAGS = {  # argparse dest -> config key
     "method": "method.kind",
@@ -50,19 +50,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--reward", help="a reward name in flowalign.rewards.REWARDS (default: compositional)")
     add("--reward-path", help="weights for the reward (file or directory)")
     add("--method", choices=METHODS, help="the steering method (default: fk)")
-    add("--particles", type=int, help="FK particles / best-of-N samples / beam particles (beams x children)")
-    add("--lam", type=float, help="inverse temperature of the tilt exp(lam r)")
+    add(
+        "--particles",
+        type=bounded(int, "[1, inf)"),
+        help="FK particles / best-of-N samples / beam particles (beams x children)",
+    )
+    add("--lam", type=bounded(float, "[0, inf)"), help="inverse temperature of the tilt exp(lam r)")
     add("--potential", help="FK potential: max, diff, sum or rt")
     add("--resample-steps", help="0-based steps of FK resampling, beam selection or DTS branching, e.g. 7-14")
-    add("--nfe-budget", type=int, help="model evaluations per prompt")
-    add("--steps", type=int, help="sampling steps (default: the model's)")
+    add("--nfe-budget", type=bounded(int, "[1, inf)"), help="model evaluations per prompt")
+    add("--steps", type=bounded(int, "[1, inf)"), help="sampling steps (default: the model's)")
     add("--step-kind", help="step function (default flow_sde; best-of-N: ode)")
-    add("--noise-level", type=float, help="SDE noise level (default 0.7)")
+    add("--noise-level", type=bounded(float, "[0, inf)"), help="SDE noise level (default 0.7)")
     add("--noise-steps", help="0-based steps that get SDE noise, ODE elsewhere, e.g. 6-15 (default: all but the last)")
-    add("--cfg", type=float, help="classifier-free guidance scale (default: the model's)")
-    add("--size", type=int, help="image height = width in pixels")
-    add("--max-seq", type=int, help="T5 max_sequence_length (default the pipeline's 256; the testbed works with >= 16)")
-    add("--seed", type=int, help="seed (default 0)")
+    add("--cfg", type=bounded(float, "[0, inf)"), help="classifier-free guidance scale (default: the model's)")
+    add("--size", type=bounded(int, "[1, inf)"), help="image height = width in pixels")
+    add(
+        "--max-seq",
+        type=bounded(int, "[1, 512]"),
+        help="T5 max_sequence_length (default the pipeline's 256; the testbed works with >= 16)",
+    )
+    add("--seed", type=bounded(int, "[0, inf)"), help="seed (default 0)")
     add(
         "--set",
         action="append",
@@ -92,8 +100,10 @@ def run(args: argparse.Namespace) -> int:
         cfg = config_from_args(args)
         if args.print_config:
             return print_config(cfg)
+        from ..steering.config import validate
         from ..steering.job import run_steer
 
+        validate(cfg)  # every value, name, file and the output folder, before the model loads
         r = run_steer(cfg)
         print(
             f"{r['method']}: mean reward {r['mean_reward']:.4f}, {r['nfe_per_prompt']:.0f} NFE per prompt, "

@@ -19,6 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..inputs import check_model, check_output, check_size, check_testbed_prompts
+from ..ranges import ranged
+from ..steering.config import check_method
 from .specs import KINDS, Checkpoint, MethodSpec, check_steering, digest, parse_methods, resolve_checkpoint
 
 DEFAULT_PROMPTS = Path(__file__).resolve().parents[2] / "assets" / "prompts" / "gallery_testbed.txt"
@@ -45,14 +48,15 @@ class GalleryConfig:
     methods: list[str] = field(default_factory=lambda: ["base"], metadata={"parse": split_methods})  # specs
     prompts: list[str] = field(default_factory=list)  # prompts (before prompts_file's)
     prompts_file: str | None = None  # .txt or .jsonl; none given, for the testbed: assets/prompts/gallery_testbed.txt
-    num_prompts: int | None = None  # use the first N prompts only
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # one image per prompt and seed
+    num_prompts: int | None = ranged(None, "[1, inf)")  # use the first N prompts only
+    seeds: list[int] = ranged([0, 1, 2], "[0, inf)")  # one image per prompt and seed
     rewards: list[str] = field(default_factory=list)  # scorers of every image; [] for the testbed: TESTBED_REWARDS
     steer_reward: str | None = None  # the reward steering methods use; None: the first of rewards
-    steps: int | None = None  # sampling steps; None: the model's
-    cfg: float | None = None  # classifier-free guidance scale; None: the model's
-    size: int | None = None  # image height = width; None: the model's
-    max_sequence_length: int | None = None  # T5 tokens; None: the testbed preset's 16, else the model's
+    steps: int | None = ranged(None, "[1, inf)")  # sampling steps; None: the model's
+    cfg: float | None = ranged(None, "[0, inf)")  # classifier-free guidance scale; None: the model's
+    size: int | None = ranged(None, "[1, inf)")  # image height = width; None: the model's
+    # T5 tokens; None: the testbed preset's 16, else the model's
+    max_sequence_length: int | None = ranged(None, "[1, 512]")
     plots: bool = True  # the matplotlib plots
     out: str = "runs/gallery"  # output folder (run the same command again to resume)
 
@@ -80,17 +84,20 @@ class GallerySettings:
     seeds: list[int]  # [S]
     rewards: list[str]  # reward names (flowalign.rewards.REWARDS) or 'package.module:factory'
     steer_reward: str  # the reward steering methods use unless their spec says reward=
-    steps: int | None = None  # None: the model's default (testbed: its assets' sampling config)
-    cfg: float | None = None  # None: the model's default guidance
-    size: int | None = None  # image height = width; None: the model's default
-    max_sequence_length: int | None = None  # T5 tokens; None: the testbed preset's 16, else the model's
+    steps: int | None = ranged(None, "[1, inf)")  # None: the model's default (testbed: its assets' sampling config)
+    cfg: float | None = ranged(None, "[0, inf)")  # None: the model's default guidance
+    size: int | None = ranged(None, "[1, inf)")  # image height = width; None: the model's default
+    # T5 tokens; None: the testbed preset's 16, else the model's
+    max_sequence_length: int | None = ranged(None, "[1, 512]")
     checkpoints: dict[str, Checkpoint] = field(default_factory=dict)  # label -> resolved checkpoint
     metadata: list[dict] = field(default_factory=list)  # [P] .jsonl columns per prompt, passed to the rewards
 
     def fingerprint(self) -> dict[str, Any]:
-        """What must match for a folder's images to be reused (stored as settings.json)."""
+        """What must match for a folder's images to be reused (stored as settings.json); settings that
+        do not pass ``check_settings`` are refused first (``run_gallery`` starts here)."""
         from ..train.build import resolve_model_path
 
+        check_settings(self)
         path = resolve_model_path(self.model)
         methods = [
             {
@@ -137,24 +144,55 @@ def make_settings(
     max_sequence_length: int | None = None,
 ) -> GallerySettings:
     """Validate every input (nothing heavy is loaded, nothing written) -> GallerySettings."""
-    from ..train.build import resolve_model_path
-
     specs = parse_methods(list(methods))
-    resolve_model_path(model)
+    check_model(model)
+    if num_prompts is not None and (
+        not isinstance(num_prompts, int) or isinstance(num_prompts, bool) or num_prompts < 1
+    ):
+        raise ValueError(f"num_prompts={num_prompts!r} must be an int >= 1 (or unset: every prompt).")
     texts, meta = _prompts(model, prompts, prompts_file, num_prompts)
     seeds = list(seeds)
-    if not seeds or len(set(seeds)) != len(seeds) or not all(isinstance(s, int) and s >= 0 for s in seeds):
-        raise ValueError(f"seeds={seeds!r} must be distinct ints >= 0, e.g. --seeds 0,1,2.")
     rewards = list(rewards) if rewards else (list(TESTBED_REWARDS) if model == "testbed" else [])
     steer_reward = steer_reward or (rewards[0] if rewards else None)
     _check_rewards(rewards, steer_reward, specs)
     for m in specs:
         if m.steering:
             check_steering(m)
-    ckpts = {m.label: resolve_checkpoint(m.lora) for m in specs if m.lora}
-    return GallerySettings(
-        model, specs, texts, seeds, rewards, steer_reward, steps, cfg, size, max_sequence_length, ckpts, meta
+    settings = GallerySettings(
+        model, specs, texts, seeds, rewards, steer_reward, steps, cfg, size, max_sequence_length, {}, meta
     )
+    check_settings(settings)
+    settings.checkpoints = {m.label: resolve_checkpoint(m.lora) for m in specs if m.lora}
+    return settings
+
+
+def check_settings(s: GallerySettings) -> None:
+    """The numbers (declared ranges), seeds, image size and every steering column on the grid it will
+    sample, and shapes-world prompts for the compositional reward; one ValueError naming the argument."""
+    from ..ranges import check_ranges
+
+    check_ranges(s)
+    if not s.seeds or len(set(s.seeds)) != len(s.seeds) or not all(type(x) is int and x >= 0 for x in s.seeds):
+        raise ValueError(f"seeds={s.seeds!r} must be distinct ints >= 0, e.g. --seeds 0,1,2.")
+    facts = check_model(s.model)
+    check_size(s.size, facts, "size")
+    for m in s.methods:
+        if m.method is not None:
+            steps = m.options.get("steps") or s.steps or facts.get("steps")
+            check_method(m.method, "", steps, where=f"method spec {m.spec!r}: ")
+    rewards = {*s.rewards, s.steer_reward, *(m.options.get("reward") for m in s.methods if m.steering)}
+    if "compositional" in rewards:
+        check_testbed_prompts(s.prompts, "reward")
+
+
+def validate(cfg: GalleryConfig) -> GallerySettings:
+    """Every check of ``flowalign gallery`` that needs no model (values, names, files, checkpoints and
+    the output folder; nothing is loaded or written) -> the settings ``run_gallery`` draws."""
+    from ..ranges import check_ranges
+
+    check_ranges(cfg)
+    check_output(cfg.out, "out")
+    return settings_from_config(cfg)
 
 
 def settings_from_config(cfg: GalleryConfig) -> GallerySettings:
@@ -215,10 +253,14 @@ def _check_rewards(rewards: list[str], steer_reward: str | None, specs: list[Met
 def check_out(out: Path, fingerprint: dict[str, Any]) -> bool:
     """True when ``out`` holds this same gallery (resume); one ValueError when it holds another one."""
     settings, results = out / "settings.json", out / "results.jsonl"
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"output folder {out} is a file; pass a folder with --out.")
+    check_output(str(out), "out")  # not a file, below a writable folder
     if settings.is_file():
-        old = json.loads(settings.read_text(encoding="utf-8"))
+        try:
+            old = json.loads(settings.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:
+            raise ValueError(
+                f"output folder {out} holds an unreadable settings.json ({err}); pass a new --out."
+            ) from None
         diff = sorted(k for k in {*old, *fingerprint} if old.get(k) != fingerprint.get(k))
         if diff:
             raise ValueError(

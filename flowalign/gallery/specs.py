@@ -108,6 +108,9 @@ def _check_options(text: str, kind: str, opts: dict[str, Any], lora: str | None)
         if key in opts and (not isinstance(opts[key], ok) or isinstance(opts[key], bool)):
             what = "an int" if ok is int else "a number"
             raise ValueError(f"method spec {text!r}: {key}={opts[key]!r} must be {what}.")
+    cfg = opts.get("cfg", 0)
+    if not isinstance(cfg, bool) and isinstance(cfg, (int, float)) and not 0 <= cfg < float("inf"):
+        raise ValueError(f"method spec {text!r}: cfg={cfg!r} must be a finite number >= 0 (the guidance scale).")
 
 
 def steer_method(text: str, kind: str, opts: dict[str, Any]) -> SteerMethod:

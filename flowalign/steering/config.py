@@ -7,6 +7,9 @@ section (``kind`` + ``options``, see ``flowalign.overrides``) whose options clas
 (``FKOptions``, ``BoNOptions``, ``BeamOptions``, ``SVDDOptions``, ``DTSOptions``). ``method_kwargs``
 turns a method into the keyword arguments of ``flowalign.steering.SEARCH[kind]``; an option left at
 None is not passed (the method's own default applies). ``STEER_PRESETS`` are the named starting points.
+``validate(cfg)`` is every check that needs no model (declared ranges, names, step lists against the
+model's grid, the image size, prompt and weights files, the output folder): ``flowalign steer`` runs it
+before loading anything; ``check_method`` is the same for one method (a gallery column).
 """
 
 from __future__ import annotations
@@ -15,63 +18,66 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..inputs import check_model, check_output, check_size, check_testbed_prompts, check_weights
+from ..ranges import ranged
+
 METHODS = ("fk", "bon", "beam", "svdd", "dts", "dts_star")
 
 
 @dataclass
 class CommonOptions:  # every steering method
-    nfe_budget: int | None = None  # model evaluations per prompt; None: what the method's own size costs
+    nfe_budget: int | None = ranged(None, "[1, inf)")  # model evaluations per prompt; None: what its size costs
     step: str | None = None  # step function (sampling.sde.STEPS); None: flow_sde (best-of-N: ode)
-    noise_level: float | None = None  # SDE noise level; None: 0.7
-    noise_steps: str | None = (
-        None  # 0-based steps with SDE noise, ODE elsewhere ('6-15', 'all'); None: all but the last
-    )
+    noise_level: float | None = ranged(None, "[0, inf)")  # SDE noise level; None: 0.7
+    # 0-based steps with SDE noise, ODE elsewhere ('6-15', 'all'); None: all but the last
+    noise_steps: str | None = None
 
 
 @dataclass
 class FKOptions(CommonOptions):  # Feynman-Kac particles (steering/fk.py)
-    particles: int = 4  # K particles per prompt
-    lam: float = 10.0  # inverse temperature of the tilt exp(lam r)
+    particles: int = ranged(4, "[1, inf)")  # K particles per prompt
+    lam: float = ranged(10.0, "[0, inf)")  # inverse temperature of the tilt exp(lam r)
     potential: str = "max"  # diff | max | sum | rt
     resample_steps: str | None = None  # steps after which particles are resampled ('7-14', '4,8,12'); None: default
-    reward_grad_scale: float | None = None  # > 0: the reward-gradient proposal (needs a differentiable reward)
+    # > 0: the reward-gradient proposal (needs a differentiable reward)
+    reward_grad_scale: float | None = ranged(None, "[0, inf)")
     lookahead: str | None = None  # x0 | x0_prev | ode; None: x0
-    lookahead_steps: int | None = None  # ODE look-ahead steps (lookahead=ode)
+    lookahead_steps: int | None = ranged(None, "[1, inf)")  # ODE look-ahead steps (lookahead=ode)
     resampler: str | None = None  # multinomial | stratified | systematic; None: systematic
-    ess_threshold: float | None = None  # resample when ESS <= this fraction of K; None: 1 (always)
+    ess_threshold: float | None = ranged(None, "[0, 1]")  # resample when ESS <= this fraction of K; None: 1 (always)
     final: str | None = None  # how the returned sample is chosen; None: max_reward
 
 
 @dataclass
 class BoNOptions(CommonOptions):  # best-of-N (steering/search.py)
-    particles: int = 4  # N samples per prompt
-    max_batch: int | None = None  # rows per model call; None: 256
+    particles: int = ranged(4, "[1, inf)")  # N samples per prompt
+    max_batch: int | None = ranged(None, "[1, inf)")  # rows per model call; None: 256
 
 
 @dataclass
 class BeamOptions(CommonOptions):  # beam search (steering/search.py)
-    particles: int = 4  # beams x children per prompt (2 beams when particles >= 2)
+    particles: int = ranged(4, "[1, inf)")  # beams x children per prompt (2 beams when particles >= 2)
     resample_steps: str | None = None  # selection steps; None: the FK schedule
-    lam: float | None = None  # None: greedy selection; else sampled with weights exp(lam r)
-    beam_width: int | None = None  # None: 2 (1 for a single particle)
-    num_children: int | None = None  # None: particles // beam_width
+    lam: float | None = ranged(None, "[0, inf)")  # None: greedy selection; else sampled with weights exp(lam r)
+    beam_width: int | None = ranged(None, "[1, inf)")  # None: 2 (1 for a single particle)
+    num_children: int | None = ranged(None, "[1, inf)")  # None: particles // beam_width
 
 
 @dataclass
 class SVDDOptions(CommonOptions):  # beam search with one beam, selecting after every step
-    particles: int = 4  # children per step
-    lam: float | None = None  # None: greedy selection
+    particles: int = ranged(4, "[1, inf)")  # children per step
+    lam: float | None = ranged(None, "[0, inf)")  # None: greedy selection
 
 
 @dataclass
 class DTSOptions(CommonOptions):  # diffusion tree search DTS / DTS* (steering/dts.py)
-    particles: int = 4  # sets the default nfe_budget: as many evaluations as FK with this many particles
-    lam: float = 10.0  # inverse temperature of the soft value backup
+    particles: int = ranged(4, "[1, inf)")  # sets the default nfe_budget: the evaluations of FK with this many
+    lam: float = ranged(10.0, "[0, inf)")  # inverse temperature of the soft value backup
     resample_steps: str | None = None  # branching steps; None: the FK schedule without the last step
-    widen_c: float | None = None  # progressive widening C N^alpha; None: 2
-    widen_alpha: float | None = None  # None: 0.8
-    c_uct: float | None = None  # exploration constant; None: 1
-    batch: int | None = None  # rollouts per tree and round; None: budget / 16 rollouts, 1 to 8
+    widen_c: float | None = ranged(None, "(0, inf)")  # progressive widening C N^alpha; None: 2
+    widen_alpha: float | None = ranged(None, "(0, 1]")  # None: 0.8
+    c_uct: float | None = ranged(None, "[0, inf)")  # exploration constant; None: 1
+    batch: int | None = ranged(None, "[1, inf)")  # rollouts per tree and round; None: budget / 16 rollouts, 1 to 8
     final: str | None = None  # None: max_reward (DTS*) / sample (DTS)
 
 
@@ -101,16 +107,17 @@ class SteerMethod:
 class SteerConfig:
     preset: str = "testbed"  # the preset this config started from (informational)
     model: str = "testbed"  # 'testbed', a registered name (tiny-sd3, tiny-flux) or a saved pipeline directory
-    max_sequence_length: int | None = None  # T5 tokens; None: the pipeline's 256 (the testbed works with >= 16)
+    # T5 tokens; None: the pipeline's 256 (the testbed works with >= 16)
+    max_sequence_length: int | None = ranged(None, "[1, 512]")
     prompts: list[str] = field(default_factory=list)  # the prompts (with prompts_file's)
     prompts_file: str | None = None  # a text file with one prompt per line
     reward: str = "compositional"  # a name in flowalign.rewards.REWARDS
     reward_path: str | None = None  # weights of the reward (file or directory)
     method: SteerMethod = field(default_factory=SteerMethod)
-    steps: int | None = None  # sampling steps; None: the model's (testbed: its assets' config)
-    cfg: float | None = None  # classifier-free guidance scale; None: the model's
-    size: int | None = None  # image height = width in pixels; None: the model's
-    seed: int = 0  # torch.Generator seed of the initial noise and the steering draws
+    steps: int | None = ranged(None, "[1, inf)")  # sampling steps; None: the model's (testbed: its assets' config)
+    cfg: float | None = ranged(None, "[0, inf)")  # classifier-free guidance scale; None: the model's
+    size: int | None = ranged(None, "[1, inf)")  # image height = width in pixels; None: the model's
+    seed: int = ranged(0, "[0, inf)")  # torch.Generator seed of the initial noise and the steering draws
     out: str = "runs/steer"  # output directory: <i>_<method>.png and steer.json
 
 
@@ -176,6 +183,101 @@ def method_kwargs(method: SteerMethod, num_steps: int | None = None) -> dict[str
 
 def _given(options: Any, *names: str) -> dict[str, Any]:
     return {n: getattr(options, n) for n in names if getattr(options, n) is not None}
+
+
+# --- checks that need no model (``flowalign steer`` and the gallery's steering columns) --------------
+def _choices(kind: str) -> dict[str, Any]:
+    """The option -> allowed names of a steering method (every kind: its step function)."""
+    from ..sampling.sde import STEPS
+    from .dts import FINALS as DTS_FINALS
+    from .fk import FINALS, LOOKAHEADS, POTENTIALS
+    from .resample import RESAMPLERS
+
+    if kind == "fk":
+        return {
+            "step": STEPS,
+            "potential": POTENTIALS,
+            "lookahead": LOOKAHEADS,
+            "resampler": RESAMPLERS,
+            "final": FINALS,
+        }
+    return {"step": STEPS, "final": DTS_FINALS} if kind in ("dts", "dts_star") else {"step": STEPS}
+
+
+def check_method(method: SteerMethod, prefix: str = "method.options.", num_steps: int | None = None, where: str = ""):
+    """A method's options: their class, declared ranges, names and step lists, and, on a ``num_steps``
+    grid, the steps, the budget and the noise (resampled / branched copies need a stochastic sampler).
+    Keys are named ``<prefix><option>``; ``where`` starts the message (a gallery spec)."""
+    try:
+        _check_options(method, prefix)
+        if num_steps is not None:
+            _check_grid(method, prefix, num_steps)
+    except ValueError as err:
+        raise ValueError(f"{where}{err}") from None
+
+
+def _check_options(method: SteerMethod, prefix: str) -> None:
+    from ..ranges import check_ranges
+
+    o, kind = method.options, method.kind
+    if type(o) is not SteerMethod.options_for(kind):
+        raise ValueError(f"{prefix.rstrip('.')} is a {type(o).__name__}, not the options of {kind!r}.")
+    check_ranges(o, prefix)
+    for name, table in _choices(kind).items():
+        if getattr(o, name) is not None and getattr(o, name) not in table:
+            raise ValueError(f"{prefix}{name}={getattr(o, name)!r} is unknown; choose one of {sorted(table)}.")
+    for name in ("resample_steps", "noise_steps"):
+        parse_step_list(getattr(o, name, None), f"{prefix}{name}")
+
+
+def _check_grid(method: SteerMethod, prefix: str, t: int) -> None:
+    from .common import check_steps_in_grid, noise_levels, stochastic_levels
+    from .dts import branch_depths
+
+    o, kind, dts = method.options, method.kind, method.kind in ("dts", "dts_star")
+    for name, last in (("resample_steps", t - 2 if dts else t - 1), ("noise_steps", t - 1)):
+        if getattr(o, name, None) not in (None, "all"):
+            check_steps_in_grid(getattr(o, name), last + 1, f"{prefix}{name}")
+    if o.nfe_budget is not None and o.nfe_budget < t:
+        raise ValueError(
+            f"{prefix}nfe_budget={o.nfe_budget} is less than one rollout ({t} model evaluations per prompt on "
+            f"this {t}-step grid); pass nfe_budget >= {t} or leave it unset."
+        )
+    if kind == "bon":
+        noise_levels(o.noise_level, t, kind, o.noise_steps)
+        return
+    level = 0.7 if o.noise_level is None else o.noise_level
+    levels = stochastic_levels(o.step or "flow_sde", level, t, kind, o.noise_steps)
+    if dts:
+        branch_depths(parse_step_list(o.resample_steps, "resample_steps"), levels, t, kind)
+
+
+def validate(cfg: SteerConfig) -> list[str]:
+    """Every check of a steering job that needs no model (nothing is loaded or written) -> the prompts."""
+    from ..ranges import check_ranges
+    from ..rewards import REWARDS
+    from ..train.data import load_prompts
+
+    check_ranges(cfg)
+    if cfg.reward not in REWARDS:
+        raise ValueError(f"reward={cfg.reward!r} is unknown; choose one of {sorted(REWARDS)}.")
+    if cfg.reward_path is not None:
+        check_weights(cfg.reward_path, "reward_path")
+    facts = check_model(cfg.model)
+    check_size(cfg.size, facts, "size")
+    check_method(cfg.method, "method.options.", cfg.steps or facts.get("steps"))
+    if any(not isinstance(p, str) or not p.strip() for p in cfg.prompts):
+        raise ValueError(f"prompts={cfg.prompts!r} holds an empty prompt; pass text, e.g. --prompt 'two red circles'.")
+    prompts = list(cfg.prompts) + (load_prompts(cfg.prompts_file).prompts if cfg.prompts_file else [])
+    if not prompts:
+        raise ValueError(
+            "no prompts: pass --prompt 'two red circles' (repeatable), prompts='[\"two red circles\"]' or "
+            "--prompts-file FILE."
+        )
+    if cfg.reward == "compositional":
+        check_testbed_prompts(prompts, "reward")
+    check_output(cfg.out, "out")
+    return prompts
 
 
 def load_model_with_defaults(name: str, max_seq: int | None) -> tuple[Any, int, float | None]:

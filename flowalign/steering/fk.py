@@ -58,7 +58,7 @@ from .common import (
     stochastic_levels,
 )
 from .fk_hook import LOOKAHEADS, POTENTIALS, FKSteering
-from .resample import normalize
+from .resample import get_resampler, normalize
 from .velocity_cache import VelocityCache
 
 FINALS = ("max_reward", "argmax", "sample")
@@ -159,6 +159,7 @@ def _hook_options(
             raise ValueError(f"unknown {name} {value!r}; choose one of {sorted(options)}.")
     if not 0 <= ess_threshold <= 1:
         raise ValueError(f"ess_threshold={ess_threshold} must be in [0, 1] (fraction of K; 1 = always resample).")
+    get_resampler(resampler)  # an unknown resampler is refused before the prompts are encoded
     return dict(
         lam=lam,
         potential=potential,

@@ -3,7 +3,7 @@
 ``run_steer(cfg)`` writes ``<out>/<i>_<method>.png`` (the chosen image of prompt i) and
 ``<out>/steer.json`` with the method, its keyword arguments, the reward of each chosen image, the NFE
 spent (per prompt and in total), reward calls, wall time and the config. Every input is checked
-before anything is loaded or written (``check``).
+before anything is loaded or written (``check``, ``config.validate``).
 """
 
 from __future__ import annotations
@@ -14,28 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from ..overrides import to_dict
-from .config import SteerConfig, load_model_with_defaults, method_kwargs
-
-
-def steer_prompts(cfg: SteerConfig) -> list[str]:
-    """``cfg.prompts`` then the lines of ``cfg.prompts_file``; one clear error when there are none."""
-    prompts = list(cfg.prompts)
-    if cfg.prompts_file:
-        path = Path(cfg.prompts_file)
-        if not path.is_file():
-            raise ValueError(f"prompts_file {path} does not exist; pass a text file with one prompt per line.")
-        prompts += [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    if not prompts:
-        raise ValueError(
-            "no prompts: pass --prompt 'two red circles' (repeatable), prompts='[\"two red circles\"]' or "
-            "--prompts-file FILE."
-        )
-    return prompts
+from .config import SteerConfig, load_model_with_defaults, method_kwargs, validate
 
 
 def check(cfg: SteerConfig) -> list[str]:
-    """The checks that need no model: the prompts and the method's options (-> the prompts)."""
-    prompts = steer_prompts(cfg)
+    """Every check that needs no model (``config.validate``: values, names, files, the output folder)
+    -> the prompts."""
+    prompts = validate(cfg)
     method_kwargs(cfg.method)
     return prompts
 

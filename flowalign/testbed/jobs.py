@@ -8,33 +8,68 @@ compositional checker's verdict per image when the prompt is in the shapes-world
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from ..ranges import ranged
 
 
 @dataclass
 class SampleJob:
     prompt: str = "two red circles"  # e.g. "a green triangle left of a yellow circle"
     output: str = "testbed_sample.png"  # PNG path
-    n: int = 1  # images (seeds seed..seed+n-1), tiled in a row
-    scale: int = 4  # nearest-neighbour upscaling of the 32 px images
-    steps: int | None = None  # sampling steps; None: the assets' config.json
-    cfg: float | None = None  # classifier-free guidance scale; None: the assets' config.json
-    seed: int = 0
+    n: int = ranged(1, "[1, inf)")  # images (seeds seed..seed+n-1), tiled in a row
+    scale: int = ranged(4, "[1, inf)")  # nearest-neighbour upscaling of the 32 px images
+    steps: int | None = ranged(None, "[1, inf)")  # sampling steps; None: the assets' config.json
+    cfg: float | None = ranged(None, "[0, inf)")  # classifier-free guidance scale; None: the assets' config.json
+    seed: int = ranged(0, "[0, inf)")
     assets: str | None = None  # testbed assets folder; None: assets/testbed
     pipeline: str | None = None  # pipeline folder; None: <assets>/pipeline
 
 
 @dataclass
 class EvalJob:
-    n_prompts: int | None = None  # held-out prompts; None: all 219
-    n_real: int = 1000  # real images for the scorer checks
-    steps: int | None = None  # sampling steps; None: the assets' config.json
-    cfg: float | None = None  # classifier-free guidance scale; None: the assets' config.json
-    seed: int = 0
+    n_prompts: int | None = ranged(None, "[1, inf)")  # held-out prompts; None: all 219
+    n_real: int = ranged(1000, "[1, inf)")  # real images for the scorer checks
+    steps: int | None = ranged(None, "[1, inf)")  # sampling steps; None: the assets' config.json
+    cfg: float | None = ranged(None, "[0, inf)")  # classifier-free guidance scale; None: the assets' config.json
+    seed: int = ranged(0, "[0, inf)")
     assets: str | None = None  # testbed assets folder; None: assets/testbed
     pipeline: str | None = None  # pipeline folder; None: <assets>/pipeline
+
+
+def validate(job: SampleJob | EvalJob) -> None:
+    """Every check of a testbed job that needs no model (values, the prompt, the assets and pipeline
+    folders, the output PNG); one ValueError naming the key, the value and the fix."""
+    from ..ranges import check_ranges
+    from .paths import assets_dir
+
+    check_ranges(job)
+    try:
+        root = assets_dir(job.assets, "pipeline")
+    except ValueError as err:
+        raise ValueError(f"assets={job.assets!r}: {err}" if job.assets is not None else str(err)) from None
+    pipe = Path(job.pipeline) if job.pipeline is not None else root / "pipeline"
+    if not (pipe / "model_index.json").is_file():
+        raise ValueError(f"pipeline={str(pipe)!r} holds no saved pipeline (model_index.json); pass the folder of one.")
+    if isinstance(job, SampleJob):
+        if not job.prompt.strip():
+            raise ValueError(f"prompt={job.prompt!r} is empty; pass e.g. 'two red circles'.")
+        _check_png(job.output)
+
+
+def _check_png(output: str) -> None:
+    """``output`` names an image file PIL can write, where it can be written."""
+    from PIL import Image
+
+    from ..inputs import check_output
+
+    check_output(output, "output", folder=False)
+    ext = os.path.splitext(output)[1].lower()
+    if Image.registered_extensions().get(ext) not in Image.SAVE:
+        raise ValueError(f"output={output!r} has no image extension PIL can write; use e.g. output=sample.png.")
 
 
 def sample(job: SampleJob) -> list[str]:
@@ -47,8 +82,7 @@ def sample(job: SampleJob) -> list[str]:
     from .paths import assets_dir
     from .pipeline import default_sampling, load_pipeline
 
-    if job.n < 1 or job.scale < 1:
-        raise ValueError(f"n and scale must be >= 1, got {job.n} and {job.scale}")
+    validate(job)
     sampling = default_sampling(job.assets)
     steps = job.steps or sampling["num_inference_steps"]
     guidance = sampling["guidance_scale"] if job.cfg is None else job.cfg
@@ -88,4 +122,5 @@ def evaluate(job: EvalJob) -> dict[str, Any]:
     """GenEval-style metrics of the base pipeline on the held-out prompts (``evaluate.run_eval``)."""
     from .evaluate import run_eval
 
+    validate(job)
     return run_eval(job.n_prompts, job.seed, job.assets, job.pipeline, job.steps, job.cfg, n_real=job.n_real)

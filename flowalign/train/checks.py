@@ -90,6 +90,16 @@ def validate(cfg, world_size: int = 1) -> None:
         check_process_reward(cfg)
     if cfg.model.dtype not in DTYPES:
         raise ValueError(f"model.dtype={cfg.model.dtype!r}; choose one of {DTYPES}.")
+    check_paths(cfg)
+    resolve_model_path(cfg.model.path)
+
+
+def check_paths(cfg) -> None:
+    """What must hold before the accelerator starts: precision, the run and runs folders."""
+    from ..inputs import check_output
+
     if cfg.train.mixed_precision not in ("no", "fp16", "bf16"):
         raise ValueError(f"train.mixed_precision={cfg.train.mixed_precision!r}; choose no, fp16 or bf16.")
-    resolve_model_path(cfg.model.path)
+    if cfg.train.output_dir is not None:
+        check_output(cfg.train.output_dir, "train.output_dir")
+    check_output(cfg.train.runs_dir, "train.runs_dir")

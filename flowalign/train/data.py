@@ -39,6 +39,8 @@ class PromptSet:
 def load_prompts(path: str | Path) -> PromptSet:
     """Read a .txt or .jsonl prompt file; one clear error if it is missing, unreadable or empty."""
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"prompt file {str(path)!r} is a folder; pass a .txt or .jsonl file inside it.")
     if not path.is_file():
         raise ValueError(
             f"prompt file {str(path)!r} does not exist; pass a .txt (one prompt per line) "
@@ -55,9 +57,16 @@ def load_prompts(path: str | Path) -> PromptSet:
                 continue
             try:
                 row = json.loads(line)
-                prompts.append(str(row.pop("prompt")))
-            except (json.JSONDecodeError, KeyError, AttributeError):
-                raise ValueError(f"{path}:{n} is not a JSON object with a 'prompt' key: {line[:80]!r}") from None
+                prompt = row.pop("prompt")
+            except (json.JSONDecodeError, KeyError, AttributeError, TypeError):
+                raise ValueError(
+                    f"prompt file {str(path)!r} line {n} is not a JSON object with a 'prompt' key: {line[:80]!r}."
+                ) from None
+            if not isinstance(prompt, str) or not prompt.strip():
+                raise ValueError(
+                    f"prompt file {str(path)!r} line {n}: 'prompt' must be non-empty text, got {prompt!r}."
+                )
+            prompts.append(prompt)
             meta.append(row)
     else:
         prompts = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]

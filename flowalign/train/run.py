@@ -11,7 +11,7 @@ from typing import Any
 from .. import overrides
 from .batching import derived
 from .build import build_eval_metrics, build_model, build_process_reward, build_prompts, build_reward, default_run_dir
-from .checks import validate
+from .checks import check_paths, validate
 from .config import RENAMED, Config
 from .presets import PRESETS
 
@@ -48,6 +48,7 @@ def main(
     from .distributed import finish, make_accelerator
     from .loop import train
 
+    check_paths(cfg)  # before accelerate reads the precision or anything is created
     acc = make_accelerator(cfg)
     try:
         if reward_fn is None:
