@@ -266,3 +266,13 @@ def test_dispatcher_imports_only_the_chosen_command():
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert proc.stderr.strip() == "['flowalign.cli.steer']"
+
+
+def test_info_lists_every_registry_a_config_kind_may_name(capsys):
+    from flowalign.cli import main
+
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert "objectives (objective.kind): flow_grpo, grpo_guard, nft" in out
+    assert "windows (sample.window.kind): all, fixed, geometric, progressive, random, table" in out
+    assert "credit (credit.kind): branchgrpo, dense, euphonium, g2rpo, grpo, treegrpo, turning_point" in out
