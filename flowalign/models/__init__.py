@@ -17,7 +17,13 @@ from typing import Any
 from .base import FlowModel
 from .common import family_of_class, pipeline_family
 from .flux import FluxModel
+from .flux2 import Flux2Model, subfamily_of_class, subfamily_of_name, subfamily_of_pipeline, tiny_flux2
+from .flux_kontext import FluxKontextModel, tiny_flux_kontext
+from .qwenimage import QwenImageModel, qwen_family, tiny_qwenimage
+from .qwenimage_edit import QwenImageEditModel, tiny_qwenimage_edit
 from .sd3 import SD3Model
+from .tiny_wan import tiny_wan
+from .wan import WanModel, wan_family
 
 
 def _tiny_sd3(seed: int = 0, text_encoder_3: bool = False, **kw: Any) -> SD3Model:
@@ -46,17 +52,24 @@ def _analytic_2d(**kw: Any) -> FlowModel:
 
 
 FAMILIES: dict[str, type] = {"sd3": SD3Model, "flux": FluxModel}
+FAMILIES.update({"flux2": Flux2Model, "flux_kontext": FluxKontextModel})
 MODELS: dict[str, Callable[..., FlowModel]] = {
     "tiny-sd3": _tiny_sd3,
     "tiny-flux": _tiny_flux,
+    "tiny-flux2": tiny_flux2,
+    "tiny-flux-kontext": tiny_flux_kontext,
     "analytic-2d": _analytic_2d,
 }
+FAMILIES["wan"], MODELS["tiny-wan"] = WanModel, tiny_wan
+FAMILIES.update({"qwenimage": QwenImageModel, "qwenimage_edit": QwenImageEditModel})
+MODELS.update({"tiny-qwenimage": tiny_qwenimage, "tiny-qwenimage-edit": tiny_qwenimage_edit})
 
 
 def detect_family(name_or_path: Any) -> str:
     """'sd3' or 'flux' from a pipeline object, a saved pipeline's model_index.json, or a hub id."""
     if not isinstance(name_or_path, (str, os.PathLike)):
-        fam = pipeline_family(name_or_path)
+        fam = subfamily_of_pipeline(name_or_path) or pipeline_family(name_or_path)
+        fam = fam or wan_family(name_or_path) or qwen_family(name_or_path)
         if fam:
             return fam
         raise ValueError(
@@ -67,14 +80,22 @@ def detect_family(name_or_path: Any) -> str:
     index = os.path.join(path, "model_index.json")
     if os.path.isfile(index):
         with open(index, encoding="utf-8") as f:
-            fam = family_of_class(json.load(f).get("_class_name", ""))
+            name = json.load(f).get("_class_name", "")
+            fam = subfamily_of_class(name) or family_of_class(name)
+            fam = fam or wan_family(name) or qwen_family(name)
         if fam:
             return fam
     low = os.path.basename(path.rstrip("/")).lower()
+    if subfamily_of_name(low):
+        return subfamily_of_name(low)
     if "flux" in low:
         return "flux"
     if "stable-diffusion-3" in low or "sd3" in low:
         return "sd3"
+    if wan_family(low):
+        return "wan"
+    if qwen_family(low):
+        return qwen_family(low)
     raise ValueError(
         f"cannot tell the model family of {name_or_path!r} (no model_index.json naming a "
         f"StableDiffusion3Pipeline or FluxPipeline); pass family= one of {sorted(FAMILIES)}."

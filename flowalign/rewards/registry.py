@@ -30,6 +30,8 @@ REWARDS: dict[str, Callable[..., Reward]] = {
     "compositional": _lazy("testbed", "load_compositional"),
     "testbed_aesthetic": _lazy("testbed", "load_testbed_aesthetic"),
     "testbed_artifact": _lazy("testbed", "load_testbed_artifact"),
+    "video_frames": _lazy("video", "load_video_frames"),
+    "temporal_consistency": _lazy("video", "load_temporal_consistency"),
 }
 
 
