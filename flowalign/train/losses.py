@@ -3,8 +3,8 @@
 * ``clipped_policy_loss``: the PPO clipped surrogate as used by DDPO (Black et al. 2023) and
   Flow-GRPO (Liu et al. 2025, arXiv 2505.05470): ``mean(max(-A r, -A clip(r, 1 - eps_lo, 1 + eps_hi)))``
   with ``r = exp(log_prob - old_log_prob)`` and advantages clipped to ``+-adv_clip``. Asymmetric
-  ranges follow the flow_grpo Bagel configs. Optional GRPO-Guard RatioNorm (arXiv 2510.22319) removes
-  the always-negative mean bias of the log-ratio before clipping.
+  ranges follow the flow_grpo Bagel configs. GRPO-Guard (``objectives/grpo_guard.py``) normalises the
+  log-ratio first and passes it here.
 * ``gaussian_kl``: closed-form KL between the policy's and the reference's step kernels, which share
   their std: ``mean_elements (mean - ref_mean)^2 / (2 std^2)`` per sample. ``mode="flow_grpo"``
   multiplies by ``|dt|``, which is what the flow_grpo code computes (its KL divides by the diffusion
@@ -43,19 +43,12 @@ def clipped_policy_loss(
     clip_range: float | tuple[float, float] = 1e-4,
     adv_clip: float | None = 5.0,
     mask: Tensor | None = None,
-    ratio_norm: tuple[Tensor, Tensor] | None = None,
 ) -> LossOut:
-    """All tensors [N] (one entry per trained (sample, step) pair).
-
-    ``ratio_norm=(mean_sq_diff, std)`` enables GRPO-Guard's RatioNorm: the log-ratio gets
-    ``mean_sq_diff / (2 std^2)`` added back (the bias of a shifted Gaussian's log-ratio) and is
-    scaled by ``std / mean(std)``."""
+    """All tensors [N] (one entry per trained (sample, step) pair). GRPO-Guard's normalised ratio is
+    its own objective (``objectives/grpo_guard.py``), which hands this function its log-ratio."""
     lo, hi = clip_range if isinstance(clip_range, (tuple, list)) else (clip_range, clip_range)
     adv = advantages if adv_clip is None else advantages.clamp(-adv_clip, adv_clip)
     log_ratio = log_prob - old_log_prob
-    if ratio_norm is not None:
-        mean_sq_diff, std = ratio_norm
-        log_ratio = (log_ratio + mean_sq_diff / (2 * std**2)) * (std / std.mean())
     ratio = torch.exp(log_ratio)
     unclipped = -adv * ratio
     clipped = -adv * ratio.clamp(1 - lo, 1 + hi)

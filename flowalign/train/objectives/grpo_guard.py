@@ -16,12 +16,12 @@ spread ``~ |d| / s`` grows as sigma -> 0, so ratios of positive-advantage sample
   step contribute alike (with ``ratio_norm`` off the vanilla gradient ``~ sqrt(Delta) / sigma_t`` is
   not equalised by it; the switch is kept for ablations).
 
-These are the formulas of the authors' public code (flow_grpo ``scripts/train_sd3_GRPO_Guard.py``,
-``config.rationorm``: ``ratio = exp((log_prob - old + bias) * sqrt_dt.mean() * std_dev_t.mean())``,
-``policy_loss / sqrt_dt.mean() ** 2``), which the paper describes as restoring a mean-1, step-consistent
-ratio and a ``1 / dt`` gradient reweighting. ``losses.clipped_policy_loss(ratio_norm=...)`` implements a
-different reading (the bias is added but the log-ratio is scaled by ``std / mean(std)``, which is 1 for a
-flat rollout, so its spread keeps growing as sigma -> 0); this objective does not use it.
+These follow the authors' public implementation (in flow_grpo): the bias-corrected log-ratio is
+scaled by the step's noise scale ``s`` (the product of the batch means of the kernel's ``sigma_t`` and
+``sqrt(Delta)``) before the exponential, and the policy loss is divided by ``Delta`` (the mean
+``sqrt(Delta)`` squared), which the paper describes as restoring a mean-1, step-consistent ratio and a
+``1 / dt`` gradient reweighting. An earlier, never-wired reading in ``losses.py`` (bias added, log-ratio
+scaled by ``std / mean(std)``, which is 1 for a flat rollout) was removed.
 
 Departures:
 
