@@ -57,6 +57,7 @@ class GalleryConfig:
     size: int | None = ranged(None, "[1, inf)")  # image height = width; None: the model's
     # T5 tokens; None: the testbed preset's 16, else the model's
     max_sequence_length: int | None = ranged(None, "[1, 512]")
+    num_frames: int | None = ranged(None, "[1, inf)")  # frames of a video model (wan: 4k+1); None: the model's
     plots: bool = True  # the matplotlib plots
     out: str = "runs/gallery"  # output folder (run the same command again to resume)
 
@@ -91,6 +92,7 @@ class GallerySettings:
     max_sequence_length: int | None = ranged(None, "[1, 512]")
     checkpoints: dict[str, Checkpoint] = field(default_factory=dict)  # label -> resolved checkpoint
     metadata: list[dict] = field(default_factory=list)  # [P] .jsonl columns per prompt, passed to the rewards
+    num_frames: int | None = ranged(None, "[1, inf)")  # frames of a video model; None: the model's default
 
     def fingerprint(self) -> dict[str, Any]:
         """What must match for a folder's images to be reused (stored as settings.json); settings that
@@ -125,7 +127,7 @@ class GallerySettings:
             "size": self.size,
             "max_sequence_length": self.max_sequence_length,
             "metadata": self.metadata if any(self.metadata) else None,
-        }
+        } | ({"num_frames": self.num_frames} if self.num_frames is not None else {})
 
 
 def make_settings(
@@ -142,6 +144,7 @@ def make_settings(
     cfg: float | None = None,
     size: int | None = None,
     max_sequence_length: int | None = None,
+    num_frames: int | None = None,
 ) -> GallerySettings:
     """Validate every input (nothing heavy is loaded, nothing written) -> GallerySettings."""
     specs = parse_methods(list(methods))
@@ -159,7 +162,7 @@ def make_settings(
         if m.steering:
             check_steering(m)
     settings = GallerySettings(
-        model, specs, texts, seeds, rewards, steer_reward, steps, cfg, size, max_sequence_length, {}, meta
+        model, specs, texts, seeds, rewards, steer_reward, steps, cfg, size, max_sequence_length, {}, meta, num_frames
     )
     check_settings(settings)
     settings.checkpoints = {m.label: resolve_checkpoint(m.lora) for m in specs if m.lora}
@@ -176,6 +179,10 @@ def check_settings(s: GallerySettings) -> None:
         raise ValueError(f"seeds={s.seeds!r} must be distinct ints >= 0, e.g. --seeds 0,1,2.")
     facts = check_model(s.model)
     check_size(s.size, facts, "size")
+    if s.num_frames is not None:
+        from ..train.families import check_frames
+
+        check_frames(s.model, s.num_frames)
     for m in s.methods:
         if m.method is not None:
             steps = m.options.get("steps") or s.steps or facts.get("steps")
@@ -210,6 +217,7 @@ def settings_from_config(cfg: GalleryConfig) -> GallerySettings:
         cfg=cfg.cfg,
         size=cfg.size,
         max_sequence_length=cfg.max_sequence_length,
+        num_frames=cfg.num_frames,
     )
 
 
@@ -225,11 +233,21 @@ def _prompts(
         prompts_file = str(DEFAULT_PROMPTS)
     loaded = load_prompts(prompts_file) if prompts_file else None
     texts = list(prompts or []) + (loaded.prompts if loaded else [])
-    meta = [{} for _ in prompts or []] + (list(loaded.metadata) if loaded else [])
+    meta = [{} for _ in prompts or []] + ([_rooted(m, loaded.root) for m in loaded.metadata] if loaded else [])
     texts, meta = (texts[:num_prompts], meta[:num_prompts]) if num_prompts else (texts, meta)
     if not texts or not all(isinstance(t, str) and t.strip() for t in texts):
         raise ValueError(f"no prompts (got {texts!r}); pass --prompts-file FILE or --prompt TEXT.")
     return texts, meta
+
+
+def _rooted(row: dict, root: str | None) -> dict:
+    """A .jsonl row with its source-image path (``image``) made absolute (relative to the file's folder)."""
+    from ..train.data import SOURCE_COLUMN
+
+    value = row.get(SOURCE_COLUMN)
+    if not isinstance(value, str) or root is None or Path(value).expanduser().is_absolute():
+        return row
+    return {**row, SOURCE_COLUMN: str(Path(root) / value)}
 
 
 def _check_rewards(rewards: list[str], steer_reward: str | None, specs: list[MethodSpec]) -> None:

@@ -4,7 +4,8 @@ crash). Everything else is rebuilt from those rows at the end of every run:
 * ``summarize`` / ``format_table``: mean ± std (sample std, n - 1; 0 for one image) of every reward
   per method, with mean NFE and seconds per image; unavailable methods keep a row saying why.
 * ``results.csv``, ``summary.json``, ``summary.md``.
-* ``index.html``: static and self-contained (inline CSS / JS, images by relative path). Rows are
+* ``index.html``: static and self-contained (inline CSS / JS, images and MP4 clips by relative path,
+  clips in looping muted ``<video>`` elements). Rows are
   prompt x seed, columns are methods, the scores under each image. Clicking a reward header sorts
   the rows by that reward's mean over the methods shown (click again: ascending); checkboxes filter
   the methods. The state lives in the URL hash, ``#sort=<reward>&dir=desc&methods=a,b``, so a
@@ -159,7 +160,8 @@ def write_reports(
 
 CSS = """body{font-family:system-ui,sans-serif;margin:1.2em;color:#222}table{border-collapse:collapse}
 td,th{border:1px solid #ccc;padding:4px 6px;vertical-align:top;font-size:13px}th{background:#f2f2f2}
-#gallery img{width:96px;height:96px;image-rendering:pixelated;display:block}th.sort{cursor:pointer;color:#1a4fa0}
+#gallery img,#gallery video{width:96px;height:96px;image-rendering:pixelated;display:block}
+th.sort{cursor:pointer;color:#1a4fa0}
 th.sort[data-dir=desc]::after{content:" \\25BE"}th.sort[data-dir=asc]::after{content:" \\25B4"}
 .scores{font-size:11px;color:#444;white-space:nowrap}.na{color:#999;font-style:italic}td.mean{text-align:right}
 #plots img{max-height:300px;max-width:100%;margin:4px;border:1px solid #ddd}
@@ -280,11 +282,13 @@ def _gallery_row(n: int, i: int, s: int, settings: Any, by_key: dict, summary: d
             cells.append(f"<td data-method='{e(m)}' class=na>not made</td>")
         else:
             sc = "<br>".join(f"{e(k)}: {r['rewards'][k]:.3f}" for k in rewards)
-            cells.append(
-                f"<td data-method='{e(m)}'><img src='{e(r['image'])}' alt='{e(r['key'])}' "
-                f"title='{e(r['prompt'])} | seed {s} | {e(m)}'><div class=scores>{sc}<br>NFE {r['nfe']}"
-                f"</div></td>"
+            title = f"title='{e(r['prompt'])} | seed {s} | {e(m)}'"
+            media = (
+                f"<video src='{e(r['image'])}' {title} autoplay loop muted playsinline preload=auto></video>"
+                if r["image"].endswith(".mp4")
+                else f"<img src='{e(r['image'])}' alt='{e(r['key'])}' {title}>"
             )
+            cells.append(f"<td data-method='{e(m)}'>{media}<div class=scores>{sc}<br>NFE {r['nfe']}</div></td>")
     means = "".join(f"<td class=mean data-reward='{e(k)}'></td>" for k in rewards)
     return (
         f"<tr data-row={n} data-key='p{i:03d}_s{s}'><td>{i}</td><td>{e(settings.prompts[i])}</td>"

@@ -18,6 +18,10 @@ Output folder: ``settings.json`` (the fingerprint), ``images/p<i>_s<seed>_<metho
 ``results.jsonl`` (one row per image, appended after its PNG is in place), ``results.csv``,
 ``summary.md`` / ``summary.json``, ``index.html`` and ``plots/``. A re-run skips images already
 recorded; a folder holding another run's settings is refused before anything is written.
+Video models (wan, ``num_frames`` > 1) write each clip as ``videos/<key>.mp4`` (``media.py``; the page
+plays it) and image rewards score its 8-bit frames (``rewards.video.FrameReward``). Editing models
+(qwenimage_edit, flux_kontext) take each prompt's source image from the prompts file's ``image`` column
+(resized to ``size``); the rewards get it as ``source_images``.
 """
 
 from __future__ import annotations
@@ -30,9 +34,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..steering.config import load_model_with_defaults, method_kwargs
+from ..steering.config import load_model_with_defaults
 from .config import GalleryConfig, GallerySettings, check_out, settings_from_config
+from .draw import generate, score
 from .html import append_row, read_results, save_png, write_atomic, write_reports
+from .media import VIDEO_SUFFIX, is_video, save_video
 from .specs import SD3_ONLY, Checkpoint, MethodSpec, load_errors
 
 
@@ -96,53 +102,6 @@ def weights(model: Any, ckpt: Checkpoint | None) -> Iterator[None]:
             model.transformer = model.pipe.transformer = base
 
 
-def generate(
-    model: Any, spec: MethodSpec, prompt: str, seed: int, reward: Any, steps: int, cfg: float | None, size: int
-) -> tuple[Any, dict[str, Any]]:
-    """One image [3, H, W] in [0, 1] for (prompt, seed) and its row fields (nfe, ...)."""
-    import torch
-
-    gen = torch.Generator().manual_seed(seed)
-    steps, cfg = spec.options.get("steps", steps), spec.options.get("cfg", cfg)
-    neg = spec.options.get("negative_prompt")
-    nfe0, extra = model.nfe, {}
-    if spec.steering:
-        from ..steering import steer
-
-        kwargs = method_kwargs(spec.method, steps)  # DTS without a budget: what FK would spend
-        if neg is not None:
-            kwargs["negative_prompts"] = [neg]
-        res = steer(
-            spec.kind,
-            model,
-            [prompt],
-            reward,
-            num_steps=steps,
-            cfg=cfg,
-            height=size,
-            width=size,
-            generator=gen,
-            **kwargs,
-        )
-        with torch.no_grad():
-            image = model.decode(res.latents, size, size)[0]
-        extra = {"reward_calls": int(res.reward_calls), "steer_reward": float(res.rewards[0])}
-    else:
-        image = model.sample(
-            [prompt], num_steps=steps, guidance_scale=cfg, height=size, width=size, generator=gen, negative_prompts=neg
-        ).images[0]
-    return image, {"nfe": int(model.nfe - nfe0), **extra}
-
-
-def score(scorers: dict[str, Any], settings: GallerySettings, i: int, pixels: Any) -> dict[str, float]:
-    """Every reward of the saved pixels [3, H, W] of prompt i (with its .jsonl metadata columns)."""
-    import torch
-
-    columns = {k: [v] for k, v in settings.metadata[i].items()}
-    with torch.no_grad():
-        return {n: float(scorers[n](pixels[None], [settings.prompts[i]], **columns)[0]) for n in settings.rewards}
-
-
 def _load_reward(name: str) -> Any:
     if ":" in name:
         from ..train.build import import_factory
@@ -175,7 +134,22 @@ class _Run:  # what drawing one image needs
     done: dict[str, dict[str, Any]]  # key -> row of results.jsonl
 
     def steer_reward(self, m: MethodSpec) -> Any:
-        return self.scorers[m.options.get("reward", self.settings.steer_reward)]
+        from ..train.build import lift_to_video
+
+        reward = self.scorers[m.options.get("reward", self.settings.steer_reward)]
+        return lift_to_video(reward) if getattr(self.model, "num_frames", 1) > 1 else reward
+
+    def source(self, i: int) -> Any:
+        """The source image [3, size, size] of prompt i for an editing model; None for other models."""
+        from ..train.data import PromptSet, check_sources, source_images
+        from ..train.families import EDIT_FAMILIES, loaded_family
+
+        family = loaded_family(self.model)
+        if family not in EDIT_FAMILIES:
+            return None
+        rows = PromptSet(self.settings.prompts, self.settings.metadata)
+        check_sources(rows, family, "the prompts")
+        return source_images(rows, [i], self.resolved["size"])[0]
 
 
 def _load(settings: GallerySettings, out: Path) -> _Run:
@@ -186,7 +160,7 @@ def _load(settings: GallerySettings, out: Path) -> _Run:
 
         max_seq = get_preset("testbed").model.max_sequence_length
     with quiet_hf():
-        model, default_steps, default_cfg = load_model_with_defaults(settings.model, max_seq)
+        model, default_steps, default_cfg = load_model_with_defaults(settings.model, max_seq, settings.num_frames)
     if hasattr(model, "pipe") and hasattr(model.pipe, "set_progress_bar_config"):
         model.pipe.set_progress_bar_config(disable=True)
     cfg = next(c for c in (settings.cfg, default_cfg, getattr(model, "default_guidance", None)) if c is not None)
@@ -199,23 +173,32 @@ def _load(settings: GallerySettings, out: Path) -> _Run:
     names = {*settings.rewards, settings.steer_reward, *(m.options.get("reward") for m in settings.methods)} - {None}
     scorers = {n: _load_reward(n) for n in sorted(names)}
     done = {k: r for k, r in read_results(out / "results.jsonl").items() if (out / r["image"]).is_file()}
-    return _Run(settings, out, model, scorers, resolved, done)
+    run = _Run(settings, out, model, scorers, resolved, done)
+    if settings.prompts:
+        run.source(0)  # an editing model without source images: one clear error before drawing
+    return run
 
 
 def _draw(run: _Run, m: MethodSpec, i: int, seed: int) -> dict[str, Any]:
     """One image of (prompt i, seed, method): drawn, saved, scored and appended to results.jsonl."""
     t0, key, prompt = time.perf_counter(), _key(i, seed, m), run.settings.prompts[i]
-    r = run.resolved
-    image, fields = generate(run.model, m, prompt, seed, run.steer_reward(m), r["steps"], r["cfg"], r["size"])
-    pixels = save_png(image, run.out / "images" / f"{key}.png")
+    r, source = run.resolved, run.source(i)
+    image, fields = generate(run.model, m, prompt, seed, run.steer_reward(m), r["steps"], r["cfg"], r["size"], source)
+    if is_video(image):  # a clip: an MP4 under videos/ (the rewards score its 8-bit frames)
+        (run.out / "videos").mkdir(exist_ok=True)
+        name = f"videos/{key}{VIDEO_SUFFIX}"
+        pixels = save_video(image, run.out / name)
+    else:
+        name = f"images/{key}.png"
+        pixels = save_png(image, run.out / name)
     row = {
         "key": key,
         "prompt_index": i,
         "prompt": prompt,
         "seed": seed,
         "method": m.label,
-        "image": f"images/{key}.png",
-        "rewards": score(run.scorers, run.settings, i, pixels),
+        "image": name,
+        "rewards": score(run.scorers, run.settings, i, pixels, source),
         **fields,
         "seconds": round(time.perf_counter() - t0, 4),
     }

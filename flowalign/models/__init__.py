@@ -15,9 +15,18 @@ from collections.abc import Callable
 from typing import Any
 
 from .base import FlowModel
-from .common import family_of_class, pipeline_family
+from .common import (
+    ATTENTION_KINDS,
+    _looks_local,
+    _offline,
+    check_attention,
+    family_of_class,
+    pipeline_family,
+    set_attention,
+)
 from .flux import FluxModel
-from .flux2 import Flux2Model, subfamily_of_class, subfamily_of_name, subfamily_of_pipeline, tiny_flux2
+from .flux2 import Flux2Model, subfamily_of_class, subfamily_of_name, subfamily_of_pipeline
+from .flux2 import tiny_flux2 as _tiny_flux2  # aliased: the name must stay the submodule tiny_flux2's
 from .flux_kontext import FluxKontextModel, tiny_flux_kontext
 from .qwenimage import QwenImageModel, qwen_family, tiny_qwenimage
 from .qwenimage_edit import QwenImageEditModel, tiny_qwenimage_edit
@@ -56,7 +65,7 @@ FAMILIES.update({"flux2": Flux2Model, "flux_kontext": FluxKontextModel})
 MODELS: dict[str, Callable[..., FlowModel]] = {
     "tiny-sd3": _tiny_sd3,
     "tiny-flux": _tiny_flux,
-    "tiny-flux2": tiny_flux2,
+    "tiny-flux2": _tiny_flux2,
     "tiny-flux-kontext": tiny_flux_kontext,
     "analytic-2d": _analytic_2d,
 }
@@ -102,21 +111,69 @@ def detect_family(name_or_path: Any) -> str:
     )
 
 
+def _cached(repo_id: str) -> bool:
+    """True when the local hub cache holds ``repo_id``'s ``model_index.json`` (loadable offline)."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(repo_id, "model_index.json"), str)
+    except Exception:  # an id the hub library refuses as a repo name: not cached
+        return False
+
+
+def _hub_unreachable(timeout: float) -> str | None:
+    """Why the hub cannot be reached now (None when it answers at all, even with an error status)."""
+    from huggingface_hub import constants
+
+    if _offline() or constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE=1 forbids downloading"
+    try:
+        from huggingface_hub.utils import get_session
+
+        get_session().head(constants.ENDPOINT, timeout=timeout)
+    except Exception as err:  # DNS, refused, timeout, proxy, TLS: all mean no download now
+        return f"the hub {constants.ENDPOINT} cannot be reached ({type(err).__name__})"
+    return None
+
+
+def require_local_or_hub(id_or_dir: str, timeout: float = 5.0) -> None:
+    """Before anything loads: a hub id ('owner/name') that is neither a local directory nor in the
+    local hub cache, while the hub cannot be reached (HF_HUB_OFFLINE=1, no network), is ONE
+    ValueError naming the id and how to pass a saved pipeline directory instead."""
+    path = os.path.expanduser(os.fspath(id_or_dir))
+    if os.path.isdir(path) or _looks_local(path) or path.count("/") != 1 or _cached(path):
+        return
+    why = _hub_unreachable(timeout)
+    if why is None:
+        return
+    raise ValueError(
+        f"model {path!r} is a hub id, not a local directory, and it is not in the local hub cache: {why}. "
+        f"Download it where the hub is reachable (`hf download {path} --local-dir /path/to/saved/pipeline`, "
+        f"or `DiffusionPipeline.from_pretrained({path!r}).save_pretrained(dir)`) and pass that directory: "
+        f"model.path=/path/to/saved/pipeline (Python: load_model('/path/to/saved/pipeline'))."
+    )
+
+
 def load_model(name_or_path: Any, family: str | None = None, **kw: Any) -> FlowModel:
     """A ``FlowModel`` from a registered name (``MODELS``), a diffusers pipeline object, a saved
     pipeline directory or a hub id. ``kw`` go to the factory / ``from_pretrained`` (e.g.
     ``torch_dtype``, ``guidance_scale``, ``max_sequence_length``)."""
     if isinstance(name_or_path, FlowModel):
         return name_or_path
-    if isinstance(name_or_path, str) and name_or_path in MODELS and family is None:
-        return MODELS[name_or_path](**kw)
     if family is not None and family not in FAMILIES:
         raise ValueError(
             f"unknown model family {family!r}; choose one of {sorted(FAMILIES)} (or a name in {sorted(MODELS)})."
         )
+    if isinstance(name_or_path, str) and name_or_path in MODELS:  # a preset's family= must match the name's
+        model = MODELS[name_or_path](**kw)
+        found = detect_family(model.pipe) if family is not None and hasattr(model, "pipe") else family
+        if found != family:
+            raise ValueError(f"{name_or_path!r} is a {found} model, not {family!r}; drop family= (model.family).")
+        return model
     fam = family or detect_family(name_or_path)
     if isinstance(name_or_path, (str, os.PathLike)):
         path = os.fspath(name_or_path)
+        require_local_or_hub(path)  # a hub id offline: one error before anything loads
         try:
             return FAMILIES[fam].from_pretrained(path, **kw)
         except Exception as err:  # a damaged local pipeline: name the file instead of diffusers' traceback
@@ -146,3 +203,4 @@ def unreadable_weights(directory: str) -> str | None:
 
 
 __all__ = ["FlowModel", "SD3Model", "FluxModel", "FAMILIES", "MODELS", "detect_family", "load_model"]
+__all__ += ["ATTENTION_KINDS", "check_attention", "set_attention", "require_local_or_hub"]

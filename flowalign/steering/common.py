@@ -217,18 +217,17 @@ def prepare(
     cond: Cond | None = None,
     x: Tensor | None = None,
     draw_noise: bool = True,
+    images: Any = None,
 ) -> Setup:
     """Encode P prompts once (or take ``cond`` with P rows), repeat each K times, draw the P * K
-    initial latents as the matching diffusers pipeline would (or take ``x``), build the grid."""
+    initial latents as the matching diffusers pipeline would (or take ``x``), build the grid.
+    ``images``: the source images of an editing model ([P, 3, H, W] in [0, 1]), passed to ``encode``;
+    ``steer(..., cond=encode_prompts(model, prompts, cfg, images=...))`` carries them through any method."""
     from ..models.base import check_prompts
 
     if cond is None:
         prompts = check_prompts(prompts)
-        cond = (
-            model.encode(prompts, guidance, negative_prompts)
-            if negative_prompts is not None
-            else model.encode(prompts, guidance)
-        )
+        cond = encode_prompts(model, prompts, guidance, negative_prompts, images)
     else:
         prompts = list(cond.prompts) if cond.prompts is not None else check_prompts(prompts)
     p = cond.batch_size
@@ -243,6 +242,34 @@ def prepare(
         sigmas = model.sigmas(steps, height, width)
     sigmas = torch.as_tensor(sigmas, dtype=torch.float32).cpu()
     return Setup(cond=cond.repeat(k), x=x.float(), sigmas=sigmas, prompts=list(prompts), height=height, width=width)
+
+
+def encode_prompts(model: Any, prompts: list[str], guidance: Any, negative_prompts: Any = None, images: Any = None):
+    """``model.encode`` with the negatives and the source images only where given (text-to-image
+    adapters take no ``images=``)."""
+    kw = {} if images is None else {"images": images}
+    if negative_prompts is not None:
+        return model.encode(prompts, guidance, negative_prompts, **kw)
+    return model.encode(prompts, guidance, **kw)
+
+
+class WithSources:
+    """A reward ``(images, prompts, **metadata)`` seen as ``(images, prompts)`` that adds each row's
+    source image (looked up by its prompt) as the metadata column ``source_images`` [B, 3, H, W]."""
+
+    def __init__(self, reward: Any, prompts: list[str], sources: Tensor):
+        by_prompt: dict[str, Tensor] = {}
+        for p, src in zip(prompts, sources):
+            if p in by_prompt and not torch.equal(by_prompt[p], src):
+                raise ValueError(f"prompt {p!r} is given twice with different source images; steer them separately.")
+            by_prompt[p] = src
+        self.reward, self.sources = reward, by_prompt
+        self.name = getattr(reward, "name", getattr(reward, "__name__", type(reward).__name__))
+        self.differentiable = getattr(reward, "differentiable", None)
+
+    def __call__(self, images: Tensor, prompts: Sequence[str]) -> Tensor:
+        src = torch.stack([self.sources[p] for p in prompts]).to(images.device)
+        return self.reward(images, list(prompts), source_images=src)
 
 
 def side_generator(generator: Any, salt: int) -> torch.Generator:

@@ -117,6 +117,7 @@ class SteerConfig:
     steps: int | None = ranged(None, "[1, inf)")  # sampling steps; None: the model's (testbed: its assets' config)
     cfg: float | None = ranged(None, "[0, inf)")  # classifier-free guidance scale; None: the model's
     size: int | None = ranged(None, "[1, inf)")  # image height = width in pixels; None: the model's
+    num_frames: int | None = ranged(None, "[1, inf)")  # frames of a video model (wan: 4k+1); None: the model's
     seed: int = ranged(0, "[0, inf)")  # torch.Generator seed of the initial noise and the steering draws
     out: str = "runs/steer"  # output directory: <i>_<method>.png and steer.json
 
@@ -265,6 +266,10 @@ def validate(cfg: SteerConfig) -> list[str]:
         check_weights(cfg.reward_path, "reward_path")
     facts = check_model(cfg.model)
     check_size(cfg.size, facts, "size")
+    if cfg.num_frames is not None:
+        from ..train.families import check_frames
+
+        check_frames(cfg.model, cfg.num_frames)
     check_method(cfg.method, "method.options.", cfg.steps or facts.get("steps"))
     if any(not isinstance(p, str) or not p.strip() for p in cfg.prompts):
         raise ValueError(f"prompts={cfg.prompts!r} holds an empty prompt; pass text, e.g. --prompt 'two red circles'.")
@@ -280,11 +285,17 @@ def validate(cfg: SteerConfig) -> list[str]:
     return prompts
 
 
-def load_model_with_defaults(name: str, max_seq: int | None) -> tuple[Any, int, float | None]:
-    """(model, default steps, default guidance): the testbed's sampling defaults come from its assets."""
+def load_model_with_defaults(
+    name: str, max_seq: int | None, num_frames: int | None = None
+) -> tuple[Any, int, float | None]:
+    """(model, default steps, default guidance): the testbed's sampling defaults come from its assets.
+    ``num_frames`` goes to video models only (one clear error for an image model)."""
     from ..models import MODELS, load_model
+    from ..train.families import check_frames
 
     kw = {} if max_seq is None else {"max_sequence_length": max_seq}
+    if num_frames is not None and check_frames(name, num_frames) is not None:
+        kw["num_frames"] = num_frames
     if name == "testbed":
         from ..testbed.paths import pipeline_dir
         from ..testbed.pipeline import default_sampling

@@ -1,5 +1,11 @@
 """From a config to objects: the model (frozen, with LoRA adapters or fully trainable), the reward,
-the prompts and the run directory. Everything here reads ``Config`` and returns library objects."""
+the prompts and the run directory. Everything here reads ``Config`` and returns library objects.
+
+Families (``families.py``): editing ones take a source image per prompt (``data.SOURCE_COLUMN``), video
+ones get ``model.num_frames`` at load; a LoRA target list left at the SD3 default is replaced by the
+family's own (``FAMILY_LORA_TARGETS``: wan, flux2), and with ``model.num_frames`` > 1 every image
+reward is lifted to clips (``rewards.video.FrameReward``, mean over uniformly sampled frames).
+"""
 
 from __future__ import annotations
 
@@ -39,8 +45,9 @@ def resolve_model_path(path: str) -> str:
     )
 
 
-def check_lora_targets(transformer: Any, targets: list[str]) -> None:
-    """Every target must name (as a suffix, as peft matches) at least one nn.Linear-like module."""
+def check_lora_targets(transformer: Any, targets: list[str], family: str | None = None) -> None:
+    """Every target must name (as a suffix, as peft matches) at least one nn.Linear-like module; the
+    error names the family's own list where it has one."""
     names = [n for n, _ in transformer.named_modules() if n]
     missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
     if missing or not targets:
@@ -54,9 +61,13 @@ def check_lora_targets(transformer: Any, targets: list[str]) -> None:
                 and getattr(m.weight, "ndim", 0) == 2
             }
         )
+        from .families import family_lora_targets
+
+        own = family_lora_targets(family)
+        hint = f" (the {family} list: model.lora_targets={','.join(own)})" if own else ""
         raise ValueError(
             f"LoRA target module(s) {missing or targets} are not in the {type(transformer).__name__}; "
-            f"set model.lora_targets to names that exist, e.g. {leaves[:12]}."
+            f"set model.lora_targets to names that exist, e.g. {leaves[:12]}{hint}."
         )
 
 
@@ -66,13 +77,18 @@ def build_model(cfg, device: Any = "cpu") -> tuple[Any, Callable[[Path], None], 
 
     from ..models import MODELS, load_model
     from .checkpoint import export_lora
+    from .families import VIDEO_FAMILIES, check_model_options, loaded_family, model_family
 
+    check_model_options(cfg, device)
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.model.dtype]
     path = resolve_model_path(cfg.model.path)
     kw: dict[str, Any] = {"max_sequence_length": cfg.model.max_sequence_length}
     if dtype != torch.float32 and path not in MODELS:  # (saved pipelines load in fp32 by default)
         kw["torch_dtype"] = dtype
+    if model_family(cfg) in VIDEO_FAMILIES:
+        kw["num_frames"] = cfg.model.num_frames
     model = load_model(path, family=cfg.model.family, **kw)
+    check_loaded(cfg, model, device)
     pipe = model.pipe
     if hasattr(pipe, "set_progress_bar_config"):
         pipe.set_progress_bar_config(disable=True)
@@ -83,7 +99,8 @@ def build_model(cfg, device: Any = "cpu") -> tuple[Any, Callable[[Path], None], 
     if cfg.model.lora:
         from peft import LoraConfig
 
-        check_lora_targets(bare, cfg.model.lora_targets)
+        targets = lora_targets(cfg, model)
+        check_lora_targets(bare, targets, loaded_family(model))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.train.seed)
             bare.add_adapter(
@@ -91,7 +108,7 @@ def build_model(cfg, device: Any = "cpu") -> tuple[Any, Callable[[Path], None], 
                     r=cfg.model.lora_rank,
                     lora_alpha=cfg.model.lora_alpha,
                     init_lora_weights=cfg.model.lora_init,
-                    target_modules=list(cfg.model.lora_targets),
+                    target_modules=targets,
                 )
             )
         for p in bare.parameters():
@@ -110,6 +127,41 @@ def build_model(cfg, device: Any = "cpu") -> tuple[Any, Callable[[Path], None], 
     if ref_model is not None:
         ref_model.transformer.to(device)
     return model, export_fn, ref_model
+
+
+def lora_targets(cfg, model: Any) -> list[str]:
+    """``model.lora_targets``; left at the SD3 default, the family's own list where it has one."""
+    from .config import SD3_LORA_TARGETS
+    from .families import family_lora_targets, loaded_family
+
+    own = family_lora_targets(loaded_family(model))
+    return own if own is not None and list(cfg.model.lora_targets) == SD3_LORA_TARGETS else list(cfg.model.lora_targets)
+
+
+def check_loaded(cfg, model: Any, device: Any = None) -> None:
+    """What needs the loaded model: the resolution fits its size factor (one error naming
+    model.resolution), and the attention kernel is switched (``models.common.set_attention``)."""
+    import torch
+
+    from .families import VIDEO_FAMILIES, loaded_family
+
+    res, kw = cfg.model.resolution, {}
+    if loaded_family(model) in VIDEO_FAMILIES:
+        kw["num_frames"] = cfg.model.num_frames
+    try:
+        model.initial_noise(1, res, res, generator=torch.Generator(model.device).manual_seed(0), **kw)
+    except ValueError as err:
+        raise ValueError(f"model.resolution={res} does not fit {type(model).__name__}: {err}") from None
+    if cfg.model.attention != "sdpa":  # (sdpa is every transformer's default: nothing to switch)
+        from ..models import common
+
+        setter = getattr(common, "set_attention", None)
+        if setter is None:
+            raise ValueError(
+                f"model.attention={cfg.model.attention!r} is not available in this version (no "
+                f"flowalign.models.common.set_attention); use model.attention=sdpa."
+            )
+        setter(model, cfg.model.attention, device)
 
 
 def import_factory(spec: str) -> Callable:
@@ -138,7 +190,19 @@ def build_reward(cfg, device: Any = "cpu"):
     key = lambda n: n.replace(".", "_")  # noqa: E731  (module names cannot hold '.')
     custom = {key(n): import_factory(n)(**options.pop(n, {})) for n in cfg.reward.weights if ":" in n}
     weights = {key(n): w for n, w in cfg.reward.weights.items()}
+    if cfg.model.num_frames > 1:  # clips: every image reward scores sampled frames
+        from ..rewards import load_reward
+
+        custom |= {n: load_reward(n, **options.pop(n, {})) for n in weights if n not in custom}
+        custom = {n: lift_to_video(r) for n, r in custom.items()}
     return MultiReward(weights, rewards=custom, **options).to(device)
+
+
+def lift_to_video(reward: Any) -> Any:
+    """A clip reward as is; an image reward as ``FrameReward`` (its mean over uniformly sampled frames)."""
+    from ..rewards.video import FrameReward, VideoReward
+
+    return reward if isinstance(reward, VideoReward) else FrameReward(reward)
 
 
 def build_process_reward(cfg, device: Any = "cpu"):
@@ -164,12 +228,18 @@ def build_eval_metrics(cfg, device: Any = "cpu") -> dict[str, Any]:
 
 
 def build_prompts(cfg):
-    from .data import load_prompt_source
+    from .data import check_sources, load_prompt_source
 
     train = load_prompt_source(cfg.data.train)
     test = (
         load_prompt_source(cfg.data.eval) if cfg.data.eval and (cfg.eval.every > 0 or cfg.eval.every_nfe > 0) else None
     )
+    from .families import EDIT_FAMILIES, model_family
+
+    if (family := model_family(cfg)) in EDIT_FAMILIES:
+        check_sources(train, family, "data.train")
+        if test is not None:
+            check_sources(test, family, "data.eval")
     return train, test
 
 

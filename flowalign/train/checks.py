@@ -80,6 +80,7 @@ def validate(cfg, world_size: int = 1) -> None:
     """Every start-up check that needs no model (the model path is resolved, not loaded)."""
     from ..sampling.sde import STEPS
     from .build import resolve_model_path
+    from .families import check_model_options
 
     check_variants(cfg)
     derived(cfg, world_size)
@@ -92,6 +93,7 @@ def validate(cfg, world_size: int = 1) -> None:
         raise ValueError(f"model.dtype={cfg.model.dtype!r}; choose one of {DTYPES}.")
     check_paths(cfg)
     resolve_model_path(cfg.model.path)
+    check_model_options(cfg)
 
 
 def check_paths(cfg) -> None:

@@ -224,18 +224,23 @@ def calibrate_psi(model, reward_fn: Callable, prompts, cfg, generator: torch.Gen
     starts at the sampler's noise (``sample.noise_table`` or ``noise_level``), moves by eps2 per
     round on every step but the last, and comes back as noise levels for ``sample.step``
     -> (levels [T], ``dense.Calibration``)."""
+    from .families import batch_sources, frames_kw, source_kw, with_sources
+
     s, c = cfg.sample, cfg.credit.options
     n, res, t = c.calibrate_samples, cfg.model.resolution, s.num_steps
     idx = torch.randint(len(prompts), (n,), generator=generator).tolist()
     texts = [prompts.prompts[i] for i in idx]
-    cond = model.encode(texts, guidance_scale=s.guidance_scale, negative_prompts=cfg.model.negative_prompt or None)
-    x = model.initial_noise(n, res, res, generator=generator)
+    sources = batch_sources(model, prompts, idx, cfg)  # editing models: the prompts' source images
+    neg = cfg.model.negative_prompt or None
+    cond = model.encode(texts, guidance_scale=s.guidance_scale, negative_prompts=neg, **source_kw(model, sources))
+    x = model.initial_noise(n, res, res, generator=generator, **frames_kw(cfg))
     sigmas = model.sigmas(t, res, res)
+    meta = with_sources({}, sources)
     levels0 = torch.tensor(s.noise_levels, dtype=torch.float32) if s.noise_levels else torch.full((t,), s.noise_level)
     psi0 = levels0 if s.step == "dance_sde" else levels0 * flow_sde_psi(1.0, sigmas)
     ladder = make_ladder(cfg, model, reward_fn)
     measure = ladder_gain_measure(
-        model, cond, x, sigmas, lambda r, cd: ladder(r, cd, prompts=texts), step=s.step, generator=generator
+        model, cond, x, sigmas, lambda r, cd: ladder(r, cd, prompts=texts, **meta), step=s.step, generator=generator
     )
     active = torch.ones(t, dtype=torch.bool)
     active[-1] = t == 1

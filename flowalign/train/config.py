@@ -36,7 +36,8 @@ FLUX_LORA_TARGETS = SD3_LORA_TARGETS + ["ff.net.0.proj", "ff.net.2", "ff_context
 @dataclass
 class ModelConfig:
     path: str = "testbed"  # 'testbed', a name in models.MODELS, a saved pipeline dir, or a hub id
-    family: str | None = None  # 'sd3' | 'flux'; None = read model_index.json / the name
+    # 'sd3' | 'flux' | 'flux2' | 'flux_kontext' | 'qwenimage' | 'qwenimage_edit' | 'wan'; None = from the name
+    family: str | None = None
     dtype: str = "fp32"  # weights of the frozen parts: fp32 | bf16 | fp16 (trainable params stay fp32)
     resolution: int = ranged(32, "[1, inf)")  # image height = width, px (multiple of VAE factor x patch size)
     # T5 tokens (SD3 pipeline default 256; flow_grpo uses 128; Flux 512)
@@ -48,6 +49,9 @@ class ModelConfig:
     lora_init: str = "gaussian"  # peft init_lora_weights ('gaussian' as flow_grpo; B = 0: training starts at the base)
     lora_targets: list[str] = field(default_factory=lambda: list(SD3_LORA_TARGETS))  # module-name suffixes
     gradient_checkpointing: bool = False  # recompute transformer activations in backward (less memory, ~30% slower)
+    # frames per sample: 1 = an image; video families (wan) need 4k+1 (the VAE compresses time 4x)
+    num_frames: int = ranged(1, "[1, inf)")
+    attention: str = "sdpa"  # attention kernel of the transformer: sdpa (torch) | xformers (CUDA only)
 
 
 @dataclass

@@ -2,6 +2,11 @@
 
 Prompt files are ``.txt`` (one prompt per line, blank lines and ``#`` comments skipped) or ``.jsonl``
 (one object per line with a ``prompt`` key; every other key is a metadata column handed to rewards).
+Editing families (``qwenimage_edit``, ``flux_kontext``) need a source image per prompt: the column
+``image`` (``SOURCE_COLUMN``) holds a file path (relative to the .jsonl's folder), a PIL image or a
+[3, H, W] tensor in [0, 1]; ``source_images`` loads a batch of them at the model's resolution (files
+are resized when loaded; in-memory images must already have that size: the sources of one batch share
+the output size). Rewards then get them as the metadata column ``source_images`` [B, 3, H, W].
 
 ``group_batch`` reproduces the idea of flow_grpo's ``DistributedKRepeatSampler``: each iteration,
 ``m = world * per_rank / k`` distinct prompts are drawn with a seed shared by every rank, each is
@@ -13,6 +18,7 @@ of (seed, iteration), so a resumed run continues exactly where it stopped.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from dataclasses import dataclass, field
@@ -25,6 +31,7 @@ import torch
 class PromptSet:
     prompts: list[str]  # [P]
     metadata: list[dict] = field(default_factory=list)  # [P] extra columns per prompt (may be empty dicts)
+    root: str | None = None  # folder that relative source-image paths start from (the .jsonl's folder)
 
     def __len__(self) -> int:
         return len(self.prompts)
@@ -73,7 +80,7 @@ def load_prompts(path: str | Path) -> PromptSet:
         meta = [{} for _ in prompts]
     if not prompts:
         raise ValueError(f"prompt file {str(path)!r} holds no prompts; add at least one line.")
-    return PromptSet(prompts, meta)
+    return PromptSet(prompts, meta, str(path.parent))
 
 
 def check_group_arithmetic(per_rank: int, k: int, world: int) -> int:
@@ -154,3 +161,89 @@ def sample_seed(seed: int, iteration: int, index: int) -> int:
 def generators(seed: int, iteration: int, indices: list[int], device: torch.device) -> list[torch.Generator]:
     """One generator per global sample index (``sample_seed``)."""
     return [torch.Generator(device).manual_seed(sample_seed(seed, iteration, i)) for i in indices]
+
+
+# --- source images of the editing families ----------------------------------------------------------------
+SOURCE_COLUMN = "image"  # the prompt column holding each prompt's source image (editing families)
+
+
+def check_sources(prompts: PromptSet, family: str, where: str = "data.train") -> None:
+    """Every prompt of ``prompts`` has a source image (a path that exists, a PIL image or a tensor): one
+    ValueError naming the first prompt without one and how to give it."""
+    example = '{"prompt": "make the circle red", "image": "sources/0.png"}'
+    for i, row in enumerate(prompts.metadata or [{} for _ in prompts.prompts]):
+        value = row.get(SOURCE_COLUMN)
+        if value is None:
+            raise ValueError(
+                f"model family {family!r} edits a source image, but prompt {i} of {where} "
+                f"({prompts.prompts[i]!r}) has no {SOURCE_COLUMN!r} column; give every prompt one in a .jsonl "
+                f"prompt file, one object per line such as {example} (paths relative to the file)."
+            )
+        if isinstance(value, (str, Path)) and not _source_path(value, prompts.root).is_file():
+            raise ValueError(
+                f"the source image {str(value)!r} of prompt {i} of {where} does not exist "
+                f"(looked for {_source_path(value, prompts.root)}); fix the {SOURCE_COLUMN!r} column."
+            )
+
+
+def _source_path(value: str | Path, root: str | None) -> Path:
+    p = Path(value).expanduser()
+    return p if p.is_absolute() or root is None else Path(root) / p
+
+
+@functools.lru_cache(maxsize=256)
+def _load_file(path: str, size: int) -> torch.Tensor:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+    except (OSError, ValueError) as err:
+        raise ValueError(f"the source image {path!r} cannot be read as an image ({err}).") from None
+    if im.size != (size, size):
+        im = im.resize((size, size), Image.Resampling.BICUBIC)
+    return _pil_tensor(im)
+
+
+def _pil_tensor(im) -> torch.Tensor:
+    import numpy as np
+
+    return torch.from_numpy(np.asarray(im.convert("RGB"), dtype=np.uint8).copy()).permute(2, 0, 1).float() / 255
+
+
+def _source(value, size: int, root: str | None, what: str) -> torch.Tensor:
+    """One source image -> [3, size, size] in [0, 1] (files resized; in-memory images must fit)."""
+    if value is None:
+        raise ValueError(f"{what} has no source image: give it one in the {SOURCE_COLUMN!r} column.")
+    if isinstance(value, (str, Path)):
+        return _load_file(str(_source_path(value, root)), size)
+    if hasattr(value, "convert") and hasattr(value, "size"):
+        value = _pil_tensor(value)
+    if (
+        not torch.is_tensor(value)
+        or value.ndim not in (3, 4)
+        or value.shape[-3] != 3
+        or value.ndim == 4
+        and len(value) != 1
+    ):
+        raise ValueError(
+            f"the source image of {what} must be a file path, a PIL image or a [3, H, W] tensor in [0, 1], got "
+            f"{tuple(value.shape) if torch.is_tensor(value) else type(value).__name__}."
+        )
+    value = value.reshape(value.shape[-3:]).float()
+    if tuple(value.shape[-2:]) != (size, size):
+        h, w = value.shape[-2:]
+        raise ValueError(
+            f"the source image of {what} is {h}x{w} (height x width) but model.resolution={size}: the sources of a "
+            f"batch share the output size; resize it to {size}x{size} (files in the {SOURCE_COLUMN!r} column are "
+            f"resized when loaded) or set model.resolution."
+        )
+    return value
+
+
+def source_images(prompts: PromptSet, index: list[int], size: int) -> torch.Tensor:
+    """The source images of rows ``index`` as [B, 3, size, size] in [0, 1]."""
+    meta = prompts.metadata or [{} for _ in prompts.prompts]
+    return torch.stack(
+        [_source(meta[i].get(SOURCE_COLUMN), size, prompts.root, f"prompt {i} ({prompts.prompts[i]!r})") for i in index]
+    )

@@ -15,6 +15,7 @@ from torch import Tensor
 from ..sampling.rollout import rollout
 from ..types import Cond, Rollout
 from .data import PromptSet, generators
+from .families import batch_sources, frames_kw, source_kw, with_sources
 from .scores import as_scores
 
 if TYPE_CHECKING:
@@ -34,13 +35,15 @@ def generate(
     rollout_fn: Callable = rollout,
     step: str = "ode",
     init_gens: list[torch.Generator] | None = None,
+    images: Tensor | None = None,
 ) -> tuple[Cond, Rollout, Tensor]:
-    """encode -> initial noise (from ``init_gens``, default ``gens``) -> rollout (SDE noise from
-    ``gens``) -> decode: (cond, rollout, images [B, 3, H, W] in [0, 1])."""
+    """encode (with the source ``images`` [B, 3, H, W] of an editing model) -> initial noise (from
+    ``init_gens``, default ``gens``; ``model.num_frames`` frames for a video) -> rollout (SDE noise
+    from ``gens``) -> decode: (cond, rollout, images [B, 3, H, W] or videos [B, F, 3, H, W] in [0, 1])."""
     res = cfg.model.resolution
     neg = cfg.model.negative_prompt or None  # None: the model's default ("" for SD3; Flux has none)
-    cond = model.encode(prompts, guidance_scale=guidance_scale, negative_prompts=neg)
-    x = model.initial_noise(len(prompts), res, res, generator=init_gens or gens)
+    cond = model.encode(prompts, guidance_scale=guidance_scale, negative_prompts=neg, **source_kw(model, images))
+    x = model.initial_noise(len(prompts), res, res, generator=init_gens or gens, **frames_kw(cfg))
     ro = rollout_fn(model, cond, x, model.sigmas(num_steps, res, res), step, noise_levels, generator=gens)
     return cond, ro, model.decode(ro.final)
 
@@ -72,6 +75,7 @@ def evaluate(
         idx = [min(i, n - 1) for i in idx]
         texts = [prompts.prompts[i] for i in idx]
         gens = generators(e.seed, 0, idx, model.device)
+        sources = batch_sources(model, prompts, idx, cfg)
         _, _, images = generate(
             model,
             texts,
@@ -81,8 +85,9 @@ def evaluate(
             guidance_scale=e.guidance_scale,
             noise_levels=None,
             rollout_fn=rollout_fn,
+            images=sources,
         )
-        meta = prompts.columns(idx)
+        meta = with_sources(prompts.columns(idx), sources)
         sc = as_scores(reward_fn(images, texts, **meta), len(idx))
         extra = {k: as_scores(fn(images, texts, **meta), len(idx)).total for k, fn in (metrics or {}).items()}
         for k, v in {"reward": sc.total, **sc.components, **extra}.items():
@@ -90,7 +95,9 @@ def evaluate(
             sums[k] = sums.get(k, torch.zeros(2, dtype=torch.float64)) + torch.stack(
                 [v[ok].double().sum(), ok.double().sum()]
             )
-        shown += [im.cpu() for im, r in zip(images, real) if r][: max(0, e.grid_images - len(shown))]
+        shown += [(im[0] if im.ndim == 4 else im).cpu() for im, r in zip(images, real) if r][
+            : max(0, e.grid_images - len(shown))
+        ]  # a video shows its first frame
     keys = sorted(sums)
     flat = torch.stack([sums[k] for k in keys]).to(acc.device) if keys else torch.zeros(0, 2, device=acc.device)
     flat = acc.reduce(flat, "sum").cpu()

@@ -24,6 +24,7 @@ from .collect import CollectContext, Collected, collect, tree_credit_batch
 from .data import generators, group_batch, sample_seed
 from .distributed import zero_loss
 from .evaluation import generate
+from .families import batch_sources, with_sources
 from .faults import check_weights, score
 from .objectives import UnitInputs, objective_kind
 from .records import Credit, Run, Samples
@@ -64,6 +65,7 @@ def sample_batch(run: Run, it: int, b: int, rows: tuple, levels: Tensor, mask_t:
     texts = [run.prompts.prompts[i] for i in pidx]
     gens = generators(cfg.train.seed, it, gidx, model.device)
     init = generators(cfg.train.seed, it, [-1 - g for g in gids], model.device) if cfg.sample.same_noise else None
+    sources = batch_sources(model, run.prompts, pidx, cfg)  # None unless the model edits source images
     cond, ro, images = generate(
         model,
         texts,
@@ -75,8 +77,9 @@ def sample_batch(run: Run, it: int, b: int, rows: tuple, levels: Tensor, mask_t:
         rollout_fn=run.roll,
         step=cfg.sample.step,
         init_gens=init,
+        images=sources,
     )
-    tr, meta = time.time(), run.prompts.columns(pidx)
+    tr, meta = time.time(), with_sources(run.prompts.columns(pidx), sources)
     scores = score(run, images, texts, meta)
     tc = time.time()
     batch_id = run.acc.process_index * run.d.batches_per_rank + b
