@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -331,3 +332,17 @@ class DiffusersFlowModel(FlowModel):
     @property
     def default_size(self) -> int:
         raise NotImplementedError
+
+
+def packed_size(sizes: dict[int, tuple[int, int]], tokens: int, factor: int, family: str) -> tuple[int, int]:
+    """(height, width) in pixels of ``tokens`` packed latent tokens: the size ``initial_noise`` recorded
+    for that count, else a square; one clear error when the count is not a square."""
+    if tokens in sizes:
+        return sizes[tokens]
+    side = math.isqrt(tokens)
+    if side * side != tokens:
+        raise ValueError(
+            f"cannot tell the image size of {tokens} packed {family} tokens; create the latents with "
+            f"initial_noise(batch, height, width) or pass height/width."
+        )
+    return side * factor, side * factor

@@ -16,7 +16,6 @@ is assumed. Alternating two sizes with the same token count (32x64 / 64x32): pas
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,7 +25,7 @@ from torch import Tensor
 from ..sampling.schedule import flux_mu, flux_sigmas
 from ..types import Cond
 from .base import NUM_TRAIN_TIMESTEPS, as_sigma, check_generators, check_prompts, check_size, sigma_to_timestep
-from .common import DiffusersFlowModel, check_pipeline, is_plain_flow_scheduler, scheduler_sigmas
+from .common import DiffusersFlowModel, check_pipeline, is_plain_flow_scheduler, packed_size, scheduler_sigmas
 
 _NEEDS = ("transformer", "vae", "scheduler", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2")
 
@@ -74,15 +73,7 @@ class FluxModel(DiffusersFlowModel):
         return 2 * (height // self.size_factor), 2 * (width // self.size_factor)
 
     def _size_of(self, tokens: int) -> tuple[int, int]:
-        if tokens in self._sizes:
-            return self._sizes[tokens]
-        side = math.isqrt(tokens)
-        if side * side != tokens:
-            raise ValueError(
-                f"cannot tell the image size of {tokens} packed Flux tokens; create the "
-                f"latents with initial_noise(batch, height, width) or pass height/width."
-            )
-        return side * self.size_factor, side * self.size_factor
+        return packed_size(self._sizes, tokens, self.size_factor, "Flux")
 
     def image_ids(self, height: int, width: int) -> Tensor:
         """[(h/2)(w/2), 3] positions of the packed tokens, as ``FluxPipeline._prepare_latent_image_ids``."""

@@ -31,7 +31,7 @@ from torch import Tensor
 
 from ..types import Cond
 from .base import NUM_TRAIN_TIMESTEPS, as_sigma, check_generators, check_prompts, check_size, sigma_to_timestep
-from .common import DiffusersFlowModel, check_pipeline, scheduler_sigmas
+from .common import DiffusersFlowModel, check_pipeline, packed_size, scheduler_sigmas
 
 _NEEDS = ("transformer", "vae", "scheduler", "text_encoder", "tokenizer")
 _WHAT = "FLUX.2: VAE scale factor x 2 (2x2 patchify)"
@@ -110,15 +110,7 @@ class Flux2Model(DiffusersFlowModel):
         return height // self.size_factor, width // self.size_factor
 
     def _size_of(self, tokens: int) -> tuple[int, int]:
-        if tokens in self._sizes:
-            return self._sizes[tokens]
-        side = math.isqrt(tokens)
-        if side * side != tokens:
-            raise ValueError(
-                f"cannot tell the image size of {tokens} FLUX.2 tokens; create the latents with "
-                f"initial_noise(batch, height, width) or pass height/width."
-            )
-        return side * self.size_factor, side * self.size_factor
+        return packed_size(self._sizes, tokens, self.size_factor, "FLUX.2")
 
     def image_ids(self, height: int, width: int) -> Tensor:
         """[(h/2)(w/2), 4] (t, h, w, l) positions, as ``_prepare_latent_ids``."""

@@ -25,7 +25,6 @@ given to ``encode``), else a square image is assumed, as for Flux.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -35,7 +34,7 @@ from torch import Tensor
 from ..sampling.schedule import flux_sigmas
 from ..types import Cond
 from .base import NUM_TRAIN_TIMESTEPS, as_sigma, check_generators, check_prompts, check_size, sigma_to_timestep
-from .common import DiffusersFlowModel, check_pipeline, is_plain_flow_scheduler, scheduler_sigmas
+from .common import DiffusersFlowModel, check_pipeline, is_plain_flow_scheduler, packed_size, scheduler_sigmas
 from .flux import scheduler_mu
 from .sd3 import broadcast_negatives
 
@@ -121,15 +120,7 @@ class QwenImageModel(DiffusersFlowModel):
         return 2 * (height // self.size_factor), 2 * (width // self.size_factor)
 
     def _size_of(self, tokens: int) -> tuple[int, int]:
-        if tokens in self._sizes:
-            return self._sizes[tokens]
-        side = math.isqrt(tokens)
-        if side * side != tokens:
-            raise ValueError(
-                f"cannot tell the image size of {tokens} packed {self.family} tokens; create the "
-                f"latents with initial_noise(batch, height, width) or pass height/width to encode."
-            )
-        return side * self.size_factor, side * self.size_factor
+        return packed_size(self._sizes, tokens, self.size_factor, self.family)
 
     def _target_shape(self, cond: Cond, tokens: int) -> tuple[int, int, int]:
         size = cond.static.get("size")
