@@ -14,16 +14,9 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+from .attention import ATTENTION_KINDS, check_attention, set_attention
 from .base import FlowModel
-from .common import (
-    ATTENTION_KINDS,
-    _looks_local,
-    _offline,
-    check_attention,
-    family_of_class,
-    pipeline_family,
-    set_attention,
-)
+from .common import _looks_local, _offline, family_of_class, pipeline_family
 from .flux import FluxModel
 from .flux2 import Flux2Model, subfamily_of_class, subfamily_of_name, subfamily_of_pipeline
 from .flux2 import tiny_flux2 as _tiny_flux2  # aliased: the name must stay the submodule tiny_flux2's

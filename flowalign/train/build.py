@@ -140,7 +140,7 @@ def lora_targets(cfg, model: Any) -> list[str]:
 
 def check_loaded(cfg, model: Any, device: Any = None) -> None:
     """What needs the loaded model: the resolution fits its size factor (one error naming
-    model.resolution), and the attention kernel is switched (``models.common.set_attention``)."""
+    model.resolution), and the attention kernel is switched (``models.attention.set_attention``)."""
     import torch
 
     from .families import VIDEO_FAMILIES, loaded_family
@@ -153,15 +153,9 @@ def check_loaded(cfg, model: Any, device: Any = None) -> None:
     except ValueError as err:
         raise ValueError(f"model.resolution={res} does not fit {type(model).__name__}: {err}") from None
     if cfg.model.attention != "sdpa":  # (sdpa is every transformer's default: nothing to switch)
-        from ..models import common
+        from ..models.attention import set_attention
 
-        setter = getattr(common, "set_attention", None)
-        if setter is None:
-            raise ValueError(
-                f"model.attention={cfg.model.attention!r} is not available in this version (no "
-                f"flowalign.models.common.set_attention); use model.attention=sdpa."
-            )
-        setter(model, cfg.model.attention, device)
+        set_attention(model, cfg.model.attention, device)
 
 
 def import_factory(spec: str) -> Callable:
