@@ -13,6 +13,7 @@ import copy
 import os
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -71,12 +72,23 @@ def check_lora_targets(transformer: Any, targets: list[str], family: str | None 
         )
 
 
+def _export_lora(pipeline_class: type, transformer: Any, directory: str | Path) -> None:
+    """The adapter as ``<dir>/lora/pytorch_lora_weights.safetensors`` (stock ``load_lora_weights``)."""
+    from .checkpoint import export_lora
+
+    export_lora(pipeline_class, transformer, Path(directory) / "lora")
+
+
+def _export_full(transformer: Any, directory: str | Path) -> None:
+    """Fully fine-tuned weights as ``<dir>/transformer`` (``save_pretrained``)."""
+    transformer.save_pretrained(str(Path(directory) / "transformer"))
+
+
 def build_model(cfg, device: Any = "cpu") -> tuple[Any, Callable[[Path], None], Any]:
     """(FlowModel with trainable params set up, export_fn(dir), ref_model or None)."""
     import torch
 
     from ..models import MODELS, load_model
-    from .checkpoint import export_lora
     from .families import VIDEO_FAMILIES, check_model_options, loaded_family, model_family
 
     check_model_options(cfg, device)
@@ -114,13 +126,13 @@ def build_model(cfg, device: Any = "cpu") -> tuple[Any, Callable[[Path], None], 
         for p in bare.parameters():
             if p.requires_grad:
                 p.data = p.data.float()
-        export_fn = lambda d: export_lora(type(pipe), bare, Path(d) / "lora")  # noqa: E731
+        export_fn = partial(_export_lora, type(pipe), bare)
     else:
         bare.float().requires_grad_(True)
         if getattr(cfg.objective.options, "beta", 0) > 0:  # the base weights must survive training: a frozen copy
             ref_model = copy.copy(model)
             ref_model.transformer = copy.deepcopy(bare).requires_grad_(False)
-        export_fn = lambda d: bare.save_pretrained(str(Path(d) / "transformer"))  # noqa: E731
+        export_fn = partial(_export_full, bare)
     if cfg.model.gradient_checkpointing:
         bare.enable_gradient_checkpointing()
     model.to(device)

@@ -252,7 +252,10 @@ def load(path: str | Path, rank: int = 0) -> tuple[dict[str, Any], dict[str, Any
     if problem is not None:
         raise damaged(path, problem)
     state = _read_json(path / "state.json", path)
-    tensors = lambda name: read_tensors(path / f"{name}.safetensors", lambda: _instead(path))  # noqa: E731
+
+    def tensors(name: str) -> dict[str, Tensor]:
+        return read_tensors(path / f"{name}.safetensors", lambda: _instead(path))
+
     parts = {name: unflatten(sk, tensors(name)) for name, sk in state["parts"].items()}
     for name in state.get("rank_parts", []):
         if not (path / f"{name}_{rank}.json").is_file():
