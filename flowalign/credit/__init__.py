@@ -37,6 +37,7 @@ from .dense import (
 from .granular import G2RPOOptions, check_g2rpo, g2rpo, singular_sde_rollout
 from .group import GRPOOptions, group_stats, grpo, normalize
 from .guided import EuphoniumOptions, check_euphonium, euphonium, guided_rollout
+from .pref import PrefGRPOOptions, check_pref, pref_grpo
 from .tree import BranchGRPOOptions, TreeGRPOOptions, branch_grpo, tree_grpo, tree_to_batch
 from .turning_point import TurningPointOptions, tp_grpo, turning_points
 
@@ -57,6 +58,7 @@ CREDIT: dict[str, Scheme] = {
     "euphonium": Scheme(euphonium, EuphoniumOptions, ("process",), check_euphonium),
     "branchgrpo": Scheme(branch_grpo, BranchGRPOOptions, ("tree",), check_tree),
     "treegrpo": Scheme(tree_grpo, TreeGRPOOptions, ("tree",), check_tree),
+    "pref_grpo": Scheme(pref_grpo, PrefGRPOOptions, (), check_pref),
 }
 
 

@@ -32,6 +32,8 @@ REWARDS: dict[str, Callable[..., Reward]] = {
     "testbed_artifact": _lazy("testbed", "load_testbed_artifact"),
     "video_frames": _lazy("video", "load_video_frames"),
     "temporal_consistency": _lazy("video", "load_temporal_consistency"),
+    "par": _lazy("shaping", "load_par"),
+    "ensemble": _lazy("shaping", "load_ensemble"),
 }
 
 

@@ -27,6 +27,7 @@ from ..credit import (
     TreeGRPOOptions,
     TurningPointOptions,
 )
+from ..credit.pref import PrefGRPOOptions
 from ..sampling.windows import AllOptions, FixedOptions, GeometricOptions, ProgressiveOptions, RandomOptions
 from .config import Config, CreditConfig, ObjectiveConfig, WindowConfig
 from .objectives import NFTOptions
@@ -156,6 +157,17 @@ def testbed_artifact_reg() -> Config:
     return cfg
 
 
+def testbed_par() -> Config:
+    """``testbed_artifact_reg`` with the reward replaced by PAR (arXiv 2502.18770) around the hackable
+    aesthetic proxy: sigmoid(r - r_ref), r_ref the group mean of the proxy unless the prompts carry a
+    ``reference_reward`` column (``rewards/shaping.py``); same KL and evals."""
+    cfg = testbed_artifact_reg()
+    cfg.preset = "testbed_par"
+    cfg.reward.weights = {"par": 1.0}
+    cfg.reward.options = {"par": {"base": "testbed_aesthetic"}}
+    return cfg
+
+
 def testbed_nft() -> Config:
     """DiffusionNFT's forward-process objective instead of Flow-GRPO's ratio: ODE rollouts (the paper's
     deterministic sampler; distinct initial noises give the group its spread), trained at every step's
@@ -165,6 +177,12 @@ def testbed_nft() -> Config:
     cfg.sample.noise_level, cfg.sample.same_noise, cfg.sample.batch_size = 0.0, False, 8
     cfg.optim.steps_per_iteration, cfg.optim.lr = 4, 1e-3
     return cfg
+
+
+def testbed_pref_grpo() -> Config:
+    """Pref-GRPO: the reward of each image is its win rate against the rest of its group (a hard
+    pairwise judge over the compositional scores), then group-normalised as in GRPO."""
+    return _variant("testbed_pref_grpo", credit=("pref_grpo", PrefGRPOOptions()))
 
 
 PRESETS: dict[str, Callable[[], Config]] = {
@@ -187,6 +205,8 @@ PRESETS: dict[str, Callable[[], Config]] = {
     "testbed_mixgrpo": testbed_mixgrpo,
     "testbed_artifact_reg": testbed_artifact_reg,
     "testbed_nft": testbed_nft,
+    "testbed_par": testbed_par,
+    "testbed_pref_grpo": testbed_pref_grpo,
 }
 
 
