@@ -275,4 +275,4 @@ def test_info_lists_every_registry_a_config_kind_may_name(capsys):
     out = capsys.readouterr().out
     assert "objectives (objective.kind): flow_grpo, grpo_guard, nft" in out
     assert "windows (sample.window.kind): all, fixed, geometric, progressive, random, table" in out
-    assert "credit (credit.kind): branchgrpo, dense, euphonium, g2rpo, grpo, treegrpo, turning_point" in out
+    assert "credit (credit.kind): branchgrpo, dense, euphonium, g2rpo, grpo, pref_grpo, treegrpo, turning_point" in out
