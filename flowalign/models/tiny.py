@@ -53,10 +53,12 @@ def _clip(tok, seed: int, hidden: int, with_projection: bool, projection_dim: in
         return _ready((CLIPTextModelWithProjection if with_projection else CLIPTextModel)(cfg))
 
 
-def _t5(tok, seed: int, d_model: int = 32):
-    from transformers import T5Config, T5EncoderModel
+def _t5(tok, seed: int, d_model: int = 32, umt5: bool = False):
+    """A 2-layer T5 encoder over ``tok`` (``umt5``: the UMT5 variant Wan uses), seeded."""
+    import transformers
 
-    cfg = T5Config(
+    config_cls, model_cls = ("UMT5Config", "UMT5EncoderModel") if umt5 else ("T5Config", "T5EncoderModel")
+    cfg = getattr(transformers, config_cls)(
         vocab_size=len(tok),
         d_model=d_model,
         d_kv=8,
@@ -70,7 +72,7 @@ def _t5(tok, seed: int, d_model: int = 32):
         decoder_start_token_id=0,
     )
     with _seed(seed):
-        return _ready(T5EncoderModel(cfg))
+        return _ready(getattr(transformers, model_cls)(cfg))
 
 
 def _vae(seed: int, latent_channels: int, **overrides: Any):

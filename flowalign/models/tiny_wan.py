@@ -27,7 +27,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from .tiny import _ready, _seed
+from .tiny import _ready, _seed, _t5
 from .tiny_tokenizers import build_t5_tokenizer
 from .wan import WanModel
 
@@ -52,26 +52,6 @@ TINY_WAN_VAE: dict[str, Any] = dict(
     num_res_blocks=1,
     temperal_downsample=[False, True, True],
 )
-
-
-def _umt5(tok, seed: int, d_model: int):
-    from transformers import UMT5Config, UMT5EncoderModel
-
-    cfg = UMT5Config(
-        vocab_size=len(tok),
-        d_model=d_model,
-        d_kv=8,
-        d_ff=37,
-        num_layers=2,
-        num_heads=4,
-        relative_attention_num_buckets=8,
-        dropout_rate=0.0,
-        pad_token_id=0,
-        eos_token_id=1,
-        decoder_start_token_id=0,
-    )
-    with _seed(seed):
-        return _ready(UMT5EncoderModel(cfg))
 
 
 def wan_unipc_scheduler(flow_shift: float = 3.0, **overrides: Any):
@@ -114,7 +94,7 @@ def tiny_wan_pipeline(
     tok = build_t5_tokenizer(words)
     return WanPipeline(
         tokenizer=tok,
-        text_encoder=_umt5(tok, seed + 2, kw["text_dim"]),
+        text_encoder=_t5(tok, seed + 2, kw["text_dim"], umt5=True),
         vae=vae,
         scheduler=FlowMatchEulerDiscreteScheduler(shift=flow_shift) if scheduler is None else scheduler,
         transformer=transformer,
