@@ -5,8 +5,13 @@
 
 Trains Flow-GRPO (group advantages), DenseGRPO (step gains of a reward ladder), TP-GRPO (turning
 points), G^2RPO (singular sampling + multi-granularity advantages), tree rollouts with BranchGRPO and
-TreeGRPO credit, and GRPO-Guard (Flow-GRPO's credit with ``objective.kind=grpo_guard``: RatioNorm +
-1/Delta step reweighting, arXiv 2510.22319) on the shapes-world pipeline, each until it has spent
+TreeGRPO credit, GRPO-Guard (Flow-GRPO's credit with ``objective.kind=grpo_guard``: RatioNorm +
+1/Delta step reweighting, arXiv 2510.22319), AC-Flow (a critic's per-step advantages), TempFlow-GRPO
+(branch-mean process rewards, noise-aware step weights), GARDO (KL on the uncertain rows only, the
+artifact detector as the disagreeing reward; diversity-aware advantages), Dynamic-TreeRPO (TreeGRPO +
+LayerTuning's weighted SFT term and adaptive clip bounds), Pref-GRPO (the group win rate) and PAR
+(sigmoid of the reward minus its group mean; its final reward is read on ``--reward``) on the
+shapes-world pipeline, each until it has spent
 ``--budget`` sampler NFEs (``train.max_nfe``: rollouts + ladder / stride completions, velocity
 evaluations per image, CFG counted once; training forwards and evals not counted, so neither is
 GRPO-Guard's no-grad recompute of the sampling means per trained (sample, step)). Every variant
@@ -37,6 +42,7 @@ import statistics
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -49,6 +55,8 @@ from flowalign.train.presets import get_preset  # noqa: E402
 
 WINDOW = ["sample.window.kind=random", "sample.window.options.size=3", "sample.window.options.range=[0,5]"]
 TREE = ["credit.options.splits=[0,1,2]", "credit.options.branch=[2]"]  # offsets in the window: 2 x 2 x 2 = 8 leaves
+GARDO = ['credit.options.auxiliary=["testbed_artifact"]', "credit.scale=none", "objective.options.beta=0.04"]
+DTREE = ["credit.options.depth_noise=0.5"]  # Dynamic-TreeRPO: noise x (1 + 0.5 depth / #splits)
 G2RPO_WINDOW = ["sample.window.options.size=1", "sample.window.options.range=[0,3]"]
 VARIANTS = {
     "flow_grpo": ["credit.kind=grpo"],
@@ -58,7 +66,14 @@ VARIANTS = {
     "branchgrpo": ["credit.kind=branchgrpo", *TREE],
     "treegrpo": ["credit.kind=treegrpo", *TREE],
     "grpo_guard": ["credit.kind=grpo", "objective.kind=grpo_guard"],
+    "ac_flow": ["credit.kind=ac_flow"],
+    "tempflow_grpo": ["credit.kind=tempflow_grpo", *TREE],
+    "gardo": ["credit.kind=gardo", *GARDO, "objective.kind=gardo"],
+    "dynamic_treerpo": ["credit.kind=treegrpo", *TREE, *DTREE, "objective.kind=dynamic_treerpo"],
+    "pref_grpo": ["credit.kind=pref_grpo"],
+    "par": ['reward.weights={"par": 1.0}'],  # PAR around --reward (run_one sets reward.options.par.base)
 }
+OWN_REWARD = {"par"}  # variants trained on a reward built from their config (evaluated on --reward as "proxy")
 ACCURACY = '{"accuracy": {"reward": "compositional", "output": "strict"}}'  # held-out accuracy (testbed preset)
 BASE = [
     f"eval.metrics={ACCURACY}",
@@ -128,11 +143,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--reward", default="testbed_aesthetic", help="training and eval reward (rewards.REWARDS)")
     ap.add_argument("--eval-prompts", type=int, default=16, help="held-out prompts per eval")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on shared 2-core machines)")
+    ap.add_argument("--save-runs", default="", help="write the per-seed runs to this JSON (for --merge)")
+    ap.add_argument("--merge", nargs="+", default=[], help="--save-runs files of one config split over processes")
     ap.add_argument("overrides", nargs="*", help="extra config overrides for every variant")
     args = ap.parse_args(argv)
     args.names = [v for v in args.variants.split(",") if v]
     bad = [v for v in args.names if v not in VARIANTS]
-    if bad or "flow_grpo" not in args.names:
+    if bad or ("flow_grpo" not in args.names and not args.save_runs):
         ap.error(f"--variants must include flow_grpo and name only {list(VARIANTS)} (got {bad or args.names}).")
     args.seeds = 1 if args.quick else args.seeds
     args.budget = 80 if args.quick and args.budget == 1500 else args.budget
@@ -151,20 +168,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def run_one(args, ctx: dict, model, seed: int, v: str) -> dict:
     """Train variant ``v`` from the seed's initial LoRA weights; its NFEs, times and eval points."""
+    from flowalign.train.build import build_reward
     from flowalign.train.loop import train
 
     extra = VARIANTS[v] + (QUICK_G2RPO if args.quick and v == "g2rpo" else [])
+    extra += [f'reward.options={{"par": {{"base": "{args.reward}"}}}}'] if v == "par" else []
     with tempfile.TemporaryDirectory() as tmp:
         items = args.base + extra + [f"train.seed={seed}", f"train.output_dir={tmp}/run", *args.overrides]
         cfg = apply_overrides(get_preset("testbed"), items, RENAMED)
+        reward = build_reward(cfg) if v in OWN_REWARD else ctx["reward"]
         t, cpu = time.time(), time.process_time()
         res = train(
-            cfg, model, ctx["reward"], ctx["train"], eval_prompts=ctx["eval"], run_dir=f"{tmp}/run",
+            cfg, model, reward, ctx["train"], eval_prompts=ctx["eval"], run_dir=f"{tmp}/run",
             eval_metrics=ctx["metrics"],
         )  # fmt: skip
         wall = time.time() - t - sum(e.get("time/eval", 0.0) for e in res.evals)
         cpu = time.process_time() - cpu
-    pts = [(float(e["nfe"]), float(e["eval/reward"])) for e in res.evals]
+    pts = [(float(e["nfe"]), float(e["eval/proxy"])) for e in res.evals]  # --reward, whatever was trained
     print(
         f"seed {seed} {v:<14} {res.state.iteration:4d} it  {res.nfe:6d} NFE  {wall:6.1f} s  {cpu:6.1f} cpu s  "
         + "eval "
@@ -197,7 +217,11 @@ def run_all(args) -> dict[str, list[dict]]:
         "reward": load_reward(args.reward),
         "train": load_prompt_source("testbed:train"),
         "eval": PromptSet(test.prompts[: args.eval_prompts], test.metadata[: args.eval_prompts]),
-        "metrics": build_eval_metrics(apply_overrides(get_preset("testbed"), args.base, RENAMED)),  # the checker
+        # the checker's accuracy and --reward as "proxy" (the final reward of every variant, PAR's included)
+        "metrics": {
+            **build_eval_metrics(apply_overrides(get_preset("testbed"), args.base, RENAMED)),
+            "proxy": load_reward(args.reward),
+        },
     }
     runs: dict[str, list[dict]] = {v: [] for v in args.names}
     for seed in range(args.seeds):
@@ -210,8 +234,15 @@ def run_all(args) -> dict[str, list[dict]]:
                     if n in init:
                         p.copy_(init[n])
             runs[v].append(run_one(args, ctx, model, seed, v))
+            if args.save_runs:  # after every run: an interrupted bench keeps what it finished (seed-major)
+                save_runs(args, {k: r for k, r in runs.items() if r}, cfg0)
     args.eval_steps, args.eval_n = cfg0.eval.num_steps, min(cfg0.eval.num_prompts, len(ctx["eval"].prompts))
     return runs
+
+
+def save_runs(args, runs: dict, cfg) -> None:
+    n = min(cfg.eval.num_prompts, args.eval_prompts)
+    Path(args.save_runs).write_text(json.dumps({"runs": runs, "eval_steps": cfg.eval.num_steps, "eval_n": n}))
 
 
 def summarise(runs: dict[str, list[dict]], budget: int) -> tuple[dict, dict, list[float]]:
@@ -261,7 +292,19 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     t_start = time.time()
-    runs = run_all(args)
+    if args.merge:  # variants split over processes (--save-runs): one table, one JSON
+        saved = [json.loads(Path(f).read_text()) for f in args.merge]
+        runs = {v: rs for d in saved for v, rs in d["runs"].items()}
+        for r in (r for rs in runs.values() for r in rs):
+            r["points"] = [tuple(p) for p in r["points"]]  # (JSON keeps them as lists)
+        args.eval_steps, args.eval_n = saved[0]["eval_steps"], saved[0]["eval_n"]
+        seeds = min(len(rs) for rs in runs.values())  # the seeds every variant finished
+        runs, args.seeds = {v: rs[:seeds] for v, rs in runs.items()}, seeds
+    else:
+        runs = run_all(args)
+    if "flow_grpo" not in runs:
+        print(f"saved {args.save_runs}; merge it with a part that has flow_grpo (--merge)")
+        return 0
     out, curves, grid = summarise(runs, args.budget)
     print_table(args, runs, out, curves, grid)
     print(f"total {time.time() - t_start:.0f} s")

@@ -135,6 +135,19 @@ def throughput(quick: bool, batch: int = 4, repeats: int = 2) -> dict:
     return out
 
 
+def real_rewards(quick: bool) -> dict:
+    """OCR on rendered text, a served reward vs in-process, a VLM judge's consistency (real_rewards.py)."""
+    import real_rewards as rr
+
+    t0, out = time.perf_counter(), {}
+    for name, part in (("ocr", lambda: rr.ocr(quick)), ("served", lambda: rr.served(quick)), ("judge", rr.judge)):
+        t = time.perf_counter()
+        out.update(part())
+        out[f"{name}_seconds"] = round(time.perf_counter() - t, 1)
+    out["issue27_seconds"] = round(time.perf_counter() - t0, 1)
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="reduced configs; finishes in about a minute")
@@ -144,6 +157,7 @@ def main() -> None:
     eq = equivalence(args.quick)
     lad = ladder_scenarios()
     ips = throughput(args.quick)
+    real = real_rewards(args.quick)
     cfg = "tiny" if args.quick else "full"
     print(
         f"equivalence ({cfg} configs): max |ours - reference|  HPSv2 {eq['hpsv2']:.2e}   "
@@ -166,6 +180,7 @@ def main() -> None:
     print(f"\nimages/s ({cfg} towers, random weights, batch 4 @ 256px, no grad, {torch.get_num_threads()} threads)")
     for name, v in ips.items():
         print(f"  {name:12s} {v:8.2f}")
+    print("\nissue 27 rewards (OCR, served, judge):", json.dumps(real))
     print(f"\ntotal {time.perf_counter() - t0:.1f} s")
     print(
         json.dumps(
@@ -182,6 +197,7 @@ def main() -> None:
                 },
                 "images_per_s": {k: round(v, 3) for k, v in ips.items()},
                 "scorer_config": cfg,
+                **real,
             }
         )
     )

@@ -46,6 +46,8 @@ Summary numbers (last line, JSON):
   ``dts_star_ratios``). Measuring a ratio R at budget B x T needs a pool M >= R x B.
 * ``*_ci90``: 5th / 95th percentiles of the headline ratios over 2000 bootstrap resamples of the
   prompts (an upper end of null = censored in more than 5% of resamples).
+* ``fmtt_`` / ``das_`` / ``noise_search_bon_equivalent_n_over_k`` (and ``_nfe_ratio``): the same for FMTT,
+  DAS and noise search (``steering_extra.py``).
 * ``analytic_tilted_mean_abs_err``: max |mean error| of FK (diff potential, 2 x 1500 particles, 100
   steps) against the exact tilted 2-D Gaussian mixture (its 5-sigma bound beside it);
   ``dts_analytic_mean_abs_err`` the same for the DTS read-out (1-D, 200 trees).
@@ -66,6 +68,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from steering_extra import STYLES, add_extra_arguments, run_extra  # noqa: E402  (FMTT, DAS, noise search)
 
 from flowalign.cli import bounded  # noqa: E402
 from flowalign.sampling.schedule import parse_steps, steps_noise_table  # noqa: E402
@@ -268,6 +272,7 @@ def plot(path: str, bon_nfe: list[float], bon: list[float], rows: list[dict], ti
         "fk_rt": "C3v-",
         "beam": "C4D--",
         "dts_star": "C5*-",
+        **STYLES,
     }
     for fam, style in styles.items():
         pts = sorted((r["nfe"], r["reward"]) for r in rows if r["family"] == fam)
@@ -379,6 +384,7 @@ def add_method_arguments(ap: argparse.ArgumentParser) -> None:
     )
     ap.add_argument("--plot", default=None, help="save reward-vs-NFE curves (PNG) here")
     ap.add_argument("--no-analytic", action="store_true")
+    add_extra_arguments(ap)
 
 
 @dataclass
@@ -636,6 +642,8 @@ def main(argv: list[str] | None = None) -> None:
     rows += run_beam(b)
     results |= run_dts(b, bon, dts_ks)
     rows += [results[("dts_star", k)] for k in dts_ks]
+    extra_rows, extra = run_extra(b, bon, ks, run_method, equivalent_n)
+    rows += extra_rows
     print_table(rows, m, t)
     fk_head, dts_head = headline(b, results, per_prompt_curve, ks, dts_ks)
     analytic = {} if a.no_analytic else analytic_errors()
@@ -644,6 +652,7 @@ def main(argv: list[str] | None = None) -> None:
         "fk_equivalent": fk_eq,
         "fk_equivalent_nfe_ratio": fk_eq_nfe,
         **dts_head,
+        **extra,
         **analytic,
         "rewards": {r["method"]: round(r["reward"], 4) for r in rows},
         "bon_curve": {str(n): round(bon[n - 1], 4) for n in range(1, m + 1)},

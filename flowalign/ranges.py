@@ -94,9 +94,14 @@ def undeclared(cls: type, prefix: str = "") -> list[str]:
         value = getattr(instance, f.name)
         if dataclasses.is_dataclass(value):
             out += undeclared(type(value), f"{prefix}{f.name}.")
-        elif "range" not in f.metadata and (_numbers(value) is not None or _is_numeric_type(f.type)):
+        elif "range" not in f.metadata and (_is_numeric_type(f.type) or _numeric_value(value, f.type)):
             out.append(f"{prefix}{f.name}")
     return out
+
+
+def _numeric_value(value: Any, tp: Any) -> bool:
+    """A number (or list of numbers) by its default, unless the annotation says strings (an empty list[str])."""
+    return _numbers(value) is not None and "str" not in str(tp)
 
 
 def _is_numeric_type(tp: Any) -> bool:

@@ -174,6 +174,7 @@ class Advantages:
     advantages: Tensor  # [B, T] fp32
     mask: Tensor  # [B, T] bool
     stats: dict[str, float] = field(default_factory=dict)  # logged diagnostics
+    kl_weight: Tensor | None = None  # [B] per-sample weight of the objective's KL term (GARDO's gate); None = 1
 
 
 @dataclass

@@ -18,6 +18,7 @@ flow_sde 0.7; best-of-N defaults to the ODE), ``nfe_budget`` (model evaluations 
 ``steering_kwargs`` (any other keyword of the method in ``flowalign.steering``, e.g.
 ``{"noise_steps": "6-15"}``: noise on those steps only). The output is a
 ``StableDiffusion3PipelineOutput`` with an extra ``steering`` dict (method, nfe, rewards, result).
+``pipe.edit(image, "a blue circle", reward)`` edits a source image by trajectory control (ITOC).
 """
 
 from dataclasses import dataclass
@@ -77,3 +78,11 @@ class FlowAlignSD3Pipeline(StableDiffusion3Pipeline):
         if not a["return_dict"]:
             return (images,)
         return FlowAlignSD3PipelineOutput(images=images, steering=steering_info(res))
+
+    def edit(self, image: Any, prompt: Any, reward: Any, **kwargs: Any):
+        """Reward-guided editing by trajectory control (``flowalign.steering.edit_control``): PIL image(s)
+        or [B, 3, H, W] tensors in [0, 1], the target prompt(s) and a differentiable reward -> (edited PIL
+        images, the ``SteerResult``); ``kwargs``: ``options=EditOptions(...)``, ``num_steps``, ``cfg``."""
+        from flowalign.steering.edit_control import edit_pipeline
+
+        return edit_pipeline(self, image, prompt, reward, **kwargs)

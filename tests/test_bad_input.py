@@ -76,6 +76,13 @@ TRAIN = [
     (["train.output_dir=afile"], ["train.output_dir", "afile"]),
     (["train.runs_dir=afile"], ["train.runs_dir", "afile"]),
     (["train.mixed_precision=foo"], ["train.mixed_precision", "foo"]),
+    (["eval.early_stop=gold"], ["eval.early_stop='gold'", "not an eval metric"]),
+    # issue 23 / 24: the methods' own checks
+    (["testbed_ac_flow", "credit.options.critic_lr=0"], ["credit.options.critic_lr=0", "out of range"]),
+    (["credit.kind=gardo"], ["credit.kind=gardo", "uncertainty source"]),  # one reward, no auxiliary
+    (["testbed_draft", 'reward.weights={"compositional": 1}', "reward.options={}"], ["'draft'", "not differentiable"]),
+    (["testbed_draft", "objective.options.k=20"], ["objective.options.k=20", "8 sampler steps"]),
+    (["objective.kind=dragon", "sample.group_size=2"], ["objective.kind='dragon'", "sets of >= 2"]),
 ]
 STEER = [
     (["--particles", "0"], ["--particles", "'0'"]),

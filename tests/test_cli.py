@@ -273,6 +273,9 @@ def test_info_lists_every_registry_a_config_kind_may_name(capsys):
 
     assert main(["info"]) == 0
     out = capsys.readouterr().out
-    assert "objectives (objective.kind): flow_grpo, grpo_guard, nft" in out
+    objectives = "direct_align, draft, dragon, dynamic_treerpo, flow_grpo, gardo, grpo_guard, nft, r0, refl"
+    assert f"objectives (objective.kind): {objectives}" in out
     assert "windows (sample.window.kind): all, fixed, geometric, progressive, random, table" in out
-    assert "credit (credit.kind): branchgrpo, dense, euphonium, g2rpo, grpo, pref_grpo, treegrpo, turning_point" in out
+    credit = "ac_flow, branchgrpo, dense, euphonium, g2rpo, gardo, grpo, pref_grpo, tempflow_grpo, treegrpo, "
+    credit += "turning_point"
+    assert f"credit (credit.kind): {credit}" in out

@@ -604,6 +604,9 @@ def test_registries_take_the_trainer_keywords():
         "granular": torch.randn(b, 2, generator=g),
         "process": torch.randn(b, t, generator=g),
         "balance_ids": torch.tensor([0, 0, 1, 1]),
+        "critic_states": torch.randn(b, t + 1, 5, generator=g),  # AC-Flow: state + prompt features, sigma
+        "auxiliary": torch.randn(b, 1, generator=g),  # GARDO: one auxiliary reward per row
+        "features": torch.randn(b, 12, generator=g),  # GARDO: pooled image features per row
     }
     kw = dict(scale="group", eps=1e-4, unbiased=False, filter_zero_std=True)
     for name, scheme in CREDIT.items():

@@ -140,7 +140,7 @@ def test_method_specs_parse_into_dataclasses_and_steer_kwargs():
     hint = "e.g. --method base, --method lora:RUN/checkpoints/last or --method fk:particles=4,potential=max,lambda=10"
     bad = {
         "flow:x=1": f"method spec 'flow:x=1': unknown method 'flow'; choose one of ['base', 'lora', 'fk', 'bon', "
-        f"'beam', 'svdd', 'dts', 'dts_star'], {hint}.",
+        f"'beam', 'svdd', 'dts', 'dts_star', 'fmtt', 'das', 'noise_search'], {hint}.",
         "fk:particles": f"method spec 'fk:particles': 'particles' is not key=value; {hint}.",
         "lora": "method spec 'lora': lora needs a checkpoint, e.g. lora:runs/testbed/checkpoints/last.",
         "base:particles=4": "method spec 'base:particles=4': unknown option(s) ['particles'] for base; allowed: "

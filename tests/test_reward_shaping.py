@@ -92,6 +92,9 @@ def test_ensemble_min_and_mean_minus_std_by_hand():
     ms = EnsembleReward({"a": a, "b": b, "c": c}, aggregate="mean_minus_std", k=1.5)
     assert torch.allclose(ms(imgs(2), "p"), torch.tensor([0.7753, -1.1213]), atol=1e-4)
     assert set(ms.last_members) == {"a", "b", "c"} and torch.equal(ms.last_members["c"], torch.tensor([2.0, 3.0]))
+    # scales: b x 0.25 -> row 0: members 1, 0.75, 2 -> min 0.75; row 1: 0, 0, 3 -> min 0
+    sc = EnsembleReward({"a": a, "b": b, "c": c}, aggregate="min", scales={"b": 0.25})
+    assert torch.allclose(sc(imgs(2), "p"), torch.tensor([0.75, 0.0]))
 
 
 def test_ensemble_errors():
@@ -99,6 +102,9 @@ def test_ensemble_errors():
         EnsembleReward([Table([1.0]), Table([2.0])], aggregate="median")
     with pytest.raises(ValueError, match="at least 2"):
         EnsembleReward([Table([1.0])])
+    for scales in ({"m0": 0.0}, {"m0": float("nan")}, {"zz": 1.0}):
+        with pytest.raises(ValueError, match="give a number > 0 per member name"):
+            EnsembleReward([Table([1.0]), Table([2.0])], scales=scales)
 
     class OneRow(torch.nn.Module):  # a member that drops rows
         def forward(self, images, prompts, **metadata):
@@ -120,6 +126,8 @@ def test_registry_builds_par_and_ensemble_with_options():
     ens = load_reward("ensemble", members=["testbed_aesthetic", "testbed_artifact"], aggregate="min")
     art = load_reward("testbed_artifact")(x, prompts)
     assert torch.allclose(ens(x, prompts), torch.minimum(base, art), atol=1e-5)
+    ens5 = load_reward("ensemble", members={"testbed_aesthetic": {}, "testbed_artifact": {"scale": 5.0}})
+    assert torch.allclose(ens5(x, prompts), torch.minimum(base, 5.0 * art), atol=1e-5)
     multi = MultiReward({"par": 1.0}, par={"base": "testbed_aesthetic"})  # as build_reward passes reward.options
     assert isinstance(multi.rewards["par"], PARReward)
 

@@ -445,7 +445,7 @@ def test_default_branch_depths_skip_ode_tails():
 
 
 def test_registries_and_default_schedule():
-    assert set(SEARCH) == {"bon", "fk", "beam", "svdd", "dts", "dts_star"}
+    assert set(SEARCH) == {"bon", "fk", "beam", "svdd", "dts", "dts_star", "fmtt", "das", "noise_search"}
     assert set(POTENTIALS) == {"diff", "max", "sum", "rt"}
     assert default_schedule(100) == [20, 40, 60, 80, 99]  # the FK code's T2I schedule
     assert default_schedule(20) == [4, 8, 12, 16, 19]

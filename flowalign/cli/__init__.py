@@ -28,8 +28,11 @@ SUBCOMMANDS = {
         "flowalign.cli.gallery",
         "prompts x seeds x methods (base, LoRA, steering) -> images, reward tables, HTML gallery, plots",
     ),
+    "edit": ("flowalign.cli.edit", "reward-guided editing of a source image by trajectory optimal control"),
     "testbed": ("flowalign.cli.testbed", "the shapes-world testbed: sample images, evaluate the base pipeline"),
     "info": ("flowalign.cli.info", "versions, step kinds and registered components"),
+    "plan": ("flowalign.cli.plan", "peak memory per GPU, FLOPs and time per iteration of a preset on N GPUs"),
+    "serve-reward": ("flowalign.cli.serve_reward", "serve a registered reward over HTTP (use it as remote:URL)"),
 }
 
 

@@ -16,13 +16,16 @@ What ``needs`` names, and who provides it (``flowalign.train.collect`` / ``flowa
   * ``balance_ids`` [B]: the sampling batch of each row (TP-GRPO balances turning points per batch);
   * ``granular`` [B, J]: rewards of each row's state completed at each stride (G^2RPO);
   * ``process`` [B, T]: process scores recorded by the reward-gradient-guided rollout (Euphonium);
-  * ``tree``: tree rollouts, one tree per group (BranchGRPO, TreeGRPO).
+  * ``tree``: tree rollouts, one tree per group (BranchGRPO, TreeGRPO, TempFlow-GRPO);
+  * ``critic_states``: pooled states, sigmas and pooled prompt embeddings for AC-Flow's critic.
+  * ``auxiliary`` [B, K] / ``features`` [B, F]: auxiliary reward components and pooled images (GARDO).
 """
 
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from .ac_flow import ACFlowOptions, ac_flow, build_ac_flow, check_ac_flow
 from .checks import check_tree
 from .dense import (
     DenseOptions,
@@ -34,10 +37,12 @@ from .dense import (
     per_step_advantages,
     step_gains,
 )
+from .gardo import GARDOOptions, check_gardo, gardo
 from .granular import G2RPOOptions, check_g2rpo, g2rpo, singular_sde_rollout
 from .group import GRPOOptions, group_stats, grpo, normalize
 from .guided import EuphoniumOptions, check_euphonium, euphonium, guided_rollout
 from .pref import PrefGRPOOptions, check_pref, pref_grpo
+from .tempflow import TempFlowOptions, check_tempflow, tempflow_grpo
 from .tree import BranchGRPOOptions, TreeGRPOOptions, branch_grpo, tree_grpo, tree_to_batch
 from .turning_point import TurningPointOptions, tp_grpo, turning_points
 
@@ -48,6 +53,8 @@ class Scheme:
     options: type  # its options dataclass (``credit.options``)
     needs: tuple[str, ...] = ()  # extra inputs: ladder | balance_ids | granular | process | tree
     check: Callable[[Any, Any], None] | None = None  # (options, config) -> None or one ValueError
+    # a scheme with per-run state (AC-Flow's critic): (config, options kwargs) -> the credit function of one run
+    build: Callable[[Any, dict], Callable[..., Any]] | None = None
 
 
 CREDIT: dict[str, Scheme] = {
@@ -59,6 +66,9 @@ CREDIT: dict[str, Scheme] = {
     "branchgrpo": Scheme(branch_grpo, BranchGRPOOptions, ("tree",), check_tree),
     "treegrpo": Scheme(tree_grpo, TreeGRPOOptions, ("tree",), check_tree),
     "pref_grpo": Scheme(pref_grpo, PrefGRPOOptions, (), check_pref),
+    "ac_flow": Scheme(ac_flow, ACFlowOptions, ("critic_states",), check_ac_flow, build_ac_flow),
+    "tempflow_grpo": Scheme(tempflow_grpo, TempFlowOptions, ("tree",), check_tempflow),
+    "gardo": Scheme(gardo, GARDOOptions, ("auxiliary", "features"), check_gardo),
 }
 
 

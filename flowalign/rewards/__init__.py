@@ -15,6 +15,11 @@ holding them; a missing or wrong file is one ``RewardWeightsError`` that lists t
 | ``aesthetic`` | ``sac+logos+ava1-l14-linearMSE.pth`` + ``clip=`` open_clip ViT-L-14 | aesthetic.py |
 | ``artifact`` | ``artifact_head.safetensors`` + ``clip=`` backbone weights | artifact.py |
 | ``compositional``, ``testbed_aesthetic``, ``testbed_artifact`` | testbed assets (default dir) | testbed.py |
+| ``ocr`` | none: PP-OCRv4 ONNX inside ``rapidocr-onnxruntime`` (``flowalign[ocr]``) | ocr.py |
+| ``remote:URL`` | none: a reward served by ``flowalign serve-reward NAME`` at URL | remote.py, serve.py |
+| ``vlm_judge``, ``vlm_pairwise`` | none: ``url=`` of an OpenAI-compatible chat server | judge.py |
+| ``geneval_testbed`` | testbed checker; GenEval metadata columns | geneval.py |
+| ``nudenet_safety`` | none: the detector inside the ``nudenet`` wheel | safety.py |
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@ without importing the package that imports it."""
 
 from __future__ import annotations
 
+import functools
 import importlib
 from collections.abc import Callable
 from typing import Any
@@ -20,6 +21,20 @@ def _lazy(module: str, fn: str) -> Callable[..., Reward]:
     return factory
 
 
+class _Registry(dict):
+    """``REWARDS``: name -> factory; a ``remote:URL`` name (a reward served by ``flowalign serve-reward``)
+    is in it too and resolves to the HTTP client's factory bound to that URL (``remote.load_remote``)."""
+
+    def __contains__(self, name: object) -> bool:
+        return super().__contains__(name) or (isinstance(name, str) and name.startswith(REMOTE))
+
+    def __missing__(self, name: str) -> Callable[..., Reward]:
+        if not (isinstance(name, str) and name.startswith(REMOTE)):
+            raise KeyError(name)
+        return functools.partial(_lazy("remote", "load_remote"), url=name[len(REMOTE) :])
+
+
+REMOTE = "remote:"
 REWARDS: dict[str, Callable[..., Reward]] = {
     "hpsv2": _lazy("hpsv2", "load_hpsv2"),
     "imagereward": _lazy("imagereward", "load_imagereward"),
@@ -34,7 +49,13 @@ REWARDS: dict[str, Callable[..., Reward]] = {
     "temporal_consistency": _lazy("video", "load_temporal_consistency"),
     "par": _lazy("shaping", "load_par"),
     "ensemble": _lazy("shaping", "load_ensemble"),
+    "ocr": _lazy("ocr", "load_ocr"),
+    "vlm_judge": _lazy("judge", "load_vlm_judge"),
+    "vlm_pairwise": _lazy("judge", "load_vlm_pairwise"),
+    "geneval_testbed": _lazy("geneval", "load_geneval_testbed"),
+    "nudenet_safety": _lazy("safety", "load_nudenet_safety"),
 }
+REWARDS = _Registry(REWARDS)  # + remote:URL names
 
 
 def load_reward(name: str, path: Any = None, **kwargs: Any) -> Reward:

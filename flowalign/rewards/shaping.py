@@ -17,9 +17,10 @@
   arXiv 2312.09244; Coste et al. 2023 for the worst-case "min"): every member scores the same batch
   and the scores are aggregated by ``"min"`` (worst case) or ``"mean_minus_std"``:
   ``mean - k * std`` with the **population** std (ddof 0) over members. Members are not rescaled:
-  give members on comparable scales (e.g. seeds of one proxy). Coste et al.'s UWO penalises the
-  variance, not the std; only the std form is offered. The per-member scores of the last call are
-  kept (detached) in ``last_members`` for logging / reuse.
+  give members on comparable scales (e.g. seeds of one proxy), or a per-member ``scale`` (the
+  member's score is multiplied by it before the aggregate: ``{"testbed_artifact": {"scale": 5}}``).
+  Coste et al.'s UWO penalises the variance, not the std; only the std form is offered. The per-member
+  scores of the last call are kept (detached) in ``last_members`` for logging / reuse.
 Both wrap rewards built by the registry (``REWARDS["par"]`` / ``REWARDS["ensemble"]``): options
 ``{"base": "testbed_aesthetic", "base_options": {...}}`` / ``{"members": [...], "aggregate": "min"}``.
 """
@@ -93,7 +94,13 @@ class EnsembleReward(Reward):
     name = "ensemble"
     batch_size = WHOLE_BATCH
 
-    def __init__(self, rewards: Sequence[nn.Module] | Mapping[str, nn.Module], aggregate: str = "min", k: float = 1.0):
+    def __init__(
+        self,
+        rewards: Sequence[nn.Module] | Mapping[str, nn.Module],
+        aggregate: str = "min",
+        k: float = 1.0,
+        scales: Mapping[str, float] | None = None,
+    ):
         super().__init__()
         if aggregate not in AGGREGATES:
             raise ValueError(f"EnsembleReward aggregate={aggregate!r}; use one of {AGGREGATES}.")
@@ -104,6 +111,10 @@ class EnsembleReward(Reward):
         if not (isinstance(k, (int, float)) and k == k and k >= 0):
             raise ValueError(f"EnsembleReward k={k!r}; use a number >= 0.")
         self.members = nn.ModuleDict({str(n): r for n, r in rewards.items()})
+        self.scales = {n: float((scales or {}).get(n, 1.0)) for n in self.members}
+        bad = {n: v for n, v in self.scales.items() if not (v == v and 0 < v < float("inf"))}
+        if bad or set(scales or {}) - set(self.members):
+            raise ValueError(f"EnsembleReward scales={dict(scales or {})!r}: give a number > 0 per member name.")
         self.aggregate, self.k = aggregate, float(k)
         self.differentiable = all(bool(getattr(r, "differentiable", False)) for r in rewards.values())
         self.last_members: dict[str, Tensor] = {}
@@ -115,7 +126,7 @@ class EnsembleReward(Reward):
             out = r(images, prompts, **metadata).float().reshape(-1)
             if out.shape[0] != b:
                 raise ValueError(f"EnsembleReward: member {n!r} returned {out.shape[0]} scores for a batch of {b}.")
-            outs[n] = out.to(images.device)
+            outs[n] = out.to(images.device) * self.scales[n]
         self.last_members = {n: v.detach() for n, v in outs.items()}
         return aggregate(torch.stack(list(outs.values()), 1), self.aggregate, self.k)
 
@@ -148,9 +159,10 @@ def load_ensemble(
 
     if isinstance(members, str) or not members:
         raise ValueError(f"ensemble members={members!r}; give a list of reward names or {{name: options}}.")
-    specs = dict(members) if isinstance(members, Mapping) else {n: {} for n in members}
+    specs = {n: dict(o or {}) for n, o in members.items()} if isinstance(members, Mapping) else {n: {} for n in members}
+    scales = {n: o.pop("scale") for n, o in specs.items() if "scale" in o}
     built = {n: load_reward(n, **_with_device(o, device)) for n, o in specs.items()}
-    return EnsembleReward(built, aggregate=aggregate, k=k)
+    return EnsembleReward(built, aggregate=aggregate, k=k, scales=scales)
 
 
 def _with_device(options: dict | None, device: Any) -> dict:

@@ -6,6 +6,9 @@
 * ``best_of_n``, ``beam_search`` (``search.py``): the search baselines (beam_width=1 with every step
   selected is SVDD).
 * ``tree_search`` (``dts.py``; the trees in ``dts_tree.py``): DTS (``star=False``) and DTS* (``star=True``).
+* ``fmtt_steer`` (``fmtt.py``): FMTT, the flow-map look-ahead (weights or search); ``das_steer``
+  (``das.py``): DAS, tempered SMC with the reward-gradient proposal; ``noise_search``
+  (``noise_search.py``): random / evolutionary search over the initial noise.
 * ``steer(method, model, prompts, reward, **kw)``: one entry point over ``SEARCH``.
 Every method returns a ``SteerResult`` (chosen latents and rewards per prompt, NFE spent, the
 candidates) and accepts ``nfe_budget`` (model evaluations per prompt).
@@ -18,9 +21,12 @@ from functools import partial
 from typing import Any
 
 from .common import LatentReward, SteerResult, default_schedule
+from .das import das_steer
 from .dts import tree_search
 from .fk import fk_steer
 from .fk_hook import POTENTIALS, FKSteering
+from .fmtt import fmtt_steer
+from .noise_search import noise_search
 from .resample import RESAMPLERS, ess
 from .search import beam_search, best_of_n
 
@@ -31,6 +37,9 @@ SEARCH: dict[str, Callable[..., SteerResult]] = {
     "svdd": partial(beam_search, beam_width=1, select_steps="all"),
     "dts": partial(tree_search, star=False),
     "dts_star": partial(tree_search, star=True),
+    "fmtt": fmtt_steer,
+    "das": das_steer,
+    "noise_search": noise_search,
 }
 
 
@@ -51,9 +60,12 @@ __all__ = [
     "VelocityCache",
     "beam_search",
     "best_of_n",
+    "das_steer",
     "default_schedule",
     "ess",
     "fk_steer",
+    "fmtt_steer",
+    "noise_search",
     "steer",
     "tree_search",
 ]

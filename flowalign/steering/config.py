@@ -21,7 +21,7 @@ from typing import Any
 from ..inputs import check_model, check_output, check_size, check_testbed_prompts, check_weights
 from ..ranges import ranged
 
-METHODS = ("fk", "bon", "beam", "svdd", "dts", "dts_star")
+METHODS = ("fk", "bon", "beam", "svdd", "dts", "dts_star", "fmtt", "das", "noise_search")
 
 
 @dataclass
@@ -81,6 +81,43 @@ class DTSOptions(CommonOptions):  # diffusion tree search DTS / DTS* (steering/d
     final: str | None = None  # None: max_reward (DTS*) / sample (DTS)
 
 
+@dataclass
+class FMTTOptions(CommonOptions):  # FMTT: flow-map look-ahead, weights or search (steering/fmtt.py)
+    particles: int = ranged(4, "[1, inf)")  # K particles per prompt
+    lam: float = ranged(10.0, "[0, inf)")  # inverse temperature of the tilt exp(lam r)
+    mode: str | None = None  # weights | search; None: weights
+    flow_map_steps: int | None = ranged(None, "[1, inf)")  # k of the k-step ODE flow map; None: 4
+    tilt: str | None = None  # linear (beta = 1 - sigma) | none (beta = 1); None: linear
+    reward_grad_scale: float | None = ranged(None, "[0, inf)")  # > 0: gradient proposal through the flow map
+    resample_steps: str | None = None  # weighting / selection steps; None: all
+    ess_threshold: float | None = ranged(None, "[0, 1]")  # None: 0.5
+    resampler: str | None = None  # None: systematic
+    beam_width: int | None = ranged(None, "[1, inf)")  # search: survivors per prompt; None: particles / 2
+    final: str | None = None  # None: max_reward
+
+
+@dataclass
+class DASOptions(CommonOptions):  # DAS: tempered SMC with the reward-gradient proposal (steering/das.py)
+    particles: int = ranged(4, "[1, inf)")  # K particles per prompt
+    lam: float = ranged(10.0, "[0, inf)")  # inverse temperature of the tilt exp(lam r)
+    tempering_gamma: float | None = ranged(None, "(0, inf)")  # beta_i = min(1, (1+gamma)^i - 1); None: 2^(1/0.88T)-1
+    reward_grad_scale: float | None = ranged(None, "[0, inf)")  # None: 1 (needs a differentiable reward); 0: none
+    resample_steps: str | None = None  # None: all
+    ess_threshold: float | None = ranged(None, "[0, 1]")  # None: 0.5
+    resampler: str | None = None  # None: systematic
+    final: str | None = None  # None: max_reward
+
+
+@dataclass
+class NoiseSearchOptions(CommonOptions):  # search over the initial noise (steering/noise_search.py)
+    particles: int = ranged(4, "[1, inf)")  # candidates per generation
+    mode: str | None = None  # random | evolution; None: evolution
+    generations: int | None = ranged(None, "[1, inf)")  # None: 1, or as many as nfe_budget pays for
+    elites: int | None = ranged(None, "[1, inf)")  # parents of each generation; None: particles / 2
+    mutation: float | None = ranged(None, "(0, 1]")  # x' = sqrt(1 - a^2) x + a eps; None: 0.5
+    verifier_steps: int | None = ranged(None, "[1, inf)")  # score by a k-step ODE completion; None: the sampler
+
+
 OPTIONS: dict[str, type] = {
     "fk": FKOptions,
     "bon": BoNOptions,
@@ -88,6 +125,9 @@ OPTIONS: dict[str, type] = {
     "svdd": SVDDOptions,
     "dts": DTSOptions,
     "dts_star": DTSOptions,
+    "fmtt": FMTTOptions,
+    "das": DASOptions,
+    "noise_search": NoiseSearchOptions,
 }
 
 
@@ -173,6 +213,8 @@ def method_kwargs(method: SteerMethod, num_steps: int | None = None) -> dict[str
         kw = {"beam_width": bw, "num_children": children, "select_steps": steps, **_given(o, "lam")}
     elif kind == "svdd":
         kw = {"num_children": o.particles, **_given(o, "lam")}
+    elif kind in ("fmtt", "das", "noise_search"):
+        kw = _new_method_kwargs(o, kind, steps)
     else:
         kw = {"lam": o.lam, "branch_steps": steps, **_given(o, "widen_c", "widen_alpha", "c_uct", "batch", "final")}
         kw["nfe_budget"] = o.nfe_budget if o.nfe_budget is not None or not num_steps else o.particles * num_steps
@@ -180,6 +222,15 @@ def method_kwargs(method: SteerMethod, num_steps: int | None = None) -> dict[str
     if o.noise_steps is not None:
         kw["noise_steps"] = parse_step_list(o.noise_steps, "noise_steps") or "all"
     return kw
+
+
+def _new_method_kwargs(o: Any, kind: str, steps: Any) -> dict[str, Any]:
+    """FMTT / DAS / noise search: their options as keyword arguments (None left out)."""
+    if kind == "noise_search":
+        return {"population": o.particles, **_given(o, "mode", "generations", "elites", "mutation", "verifier_steps")}
+    kw = {"num_particles": o.particles, "lam": o.lam, **({} if steps is None else {"resample_steps": steps})}
+    names = ("mode", "flow_map_steps", "tilt", "beam_width") if kind == "fmtt" else ("tempering_gamma",)
+    return kw | _given(o, *names, "reward_grad_scale", "ess_threshold", "resampler", "final")
 
 
 def _given(options: Any, *names: str) -> dict[str, Any]:
@@ -194,6 +245,15 @@ def _choices(kind: str) -> dict[str, Any]:
     from .fk import FINALS, LOOKAHEADS, POTENTIALS
     from .resample import RESAMPLERS
 
+    if kind in ("fmtt", "das"):
+        from .fmtt import MODES, TILTS
+
+        extra = {"mode": MODES, "tilt": TILTS} if kind == "fmtt" else {}
+        return {"step": STEPS, "resampler": RESAMPLERS, "final": FINALS, **extra}
+    if kind == "noise_search":
+        from .noise_search import MODES as SEARCH_MODES
+
+        return {"step": STEPS, "mode": SEARCH_MODES}
     if kind == "fk":
         return {
             "step": STEPS,
@@ -244,7 +304,7 @@ def _check_grid(method: SteerMethod, prefix: str, t: int) -> None:
             f"{prefix}nfe_budget={o.nfe_budget} is less than one rollout ({t} model evaluations per prompt on "
             f"this {t}-step grid); pass nfe_budget >= {t} or leave it unset."
         )
-    if kind == "bon":
+    if kind in ("bon", "noise_search"):
         noise_levels(o.noise_level, t, kind, o.noise_steps)
         return
     level = 0.7 if o.noise_level is None else o.noise_level

@@ -174,6 +174,10 @@ def import_factory(spec: str) -> Callable:
     """'package.module:factory' -> the factory (a user-supplied reward); one clear error otherwise."""
     import importlib
 
+    from ..rewards.registry import REWARDS
+
+    if spec in REWARDS:  # a registered name with a colon: remote:URL (a served reward)
+        return REWARDS[spec]
     module, _, attr = spec.partition(":")
     try:
         factory = getattr(importlib.import_module(module), attr)

@@ -80,6 +80,7 @@ def validate(cfg, world_size: int = 1) -> None:
     """Every start-up check that needs no model (the model path is resolved, not loaded)."""
     from ..sampling.sde import STEPS
     from .build import resolve_model_path
+    from .early_stop import check_early_stop
     from .families import check_model_options
 
     check_variants(cfg)
@@ -91,6 +92,7 @@ def validate(cfg, world_size: int = 1) -> None:
         check_process_reward(cfg)
     if cfg.model.dtype not in DTYPES:
         raise ValueError(f"model.dtype={cfg.model.dtype!r}; choose one of {DTYPES}.")
+    check_early_stop(cfg)
     check_paths(cfg)
     resolve_model_path(cfg.model.path)
     check_model_options(cfg)

@@ -18,6 +18,10 @@ with a non-finite reward (``Collected.ok``).
 * ``granular`` (G^2RPO): [b, J] rewards of the state after the single SDE step completed on each
   stride's grid (``granular.granular_grid``); stride 1 is the sampled image itself.
 * ``process`` (Euphonium): [b, T] process scores recorded by the guided rollout.
+* ``critic_states`` (AC-Flow): the critic's inputs [b, T+1, F + D + 1], every state pooled, the
+  pooled prompt embedding and the state's sigma (``credit.ac_flow.critic_states``).
+* ``auxiliary`` / ``features`` (GARDO): the auxiliary rewards' scores [b, K] and the images
+  average-pooled to a few pixels a side [b, F] (``credit.gardo``).
 * ``tree`` (BranchGRPO / TreeGRPO): the tree credit is local to a tree (per-depth / per-tree
   normalisation), so the CREDIT phase runs it on each batch's trees (``tree_credit_batch``) before
   the rewards are gathered; it comes back as per-row advantages and masks [b, T]
@@ -124,6 +128,39 @@ def collect_process(ctx, cond, ro: Rollout, images, prompts, scores) -> Collecte
     return Collected({"process": p.float()}, torch.isfinite(p).all(1))
 
 
+def collect_critic_states(ctx, cond: Cond, ro: Rollout, images, prompts, scores) -> Collected:
+    """AC-Flow's critic inputs [b, T+1, F + D + 1]: every state pooled, the pooled prompt, the sigma."""
+    from ..credit.ac_flow import critic_states, pool_states, pooled_prompt
+
+    x = critic_states(pool_states(ro.latents), pooled_prompt(cond.embeds), ro.sigmas.cpu())
+    return Collected({"critic_states": x}, torch.isfinite(x).flatten(1).all(1))
+
+
+def collect_auxiliary(ctx, cond, ro: Rollout, images: Tensor, prompts: list[str], scores: Scores) -> Collected:
+    """GARDO's uncertainty source: the rewards named in ``credit.options.auxiliary`` [b, K], taken from the
+    training reward's components when it computes them, else scored here (``credit.gardo.auxiliary_reward``)."""
+    from ..credit.gardo import auxiliary_reward
+
+    cols = []
+    for name in ctx.cfg.credit.options.auxiliary:
+        if name in scores.components:
+            cols.append(scores.components[name].float().cpu())
+            continue
+        with torch.no_grad():
+            r = auxiliary_reward(name, str(images.device))(images, prompts, **ctx.meta)
+        cols.append(torch.as_tensor(r).detach().float().reshape(-1).cpu())
+    aux = torch.stack(cols, 1)
+    return Collected({"auxiliary": aux}, torch.isfinite(aux).all(1))
+
+
+def collect_features(ctx, cond, ro: Rollout, images: Tensor, prompts, scores) -> Collected:
+    """GARDO's diversity features: the images average-pooled to ``credit.options.feature_size`` a side [b, F]."""
+    from ..rewards.diversity import pixel_features
+
+    f = pixel_features(images, ctx.cfg.credit.options.feature_size).cpu()
+    return Collected({"features": f}, torch.isfinite(f).all(1))
+
+
 def tree_credit_batch(cfg, iteration: int, ro: Rollout, scores: Scores) -> Collected:
     """The tree credit of one sampling batch's trees (run by the CREDIT phase: it is local to a tree,
     per-depth / per-tree normalisation) as per-row advantages and masks [b, T]."""
@@ -152,6 +189,9 @@ COLLECT: dict[str, Callable[..., Collected]] = {
     "balance_ids": collect_balance_ids,
     "granular": collect_granular,
     "process": collect_process,
+    "critic_states": collect_critic_states,
+    "auxiliary": collect_auxiliary,
+    "features": collect_features,
 }
 
 
@@ -202,6 +242,8 @@ def make_credit(cfg, credit_fn: Callable | None = None) -> tuple[Callable, tuple
     scheme = CREDIT[cfg.credit.kind]
     if "tree" in scheme.needs:
         return tree_credit, ("tree",)
+    if scheme.build is not None:  # a stateful scheme (AC-Flow's critic): one instance per run
+        return scheme.build(cfg, credit_options(cfg)), scheme.needs
     return partial(scheme.fn, **credit_options(cfg)), scheme.needs
 
 

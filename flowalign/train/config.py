@@ -163,6 +163,12 @@ class EvalConfig:
     seed: int = ranged(1234, "free")  # fixed per-prompt noise, so evals are comparable across iterations
     grid_images: int = ranged(16, "[0, inf)")  # images in the logged grid (PNG + tensorboard)
     metrics: dict[str, dict] = field(default_factory=dict)  # eval-only scores: name -> {"reward": REWARDS name, ...}
+    # early stopping on a held-out gold reward: the eval metric ("reward" or a key of eval.metrics) whose
+    # best value is kept; the run stops once it has not improved for early_stop_patience evals in a row, and
+    # the weights of the best eval are restored before the last checkpoint and export. "" = off
+    early_stop: str = ""
+    early_stop_patience: int = ranged(2, "[1, inf)")  # evals in a row without improvement before the stop
+    early_stop_min_delta: float = ranged(0.0, "[0, inf)")  # an improvement must exceed the best by more than this
 
 
 @dataclass

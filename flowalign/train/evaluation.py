@@ -14,6 +14,7 @@ from torch import Tensor
 
 from ..sampling.rollout import rollout
 from ..types import Cond, Rollout
+from . import early_stop
 from .data import PromptSet, generators
 from .families import batch_sources, frames_kw, source_kw, with_sources
 from .scores import as_scores
@@ -144,5 +145,6 @@ def run_eval(run: Run, it: int) -> None:
     if grid is not None:
         run.log.image("eval/samples", grid, it)
     run.result.evals.append({"iteration": it, "nfe": run.state.nfe, **stats})
+    early_stop.track(run, it, stats)
     shown = "  ".join(f"{k[5:]}={v:.4f}" for k, v in stats.items() if k.startswith("eval/"))
     run.acc.print(f"eval @ {it}: " + shown)

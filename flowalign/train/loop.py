@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 
 from ..sampling.rollout import rollout
+from .early_stop import keep_best
 from .evaluation import eval_due, evals_on, run_eval, swap
 from .faults import Interrupted, NonFiniteWeights, RunStopped, StopSignals, restore, snapshot
 from .integrity import export_atomic
@@ -35,6 +36,7 @@ def finish_run(run: Run) -> None:
     """The last eval and the deployable weights (LoRA) at the top of the run directory."""
     if evals_on(run):
         run_eval(run, run.state.iteration)
+    keep_best(run)  # eval.early_stop: the export is the best eval's weights
     if run.acc.is_main_process and run.hooks.get("export_fn") is not None:
         with swap(run):
             export_atomic(run.run_dir, run.hooks["export_fn"])

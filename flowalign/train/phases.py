@@ -148,10 +148,13 @@ def credit(run: Run, it: int, s: Samples) -> Credit:
     g, ex = gather(run, s)
     n_all, valid, t = g["reward"].shape[0], g["valid"].bool(), run.cfg.sample.num_steps
     run.state.nonfinite_reward_rows += int((~valid).sum())
-    adv, mask, stats = torch.zeros(n_all, t), torch.zeros(n_all, t, dtype=torch.bool), {}
+    adv, mask, stats, kl_w = torch.zeros(n_all, t), torch.zeros(n_all, t, dtype=torch.bool), {}, None
     if valid.any():
         sub = run.credit_fn(g["reward"][valid], g["group"][valid], s.mask_t, **{k: v[valid] for k, v in ex.items()})
         adv[valid], mask[valid], stats = sub.advantages, sub.mask, sub.stats
+        if sub.kl_weight is not None:  # a per-row KL weight (GARDO's gate): 0 on invalid rows
+            kl_w = torch.zeros(n_all)
+            kl_w[valid] = sub.kl_weight.float()
     else:
         run.state.skipped_iterations += 1
     if run.acc.is_main_process and run.cfg.log.credit_jsonl:
@@ -160,7 +163,7 @@ def credit(run: Run, it: int, s: Samples) -> Credit:
             f.write(json.dumps({**row, "advantages": adv.tolist(), "mask": mask.tolist()}) + "\n")
     per = run.d.images_per_rank
     mine = slice(run.acc.process_index * per, (run.acc.process_index + 1) * per)
-    return Credit(g, valid, adv[mine], mask[mine], stats)
+    return Credit(g, valid, adv[mine], mask[mine], stats, None if kl_w is None else kl_w[mine])
 
 
 def optimizer_step(run: Run, bad: int, norms: list[float]) -> None:
@@ -197,7 +200,18 @@ def update(run: Run, it: int, s: Samples, c: Credit) -> dict:
     total = run.d.batches_per_rank * cfg.train.inner_epochs * len(steps)
     pbar = progress(run, total=total, desc=f"it {it + 1}/{cfg.train.iterations} train")
     inputs = UnitInputs(
-        cfg, run.model, s.cond, s.rollout, steps, it, s.gidx, run.hooks["loss_fn"], run.hooks["ref_model"]
+        cfg,
+        run.model,
+        s.cond,
+        s.rollout,
+        steps,
+        it,
+        s.gidx,
+        run.hooks["loss_fn"],
+        run.hooks["ref_model"],
+        reward_fn=run.reward_fn,  # reward-gradient / set-level objectives score with the training reward
+        kl_weight=c.kl_weight,  # GARDO's KL gate
+        state=run.objective_state,  # what an objective keeps across iterations (GARDO's reference snapshot)
     )
     unit = objective_kind(cfg.objective.kind).build(inputs, cfg.objective.options) if steps else None
     for epoch in range(cfg.train.inner_epochs if steps else 0):

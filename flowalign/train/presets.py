@@ -185,6 +185,109 @@ def testbed_pref_grpo() -> Config:
     return _variant("testbed_pref_grpo", credit=("pref_grpo", PrefGRPOOptions()))
 
 
+def testbed_ac_flow() -> Config:
+    """AC-Flow: per-step advantages from a critic V(x_t, sigma, prompt) trained alongside (GAE lambda
+    0.9, |A| <= 2, GRPO advantages for the first 3 iterations); the testbed's pinned window and KL."""
+    from ..credit.ac_flow import ACFlowOptions
+
+    window = WindowConfig("fixed", FixedOptions(size=2, start=0))
+    return _variant("testbed_ac_flow", credit=("ac_flow", ACFlowOptions()), window=window)
+
+
+def testbed_tempflow_grpo() -> Config:
+    """TempFlow-GRPO: one tree per group branching at the testbed's two SDE steps (4 x 2 = 8 leaves),
+    branch-mean process rewards weighted by each step's kernel std; the testbed's pinned window."""
+    from ..credit.tempflow import TempFlowOptions
+
+    window = WindowConfig("fixed", FixedOptions(size=2, start=0))
+    opts = TempFlowOptions(splits=[0, 1], branch=[4, 2])
+    return _variant("testbed_tempflow_grpo", credit=("tempflow_grpo", opts), window=window)
+
+
+def testbed_gardo() -> Config:
+    """GARDO on the reward-hacking set-up of ``testbed_artifact_reg``: the hackable aesthetic proxy alone
+    is the training reward, the artifact detector the auxiliary reward whose disagreement gates the KL
+    (beta 0.04 on the 10% most uncertain samples, reference refreshed every 15 iterations), advantages
+    amplified for above-mean samples far from their group (pooled pixels), no std division."""
+    from ..credit.gardo import GARDOOptions
+    from .objectives.gardo import GARDOObjectiveOptions
+
+    cfg = testbed_artifact_reg()
+    cfg.preset = "testbed_gardo"
+    cfg.reward.weights = {"testbed_aesthetic": 1.0}
+    cfg.credit = CreditConfig(kind="gardo", scale="none", options=GARDOOptions(auxiliary=["testbed_artifact"]))
+    cfg.objective = ObjectiveConfig("gardo", GARDOObjectiveOptions(clip_range=5e-3, beta=0.04))
+    return cfg
+
+
+def testbed_dynamic_treerpo() -> Config:
+    """Dynamic-TreeRPO: ``testbed_treegrpo``'s trees with the noise level growing with depth (x1.5 at the
+    last split) and LayerTuning-RL's objective (advantage-weighted SFT term 0.1 x 0.98^it, adaptive clip)."""
+    from .objectives.dynamic_treerpo import DynamicTreeRPOOptions
+
+    cfg = testbed_treegrpo()
+    cfg.preset = "testbed_dynamic_treerpo"
+    cfg.credit.options.depth_noise = 0.5
+    cfg.objective = ObjectiveConfig("dynamic_treerpo", DynamicTreeRPOOptions(clip_range=5e-3, beta=0.04))
+    return cfg
+
+
+# --- reward-gradient, distributional and few-step objectives (issue 24; benchmarks/bench_reward_grad.py) ---
+def _reward_grad(name: str, objective: ObjectiveConfig, window: WindowConfig) -> Config:
+    """The testbed with ODE rollouts from distinct noises and the checker's differentiable soft clause score
+    as the training reward (its strict verdict stays the eval accuracy); the credit (grpo) is unused."""
+    cfg = _variant(name, window=window, objective=objective)
+    cfg.sample.noise_level, cfg.sample.same_noise = 0.0, False
+    cfg.reward.options = {"compositional": {"output": "soft"}}
+    return cfg
+
+
+def testbed_draft() -> Config:
+    """DRaFT-K: the reward gradient through the last K = 2 of the 8 ODE steps (one call per micro-batch)."""
+    from .objectives.draft import DRaFTOptions
+
+    window = WindowConfig("fixed", FixedOptions(size=1, start=7))
+    return _reward_grad("testbed_draft", ObjectiveConfig("draft", DRaFTOptions(k=2)), window)
+
+
+def testbed_refl() -> Config:
+    """ReFL: one-step x0 prediction at a step drawn in the last quarter of the grid (steps 6-7)."""
+    from .objectives.refl import ReFLOptions
+
+    window = WindowConfig("random", RandomOptions(size=1, range=[6, 8]))
+    return _reward_grad("testbed_refl", ObjectiveConfig("refl", ReFLOptions()), window)
+
+
+def testbed_direct_align() -> Config:
+    """Direct-Align: known noise injected at a step drawn over the whole grid, one model step, the image
+    by interpolation; cleaner steps discounted as the release (3 sigma / (1 + 2 sigma))."""
+    from .objectives.direct_align import DirectAlignOptions
+
+    window = WindowConfig("random", RandomOptions(size=1, range=[0, 8]))
+    objective = ObjectiveConfig("direct_align", DirectAlignOptions())
+    return _reward_grad("testbed_direct_align", objective, window)
+
+
+def testbed_dragon() -> Config:
+    """DRAGON: each prompt's 8 ODE samples split 4 / 4 by mean reward + 0.1 log Vendi, KTO contrast at
+    two random steps; the reward is the checker's hard fraction (DRAGON needs no gradient)."""
+    from .objectives.dragon import DragonOptions
+
+    cfg = _reward_grad("testbed_dragon", ObjectiveConfig("dragon", DragonOptions()), None)
+    cfg.reward.options = {}
+    return cfg
+
+
+def testbed_r0() -> Config:
+    """R0: a 4-step generator from the base (eval with its 4 ODE steps), regularised reward maximisation."""
+    from .objectives.r0 import R0Options
+
+    window = WindowConfig("fixed", FixedOptions(size=1, start=0))
+    cfg = _reward_grad("testbed_r0", ObjectiveConfig("r0", R0Options()), window)
+    cfg.sample.num_steps, cfg.eval.num_steps = 4, 4
+    return cfg
+
+
 PRESETS: dict[str, Callable[[], Config]] = {
     "testbed": testbed,
     "sd35_pickscore": sd35_pickscore,
@@ -207,6 +310,15 @@ PRESETS: dict[str, Callable[[], Config]] = {
     "testbed_nft": testbed_nft,
     "testbed_par": testbed_par,
     "testbed_pref_grpo": testbed_pref_grpo,
+    "testbed_draft": testbed_draft,
+    "testbed_refl": testbed_refl,
+    "testbed_direct_align": testbed_direct_align,
+    "testbed_dragon": testbed_dragon,
+    "testbed_r0": testbed_r0,
+    "testbed_ac_flow": testbed_ac_flow,
+    "testbed_tempflow_grpo": testbed_tempflow_grpo,
+    "testbed_gardo": testbed_gardo,
+    "testbed_dynamic_treerpo": testbed_dynamic_treerpo,
 }
 
 

@@ -33,6 +33,7 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)  # per-iteration logged scalars (main process)
     evals: list[dict] = field(default_factory=list)  # per-eval scalars (main process)
     model: Any = None  # the trained FlowModel (its transformer holds the live, non-EMA weights)
+    early_stop: dict | None = None  # {"iteration", "value"} of the restored best eval when eval.early_stop stopped it
 
     @property
     def nfe(self) -> int:  # sampler NFEs spent, all ranks (= state.nfe)
@@ -67,6 +68,8 @@ class Run:
     next_eval_nfe: int = 0
     signals: Any = None  # faults.StopSignals: a graceful stop was requested
     in_a_row: dict[str, int] = field(default_factory=dict)  # consecutive dead-reward / restored iterations
+    objective_state: dict = field(default_factory=dict)  # what an objective keeps across iterations (GARDO's reference)
+    best: Any = None  # early_stop.Best: the best eval of eval.early_stop and its weights
     t_start: float = 0.0
 
     @property
@@ -101,3 +104,4 @@ class Credit:
     advantages: Tensor  # [N, T] this rank's rows
     mask: Tensor  # [N, T] bool
     stats: dict[str, float]
+    kl_weight: Tensor | None = None  # [N] this rank's rows' KL weight (credit's ``Advantages.kl_weight``)

@@ -11,6 +11,7 @@ import torch
 
 from ..overrides import to_dict
 from . import checkpoint as ckpt
+from . import early_stop
 from .evaluation import swap
 from .faults import Interrupted, RunStopped, fault_stats
 from .records import Credit, Run, Samples
@@ -114,7 +115,9 @@ def log_and_save(run: Run, it: int, s: Samples, c: Credit, trained: dict) -> boo
         flush=True,
     )
     flags = stop_flags(run, dead_reward)
-    stop = flags["budget"] or flags["interrupted"] or flags["reward_dead"]
+    if early_stop.due(run):  # (evals are reduced over ranks: the same verdict on every rank)
+        early_stop.restore_best(run)
+    stop = flags["budget"] or flags["interrupted"] or flags["reward_dead"] or early_stop.due(run)
     periodic = cfg.train.save_every > 0 and state.iteration % cfg.train.save_every == 0
     if periodic or it + 1 == cfg.train.iterations or stop:
         save(run, state.iteration)

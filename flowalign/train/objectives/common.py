@@ -25,6 +25,9 @@ class UnitInputs:
     sample_index: list[int]  # [N] global sample index of each row
     loss_fn: Callable[..., LossOut] | None = None  # Flow-GRPO's per-step loss (default ``losses.flow_grpo_loss``)
     ref_model: Any = None  # KL reference when the model cannot disable its adapter (full fine-tuning)
+    reward_fn: Callable | None = None  # the training reward (reward-gradient / set-level objectives score with it)
+    kl_weight: Tensor | None = None  # [N] per-row KL weight from the credit (GARDO's uncertain rows); None = 1
+    state: dict | None = None  # the run's ``objective_state``: kept across iterations (GARDO's reference snapshot)
 
 
 def reference(inp: UnitInputs):
