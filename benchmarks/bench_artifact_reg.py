@@ -180,14 +180,20 @@ def mean_sd(values: list[float]) -> tuple[float, float]:
     return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
+def final(r: dict) -> dict:
+    """The eval of the model a run leaves: its last, or the restored best one of an early stop."""
+    stop = r.get("early_stop")
+    return next(p for p in r["curve"] if p["iteration"] == stop["iteration"]) if stop else r["curve"][-1]
+
+
 def summarize(results: dict[str, list[dict]]) -> dict[str, dict]:
     """Per run, mean and sd over seeds of the final metrics, the proxy gain and the diversity."""
     out = {}
     for name, per_seed in results.items():
         cols = {
-            "proxy_gain": [r["curve"][-1]["aesthetic"] - r["curve"][0]["aesthetic"] for r in per_seed],
-            "artifact_prob": [r["curve"][-1]["artifact_prob"] for r in per_seed],
-            "accuracy": [r["curve"][-1]["accuracy"] for r in per_seed],
+            "proxy_gain": [final(r)["aesthetic"] - r["curve"][0]["aesthetic"] for r in per_seed],
+            "artifact_prob": [final(r)["artifact_prob"] for r in per_seed],
+            "accuracy": [final(r)["accuracy"] for r in per_seed],
             "diversity": [r["diversity"] for r in per_seed],
             "wall_s": [r["wall_s"] for r in per_seed],
         }
