@@ -11,10 +11,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "make_golden.py"
 
 
+@pytest.mark.e2e  # two 1-thread training subprocesses over 12 cases (~40 s); .ci/run runs the e2e step
 def test_training_matches_golden_record():
     golden = json.loads((ROOT / "tests" / "golden" / "training.json").read_text())
     names = sorted(golden)

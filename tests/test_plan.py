@@ -75,6 +75,7 @@ def sd3_forward_flops(c: dict, b: int, n: int, m: int, r: int = 0) -> tuple[int,
     return total, c["num_layers"] * attention, no_grad_input
 
 
+@pytest.mark.e2e  # (a fake-tensor trace of the testbed: ~10-20 s; .ci/run runs e2e)
 def test_testbed_flops_equal_the_analytic_count():
     """Testbed: D = 128, 4 blocks, 32 px through a 2x VAE and 2x2 patches -> n = 64 image tokens, m =
     77 CLIP + 16 T5 = 93 text tokens, 8 rows. Full fine-tuning: backward = 2 x every matmul (input and
@@ -165,6 +166,7 @@ def _plan(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.e2e  # (a fake-tensor trace of the testbed: ~10-20 s; .ci/run runs e2e)
 def test_plan_testbed_json_adds_up():
     from flowalign.plan import plan
 
