@@ -1,7 +1,7 @@
 """Reward hacking and its mitigations on the testbed (issues 6, 23): one command, one table, one figure.
 
     python benchmarks/bench_artifact_reg.py                 # 7 runs x 3 seeds x --iterations
-    python benchmarks/bench_artifact_reg.py --quick         # <= 90 s: 1 seed, 3 iterations, same outputs
+    python benchmarks/bench_artifact_reg.py --quick         # <= 90 s: 1 seed, 2 iterations, same outputs
 
 Flow-GRPO from the same base weights on the hackable aesthetic proxy (``testbed_aesthetic``: it likes
 saturation, contrast and edge energy, which noise, checkerboards and over-saturation also give), with
@@ -171,7 +171,7 @@ def one_run(args, model, init: dict, name: str, seed: int, data) -> dict:
         }
         for e in res.evals
     ]
-    div = diversity(model, cfg, data["eval"].prompts[:8], args.diversity_samples)
+    div = diversity(model, cfg, data["eval"].prompts[: 4 if args.quick else 8], args.diversity_samples)
     print(f"{name} seed {seed}: {res.state.iteration} iterations, {wall:.0f} s, diversity {div:.4f}", flush=True)
     return {"seed": seed, "curve": curve, "diversity": div, "wall_s": wall, "early_stop": res.early_stop}
 
@@ -273,7 +273,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--first-seed", type=bounded(int, "[0, inf)"), default=0, help="to split seeds over processes")
     ap.add_argument("--runs", dest="names", default="proxy,kl,artifact_reg,gardo,par,ensemble_min,early_stop")
     ap.add_argument("--out", default="runs/artifact_reg", help="folder for artifact_reg.png / .json")
-    ap.add_argument("--quick", action="store_true", help="<= 90 s: 1 seed, 3 iterations, 8 eval prompts")
+    ap.add_argument("--quick", action="store_true", help="<= 90 s: 1 seed, 2 iterations, 8 eval prompts")
     ap.add_argument("--threads", type=pos, default=1)
     ap.add_argument("--merge", nargs="+", default=[], help="artifact_reg.json files of runs split over processes")
     ap.add_argument("overrides", nargs="*", help="extra config overrides for every run")
@@ -283,7 +283,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     bad = [n for n in args.names if n not in args.runs]
     if bad:
         ap.error(f"--runs names {bad}; choose from {list(args.runs)}.")
-    quick = (3, 1, 8, 1) if args.quick else (args.iterations, args.eval_every, args.eval_prompts, args.seeds)
+    quick = (2, 2, 8, 1) if args.quick else (args.iterations, args.eval_every, args.eval_prompts, args.seeds)
     args.iters, args.every, args.n_eval, args.seeds = quick
     try:
         check_output(args.out, "--out")
