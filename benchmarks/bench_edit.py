@@ -2,6 +2,7 @@
 
     python benchmarks/bench_edit.py            # 3 seeds x 3 prompts
     python benchmarks/bench_edit.py --quick    # 1 seed x 2 prompts, fewer iterations (<= 90 s on idle cores)
+    python benchmarks/bench_edit.py --gallery out/edits   # + out/edits/index.html: source -> edit per pair
 
 For each seed and source prompt ("a red circle", "a red circle left of a green square", ...) the base
 pipeline draws the source with the 20-step ODE; the edit prompt swaps "red circle" for "blue circle".
@@ -17,7 +18,10 @@ Metrics (mean over prompts, then mean ± sd over seeds): ``success`` (the checke
 clause of the edit prompt holds: blue circle, the other object unchanged in kind), ``colour_success`` (the
 colour clause alone), ``outside_change`` (mean |edit - source| over the pixels outside the red circle of
 the source: pixels that are red, r > 0.55, g and b < 0.4, dilated by 2 px; channels in [0, 1]) and
-``inside_change``. Last line: JSON.
+``inside_change``; ``source_success``: the checker's verdict on the source for its own prompt (an edit that
+keeps everything but the circle's colour succeeds only where the source was right). Last line: JSON.
+``--gallery DIR``: every pair's images (source, edit_control, sdedit, regenerate) and DIR/index.html with
+them side by side, the metrics under each (``flowalign.gallery.edit_page``).
 """
 
 from __future__ import annotations
@@ -96,7 +100,7 @@ def metrics(checker, src_img, img, targets) -> dict[str, torch.Tensor]:
     }
 
 
-def run_seed(model, checker, reward, args, seed: int, sigmas, cfg) -> dict[str, dict[str, torch.Tensor]]:
+def run_seed(model, checker, reward, args, seed: int, sigmas, cfg, pairs: list) -> dict[str, dict[str, torch.Tensor]]:
     from flowalign.sampling.rollout import rollout
     from flowalign.steering.edit_control import EditOptions, edit_control, edit_grid, start_state
 
@@ -120,8 +124,24 @@ def run_seed(model, checker, reward, args, seed: int, sigmas, cfg) -> dict[str, 
     if args.save:
         save_row(args.save, seed, imgs)
     out = {k: metrics(checker, imgs["source"], imgs[k], targets) for k in ("edit_control", "sdedit", "regenerate")}
+    with torch.no_grad():  # the source's own prompt: an edit that keeps the rest can only succeed where this holds
+        out["source"] = {"success": checker(imgs["source"], prompts).all_correct.float()}
+    if args.gallery:
+        pairs += gallery_pairs(args.gallery, seed, prompts, targets, imgs, out)
     out["edit_control"]["nfe"] = torch.tensor(float(res.nfe) / len(prompts))
     return out
+
+
+def gallery_pairs(folder: str, seed: int, prompts: list[str], targets: list[str], imgs: dict, out: dict) -> list:
+    """The PNGs of every (prompt, seed) pair under ``folder`` -> their rows for ``write_edit_page``."""
+    from flowalign.gallery.edit_page import save_edit_pair
+
+    keys = ("success", "colour_success", "outside_change")
+    rows = []
+    for i, (p, t) in enumerate(zip(prompts, targets)):
+        scores = {m: {k: out[m][k][i] for k in keys if k in out[m]} for m in out}
+        rows.append(save_edit_pair(folder, i, seed, p, t, {k: v[i] for k, v in imgs.items()}, scores))
+    return rows
 
 
 def save_row(folder: str, seed: int, imgs: dict[str, torch.Tensor]) -> None:
@@ -158,6 +178,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--steps", type=bounded(int, "[2, inf)"), default=20)
     ap.add_argument("--cfg", type=bounded(float, "[0, inf)"), default=4.5)
     ap.add_argument("--save", default=None, help="folder for one PNG per seed (source | edit | sdedit | regenerate)")
+    ap.add_argument("--gallery", default=None, help="folder for an HTML page: source -> edit, sdedit, regenerate")
     args = ap.parse_args(argv)
     if args.quick:
         args.seeds, args.prompts, args.iterations = 1, 2, min(args.iterations, 5)
@@ -170,15 +191,20 @@ def main(argv: list[str] | None = None) -> None:
     checker = load_checker().eval().requires_grad_(False)
     reward = ColourClause(checker)
     sigmas = model.sigmas(args.steps, 32, 32)
-    per_seed = []
+    per_seed, pairs = [], []
     for seed in range(args.seeds):
-        per_seed.append(run_seed(model, checker, reward, args, seed, sigmas, args.cfg))
+        per_seed.append(run_seed(model, checker, reward, args, seed, sigmas, args.cfg, pairs))
         print(f"seed {seed}: {json.dumps(summarise(per_seed[-1:]))}", file=sys.stderr, flush=True)
     summary = summarise(per_seed) | {
         "prompts": args.prompts, "seeds": args.seeds, "sigma": args.sigma, "iterations": args.iterations,
         "lr": args.lr, "reward_weight": args.reward_weight, "closeness": args.closeness, "steps": args.steps,
         "cfg": args.cfg, "seconds": round(time.perf_counter() - t0, 1), "quick": args.quick,
     }  # fmt: skip
+    if args.gallery:
+        from flowalign.gallery.edit_page import write_edit_page
+
+        info = f"'a red circle' -> 'a blue circle' on the testbed: {json.dumps(summary)}"
+        summary["gallery"] = str(write_edit_page(args.gallery, pairs, info=info))
     print(json.dumps(summary))
 
 

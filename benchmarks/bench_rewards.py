@@ -12,6 +12,8 @@
    Flow-GRPO-Fast-style rollout (SDE window of 4 steps, then ODE), with the rollout's x0_preds kept.
 3. images/s of every scorer with random weights on a fixed batch (4 images, 256 px, no grad):
    tiny towers with --quick, the published architectures otherwise.
+4. HPSv3 vs the ``hpsv3`` package's own code on a tiny Qwen2-VL, in its pinned venv
+   (scripts/hpsv3_reference; ``null`` with the reason printed when that venv cannot be built).
 Prints a table, then one JSON object as the last line.
 """
 
@@ -148,6 +150,23 @@ def real_rewards(quick: bool) -> dict:
     return out
 
 
+def hpsv3_reference() -> dict:
+    """HPSv3 vs the ``hpsv3`` package's own code in its pinned, cached venv (scripts/hpsv3_reference);
+    null with the reason printed when that venv cannot be built (e.g. offline on a fresh machine)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("hpsv3_compare", ROOT / "scripts" / "hpsv3_reference" / "compare.py")
+    compare = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(compare)
+    try:
+        with tempfile.TemporaryDirectory() as d:
+            r = compare.compare(d)
+    except Exception as e:  # no registry / no venv: report, don't fail the benchmark
+        print(f"hpsv3 reference skipped: {type(e).__name__}: {str(e)[-400:]}")
+        return {"hpsv3_vs_reference_max_abs_diff": None}
+    return {"hpsv3_vs_reference_max_abs_diff": r["hpsv3_vs_reference_max_abs_diff"], "hpsv3_venv_s": r["venv_s"]}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="reduced configs; finishes in about a minute")
@@ -158,6 +177,7 @@ def main() -> None:
     lad = ladder_scenarios()
     ips = throughput(args.quick)
     real = real_rewards(args.quick)
+    real.update(hpsv3_reference())
     cfg = "tiny" if args.quick else "full"
     print(
         f"equivalence ({cfg} configs): max |ours - reference|  HPSv2 {eq['hpsv2']:.2e}   "

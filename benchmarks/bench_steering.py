@@ -33,7 +33,8 @@ noise after they are made, while the 0.7-noise SDE elsewhere only lowers the bas
 -> 0.880 SDE at K = 1); DTS* branches after steps 4, 8, 12, 16 (noise on every step) with C = 1,
 alpha = 0.5, c_uct = 0.1, one rollout per tree and round. On the graded aesthetic proxy
 (``--reward testbed_aesthetic``) the image improves step by step and FK does best resampling after
-every step with noise on every step (``--noise 1.2 --noise-steps all --fk-steps 1-18``, README).
+every step with noise on every step (``--noise 1.2 --noise-steps all --fk-steps 1-18``, README): these are the
+defaults of ``--reward testbed_aesthetic`` (``REWARD_DEFAULTS``; ``--quick`` keeps its own steps).
 
 Summary numbers (last line, JSON):
 * ``fk_bon_equivalent_n_over_k``: the N (interpolated linearly between integers) at which
@@ -46,8 +47,9 @@ Summary numbers (last line, JSON):
   ``dts_star_ratios``). Measuring a ratio R at budget B x T needs a pool M >= R x B.
 * ``*_ci90``: 5th / 95th percentiles of the headline ratios over 2000 bootstrap resamples of the
   prompts (an upper end of null = censored in more than 5% of resamples).
-* ``fmtt_`` / ``das_`` / ``noise_search_bon_equivalent_n_over_k`` (and ``_nfe_ratio``): the same for FMTT,
-  DAS and noise search (``steering_extra.py``).
+* ``fmtt_`` / ``fmtt_weights_`` / ``das_`` / ``noise_search_bon_equivalent_n_over_k`` (and ``_nfe_ratio``):
+  the same for FMTT (search mode; weights mode), DAS and noise search at ``--headline-k``
+  (``steering_extra.py``).
 * ``analytic_tilted_mean_abs_err``: max |mean error| of FK (diff potential, 2 x 1500 particles, 100
   steps) against the exact tilted 2-D Gaussian mixture (its 5-sigma bound beside it);
   ``dts_analytic_mean_abs_err`` the same for the DTS read-out (1-D, 200 trees).
@@ -158,6 +160,13 @@ def window_arg(text: str) -> str:
     except ValueError as err:
         raise argparse.ArgumentTypeError(str(err)) from None
     return text
+
+
+# the FK sampler defaults per reward (module doc); a flag given on the command line wins
+REWARD_DEFAULTS = {
+    "default": dict(noise=0.7, noise_steps="6-15", fk_steps="7-14"),
+    "testbed_aesthetic": dict(noise=1.2, noise_steps="all", fk_steps="1-18"),
+}
 
 
 # --- best-of-N curve and equivalences -------------------------------------------------------------
@@ -306,14 +315,17 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--steps", type=bounded(int, "[2, inf)"), default=20)
     ap.add_argument("--cfg", type=bounded(float, "[0, inf)"), default=4.5)
     ap.add_argument(
-        "--noise", type=bounded(float, "[0, inf)"), default=0.7, help="flow_sde noise level of FK / beam / DTS*"
+        "--noise",
+        type=bounded(float, "[0, inf)"),
+        default=None,
+        help="flow_sde noise level of FK / beam / DTS* / FMTT / DAS (default: 0.7; testbed_aesthetic: 1.2)",
     )
     ap.add_argument(
         "--noise-steps",
-        default="6-15",
+        default=None,
         type=window_arg,
-        help="FK / beam: the SDE window, steps LO-HI (0-based) that get --noise, ODE elsewhere "
-        "('all' = every step but the last)",
+        help="FK / beam / FMTT / DAS: the SDE window, steps LO-HI (0-based) that get --noise, ODE elsewhere "
+        "('all' = every step but the last; default: 6-15; testbed_aesthetic: all)",
     )
     ap.add_argument(
         "--dts-noise",
@@ -365,7 +377,10 @@ def add_method_arguments(ap: argparse.ArgumentParser) -> None:
     )
     ap.add_argument("--beam-ks", default=[2, 4], type=ks_arg, help="beam particles (2 beams x K/2 children; '' = none)")
     ap.add_argument(
-        "--fk-steps", default="7-14", help="FK resampling / beam selection steps ('default' = FK's 20/40/60/80%%)"
+        "--fk-steps",
+        default=None,
+        help="FK resampling / beam selection / FMTT steps ('default' = FK's 20/40/60/80%%; default: 7-14; "
+        "testbed_aesthetic: 1-18)",
     )
     ap.add_argument("--fk-lookahead", default="x0", choices=["x0", "x0_prev", "ode"])
     ap.add_argument("--fk-lookahead-steps", type=bounded(int, "[1, inf)"), default=None)
@@ -408,6 +423,9 @@ def parse(argv: list[str] | None = None) -> Bench:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_arguments(ap)
     args = ap.parse_args(argv)
+    for name, value in REWARD_DEFAULTS.get(args.reward, REWARD_DEFAULTS["default"]).items():
+        if getattr(args, name) is None:  # the sampler defaults tuned for the reward (module doc)
+            setattr(args, name, value)
     if args.quick:
         args.seeds, args.side_seeds, args.prompts, args.steps, args.bon_max = 1, 1, min(args.prompts, 4), 10, 16
         args.ks, args.extra_fk_ks, args.other_potential_ks, args.beam_ks = [4], [], [4], [4]
@@ -628,7 +646,8 @@ def settings(b: Bench, n_prompts: int, m: int) -> dict:
 def main(argv: list[str] | None = None) -> None:
     b = parse(argv)
     a, t = b.args, b.t
-    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    threads = os.environ.get("OMP_NUM_THREADS", "")  # OMP_NUM_THREADS=1: one core (timings per core)
+    torch.set_num_threads(int(threads) if threads.isdigit() and int(threads) > 0 else min(2, os.cpu_count() or 1))
     t_start = time.perf_counter()
     model, reward, prompts = load(a)
     b.base = dict(model=model, prompts=prompts, reward=reward, num_steps=t, cfg=a.cfg)

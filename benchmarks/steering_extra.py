@@ -8,6 +8,8 @@ Each method runs at every K of ``--ks`` with ``--seeds`` seeds on the bench's pr
   look-ahead reward, ``weights`` is the exact importance-weighted sampler (on the aesthetic proxy, 8
   prompts x 3 seeds, K = 4: search N/K 4.80, weights 0.77); its look-ahead evaluations beyond the first
   (reused) cost NFE.
+* ``fmtt_weights``: the same in weights mode, a second row (``fmtt_weights_*`` keys; skipped when
+  ``--fmtt-mode weights`` already makes ``fmtt`` that sampler).
 * ``das``: K particles, DAS tempering, x0_pred look-ahead after every step, the reward-gradient proposal
   (``--das-grad-scale``; one autograd evaluation per stochastic step) when the reward is differentiable,
   else tempered SMC without it (``das_gradient`` false in the summary).
@@ -27,8 +29,8 @@ from collections.abc import Callable
 
 from flowalign.steering import das_steer, fmtt_steer, noise_search
 
-EXTRA = ("fmtt", "das", "noise_search")
-STYLES = {"fmtt": "C6P-", "das": "C7X-", "noise_search": "C8h--"}
+EXTRA = ("fmtt", "fmtt_weights", "das", "noise_search")
+STYLES = {"fmtt": "C6P-", "fmtt_weights": "C6p:", "das": "C7X-", "noise_search": "C8h--"}
 
 
 def methods_arg(text: str) -> list[str]:
@@ -41,7 +43,9 @@ def methods_arg(text: str) -> list[str]:
 def add_extra_arguments(ap: argparse.ArgumentParser) -> None:
     from flowalign.cli import bounded
 
-    ap.add_argument("--extra-methods", default=list(EXTRA), type=methods_arg, help="fmtt,das,noise_search ('' = none)")
+    ap.add_argument(
+        "--extra-methods", default=list(EXTRA), type=methods_arg, help="fmtt,fmtt_weights,das,noise_search ('' = none)"
+    )
     ap.add_argument("--fmtt-flow-steps", type=bounded(int, "[1, inf)"), default=2, help="k of FMTT's ODE flow map")
     ap.add_argument("--fmtt-mode", default="search", choices=["weights", "search"])
     ap.add_argument("--das-grad-scale", type=bounded(float, "[0, inf)"), default=1.0)
@@ -51,8 +55,9 @@ def add_extra_arguments(ap: argparse.ArgumentParser) -> None:
 
 def _plan(b, method: str, k: int, differentiable: bool) -> tuple[Callable, dict]:
     a = b.args
-    if method == "fmtt":
-        kw = dict(num_particles=k, lam=a.lam, mode=a.fmtt_mode, flow_map_steps=a.fmtt_flow_steps)
+    if method in ("fmtt", "fmtt_weights"):
+        mode = a.fmtt_mode if method == "fmtt" else "weights"
+        kw = dict(num_particles=k, lam=a.lam, mode=mode, flow_map_steps=a.fmtt_flow_steps)
         return fmtt_steer, kw | dict(resample_steps=b.fk_steps, **b.sde)
     if method == "das":
         grad = a.das_grad_scale if differentiable else 0.0
@@ -66,7 +71,8 @@ def run_extra(b, bon: list[float], ks: list[int], run_method: Callable, equivale
     hk = b.args.headline_k if b.args.headline_k in ks else ks[0]
     differentiable = getattr(b.base["reward"], "differentiable", None) is not False
     rows, summary = [], {}
-    for method in b.args.extra_methods:
+    methods = [m for m in b.args.extra_methods if not (m == "fmtt_weights" and b.args.fmtt_mode == "weights")]
+    for method in methods:
         eq, eq_nfe = {}, {}
         for k in ks:
             fn, kw = _plan(b, method, k, differentiable)

@@ -76,6 +76,7 @@ TRAIN = [
     (["train.output_dir=afile"], ["train.output_dir", "afile"]),
     (["train.runs_dir=afile"], ["train.runs_dir", "afile"]),
     (["train.mixed_precision=foo"], ["train.mixed_precision", "foo"]),
+    (["train.budget_clock=gpu"], ["train.budget_clock", "gpu", "wall or cpu"]),
     (["eval.early_stop=gold"], ["eval.early_stop='gold'", "not an eval metric"]),
     # issue 23 / 24: the methods' own checks
     (["testbed_ac_flow", "credit.options.critic_lr=0"], ["credit.options.critic_lr=0", "out of range"]),

@@ -218,3 +218,23 @@ def test_steer_command_refuses_bad_options(flags, match, tmp_path):
                 parser.parse_args(["--model", "tiny-sd3", "--prompt", "p", "--out", str(tmp_path), *flags])
             )
         )
+
+
+# --- bench_steering's FMTT rows and the aesthetic proxy's sampler defaults (benchmarks/steering_extra.py) ----
+def test_bench_steering_runs_both_fmtt_modes_with_the_reward_tuned_sampler(monkeypatch):
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import bench_steering
+    import steering_extra
+
+    b = bench_steering.parse(["--reward", "testbed_aesthetic"])
+    assert (b.args.noise, b.args.noise_steps, b.fk_steps) == (1.2, "all", list(range(1, 19)))
+    assert b.sde["noise_level"].tolist() == pytest.approx([1.2] * 19 + [0.0])  # noise on every step but the last
+    assert b.args.extra_methods == ["fmtt", "fmtt_weights", "das", "noise_search"]
+    modes = {m: steering_extra._plan(b, m, 4, True)[1]["mode"] for m in ("fmtt", "fmtt_weights")}
+    assert modes == {"fmtt": "search", "fmtt_weights": "weights"}
+    flags = bench_steering.parse(["--reward", "testbed_aesthetic", "--noise", "0.7", "--fk-steps", "7-14"])
+    assert (flags.args.noise, flags.args.noise_steps, flags.fk_steps) == (0.7, "all", list(range(7, 15)))
+    plain = bench_steering.parse([])  # the compositional checker keeps the FK-tuned window
+    assert (plain.args.noise, plain.args.noise_steps, plain.fk_steps) == (0.7, "6-15", list(range(7, 15)))

@@ -9,8 +9,8 @@ ACCELERATE_USE_FSDP=true, but ``AcceleratorState`` turns it into ``DistributedTy
 MULTI_GPU / NPU / XPU / ... processes; CPU processes stay MULTI_CPU and ``prepare`` wraps DDP, with no
 error. The runner therefore sets the state to FSDP with the plugin before ``prepare``, which then runs
 accelerate's own FSDP2 path (``fsdp2_prepare_model``, optimizer parameters switched to the shards).
-``flowalign train``'s FSDP path (the trainer's checkpoints, EMA and the parameter list it keeps) is not
-run here.
+``flowalign train`` makes the same switch itself (``train.distributed.choose_fsdp``); its FSDP2 path
+(checkpoints, resume, EMA, LoRA export) is run by tests/test_fsdp_train.py.
 """
 
 from __future__ import annotations

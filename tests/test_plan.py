@@ -1,6 +1,7 @@
 """The planner (``flowalign.plan``): parameter counts of the published configs against closed forms,
 traced FLOPs of the testbed transformer against an analytic count, its traced activation memory
-against the CPU allocator's peak on a real micro-batch, and the command's refusals."""
+against the CPU allocator's peak on a real micro-batch, the shallow trace replayed to full depth
+against full traces, the text encoders' and VAE's counts, and the command's refusals."""
 
 from __future__ import annotations
 
@@ -14,8 +15,10 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from flowalign.plan.build import _trainable, example_inputs, load_spec, published, transformer_class
+from flowalign.plan.build import Spec, _trainable, build, example_inputs, load_spec, published, transformer_class
 from flowalign.plan.count import _autocast, count_params, flux_params, sd3_params, trace
+from flowalign.plan.encoders import build_part, load_part
+from flowalign.plan.shallow import extrapolate, reduce_config, shallow_layout
 from flowalign.train import apply_overrides, get_preset
 
 
@@ -48,6 +51,113 @@ def test_large_published_params_equal_the_closed_forms():
     sd35l, flux = published()["stabilityai/stable-diffusion-3.5-large"], published()["black-forest-labs/FLUX.1-dev"]
     assert count_params(sd35l) == sd3_params(sd35l.config) == 8_056_627_520
     assert count_params(flux) == flux_params(flux.config) == 11_901_408_320
+
+
+def _deep_testbed(**changes) -> tuple:
+    cfg = get_preset("testbed")
+    spec = load_spec(cfg)
+    return cfg, Spec("deep testbed", None, {**spec.config, **changes}, spec.vae_factor)
+
+
+def test_shallow_layout_keeps_three_blocks_a_run():
+    """An 8-block SD3 with dual attention in blocks 0-3: runs of 4 dual, 3 joint, 1 last (context
+    pre-only) -> the shallow model keeps dual 0-2, joint 4-6 and the last: 7 blocks, dual in its 0-2;
+    deep block 3 replays shallow block 2 (the third dual one)."""
+    cfg, spec = _deep_testbed(num_layers=8, dual_attention_layers=[0, 1, 2, 3])
+    layout = shallow_layout(build(spec))
+    assert [i for _, i in layout.keep] == [0, 1, 2, 4, 5, 6, 7]
+    assert layout.rep == [0, 1, 2, 2, 3, 4, 5, 6]
+    small = reduce_config(spec, layout).config
+    assert small["num_layers"] == 7 and small["dual_attention_layers"] == [0, 1, 2]
+
+
+def test_extrapolate_replays_the_repeated_block():
+    """Two kept blocks, the second standing for 3 deep ones (rep [0, 1, 1, 1]); segments (kind, FLOPs,
+    net bytes, rise, freed by origin). Live bytes along the deep pass: forward 10, +5, +5, +5 -> 25;
+    tail +1 -> 26; autocast's exit frees 2 bytes cast in block 1 per deep copy: -2 - 2 x 2 = -6 -> 20;
+    turn (rise 4 -> peak 24, net 0); backward -5 x 3 (rise 3: 23, 18, 13), -10 (rise 1). Peak: the
+    tail's 25 + its rise 3 = 28. FLOPs: forward 7 + 3 x 4 + 1 = 20; backward 2 + 3 x 8 + 9 = 35."""
+    segments = [
+        ("forward", 7, 10, 10, {}),
+        ("forward", 4, 5, 6, {}),
+        ("tail", 1, 1, 3, {}),
+        ("cast", 0, -2, 0, {1: 2}),
+        ("turn", 2, 0, 4, {}),
+        ("backward", 8, -5, 3, {}),
+        ("backward", 9, -10, 1, {}),
+    ]
+    assert extrapolate(segments, [0, 1, 1, 1]) == (20, 35, 28)
+    assert extrapolate(segments[:-1], [0, 1, 1, 1]) is None  # a missing mark: the caller traces in full
+
+
+def test_clip_l_text_encoder_params_equal_the_closed_form():
+    """SD3.5's CLIP-L (CLIPTextModelWithProjection): token embedding 49408 x 768 = 37 945 344, positions
+    77 x 768 = 59 136; per layer attention 4 (768^2 + 768) = 2 362 368, two LayerNorms 4 x 768 = 3 072,
+    MLP 768 x 3072 + 3072 + 3072 x 768 + 768 = 4 722 432 -> 7 087 872 x 12 = 85 054 464; final LayerNorm
+    1 536; projection 768 x 768 = 589 824 (no bias). Sum 123 650 304 (Flux's CLIPTextModel: less the
+    projection, 123 060 480)."""
+    part = load_part("sd35_clip_l")
+    assert part["hub_id"] == "stabilityai/stable-diffusion-3.5-medium" and part["subfolder"] == "text_encoder"
+    assert sum(p.numel() for p in build_part(part).parameters()) == 123_650_304
+    flux = build_part(load_part("flux1_clip_l"))
+    assert sum(p.numel() for p in flux.parameters()) == 123_650_304 - 589_824
+
+
+@pytest.mark.e2e  # (about 15 s: T5-XXL, CLIP-G and the VAE built on the meta device)
+def test_sd35_components_equal_their_published_sizes():
+    """CLIP-G 694 659 840 (OpenCLIP bigG's text tower with projection), T5-XXL's encoder 4 762 310 656
+    (the SD3 paper's 4.7 B), the 16-channel VAE 83 819 683 (encoder and decoder, no quant convs)."""
+    sizes = {n: sum(p.numel() for p in build_part(load_part(n)).parameters()) for n in ("sd35_clip_g", "sd35_t5_xxl")}
+    sizes["sd35_vae"] = sum(p.numel() for p in build_part(load_part("sd35_vae")).parameters())
+    assert sizes == {"sd35_clip_g": 694_659_840, "sd35_t5_xxl": 4_762_310_656, "sd35_vae": 83_819_683}
+
+
+@pytest.mark.e2e  # (about 40 s: shallow and full traces of a deep testbed and of a 6 + 5-block Flux)
+@pytest.mark.parametrize(
+    "preset, changes, extra",
+    [
+        ("testbed", {"num_layers": 8, "dual_attention_layers": [0, 1, 2, 3]}, []),
+        ("testbed", {"num_layers": 8}, ["model.lora=false"]),
+        ("flux_hpsv2", {"num_layers": 6, "num_single_layers": 5}, ["model.resolution=256", "sample.batch_size=1"]),
+    ],
+)
+def test_shallow_trace_equals_the_full_trace(preset, changes, extra):
+    """The shallow copy replayed to depth (``shallow.py``) gives the full trace's FLOPs and activation
+    peak exactly (LoRA, full fine-tuning; Flux: bf16 autocast, two runs, the last block a run's)."""
+    _shallow_equals_full(preset, changes, extra)
+
+
+@pytest.mark.slow  # (about 10 s)
+def test_shallow_trace_equals_the_full_trace_with_gradient_checkpointing():
+    _shallow_equals_full("testbed", {"num_layers": 8}, ["model.gradient_checkpointing=true"])
+
+
+def _shallow_equals_full(preset: str, changes: dict, extra: list) -> None:
+    cfg = apply_overrides(get_preset(preset), extra)
+    base = load_spec(cfg)
+    spec = Spec("deep", base.hub_id, {**base.config, **changes}, base.vae_factor)
+    rows = cfg.sample.batch_size * 2
+    shallow, full = trace(spec, cfg, rows), trace(spec, cfg, rows, full=True)
+    assert (shallow.forward_flops, shallow.backward_flops) == (full.forward_flops, full.backward_flops)
+    assert shallow.activation_bytes == full.activation_bytes
+    sizes = ("params", "trainable_params", "frozen_bytes", "trainable_bytes", "largest_block_bytes")
+    assert [getattr(shallow, k) for k in sizes] == [getattr(full, k) for k in sizes]
+
+
+@pytest.mark.slow  # (about 60 s: the full traces of SD3.5-M and FLUX.1-dev)
+@pytest.mark.parametrize("preset", ["sd35_pickscore", "flux_hpsv2"])
+def test_shallow_trace_equals_the_full_trace_of_the_paper_presets(preset):
+    from flowalign.plan.build import true_cfg
+
+    cfg = get_preset(preset)
+    spec = load_spec(cfg)
+    rows = cfg.sample.batch_size * (2 if true_cfg(spec, cfg) else 1)
+    shallow, full = trace(spec, cfg, rows), trace(spec, cfg, rows, full=True)
+    assert (shallow.forward_flops, shallow.backward_flops, shallow.activation_bytes) == (
+        full.forward_flops,
+        full.backward_flops,
+        full.activation_bytes,
+    )
 
 
 # --- FLOPs of the testbed transformer vs the analytic count ---------------------------------------------
@@ -173,6 +283,7 @@ def test_plan_testbed_json_adds_up():
     p = plan(get_preset("testbed"), gpus=1, strategy="fsdp", gpu="4090", mfu=0.5)
     mem = p["memory_gb_per_gpu"]
     assert p["params"] == 2_288_400 and p["trainable_params"] == 126_976  # sd3_params of the testbed config
+    assert p["params_text_encoders"] == p["params_vae"] == 0  # (the testbed lists no published parts)
     parts = sum(v for k, v in mem.items() if k != "total")
     assert abs(parts - mem["total"]) < 0.005 and p["peak_memory_gb_per_gpu"] == mem["total"] and p["fits"]
     # 32 images = 2 batches of 16 (x2 CFG) -> 2 x 8 sampling forwards + 2 batches x 2 trained steps x
@@ -213,3 +324,12 @@ def test_plan_paper_presets_on_8_gpus(preset, params):
     assert p["params"] == params and 0 < p["trainable_params"] < params
     assert p["peak_memory_gb_per_gpu"] > p["memory_gb_per_gpu"]["weights"] > 0
     assert p["flops_per_iteration"] > 0 and p["est_seconds_per_iteration"] > 0
+    per_gpu = p["flops_per_iteration_per_gpu"]
+    assert per_gpu["total"] == sum(v for k, v in per_gpu.items() if k != "total") and per_gpu["vae_decoding"] > 0
+    mem = p["memory_gb_per_gpu"]
+    assert (
+        mem["text_encoders"] > 0 and mem["vae"] > 0 and mem["activations"] == max(p["activation_gb_by_pass"].values())
+    )
+    # CLIP-L 123 650 304 + CLIP-G 694 659 840 + T5-XXL 4 762 310 656 (SD3.5); Flux: CLIP-L 123 060 480 + T5-XXL
+    assert p["params_text_encoders"] == {"sd35_pickscore": 5_580_620_800, "flux_hpsv2": 4_885_371_136}[preset]
+    assert p["params_vae"] == 83_819_683

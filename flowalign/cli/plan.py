@@ -1,5 +1,6 @@
-"""``flowalign plan PRESET [key=value ...]``: peak memory per GPU by part, FLOPs per iteration and an
-estimated iteration time for a training preset on N GPUs (``flowalign.plan``), without its weights.
+"""``flowalign plan PRESET [key=value ...]``: peak memory per GPU by part (the transformer's training
+state, its text encoders and VAE), FLOPs per iteration and an estimated iteration time for a training
+preset on N GPUs (``flowalign.plan``), without its weights; a few seconds past the imports.
 
     flowalign plan sd35_pickscore --gpus 8 --json
     flowalign plan flux_hpsv2 --gpus 16 --strategy fsdp --gpu a100-80 --mfu 0.35
@@ -40,7 +41,8 @@ def table(p: dict) -> str:
     mem = p["memory_gb_per_gpu"]
     rows = [
         f"{p['preset']}: {p['model']} ({p['class']}) on {p['gpus']} x {p['gpu']}, {p['strategy']}, MFU {p['mfu']}",
-        f"  params {p['params'] / 1e9:.3f} B, trainable {p['trainable_params'] / 1e6:.2f} M",
+        f"  params {p['params'] / 1e9:.3f} B, trainable {p['trainable_params'] / 1e6:.2f} M; text encoders "
+        f"{p['params_text_encoders'] / 1e9:.3f} B, VAE {p['params_vae'] / 1e6:.1f} M (frozen)",
         "  memory per GPU (GB): "
         + ", ".join(f"{k} {v}" for k, v in mem.items())
         + ("" if p["fits"] else "  DOES NOT FIT"),

@@ -7,9 +7,11 @@
 * ``run.py``: ``run_gallery(settings, out)`` draws, scores and records every missing image (resumable);
   ``gallery_job(cfg)`` is the command's one call.
 * ``html.py`` / ``plots.py``: results files, summary tables, ``index.html``, ``plots/``.
+* ``edit_page.py``: the editing page (source -> edit, SDEdit, regenerate per pair; ``bench_edit.py --gallery``).
 """
 
 from .config import GALLERY_PRESETS, GalleryConfig, GallerySettings, make_settings, settings_from_config
+from .edit_page import save_edit_pair, write_edit_page
 from .html import format_table, summarize
 from .plots import read_scalars
 from .run import GalleryResult, gallery_job, run_gallery
@@ -30,7 +32,9 @@ __all__ = [
     "read_scalars",
     "resolve_checkpoint",
     "run_gallery",
+    "save_edit_pair",
     "settings_from_config",
     "steering_kwargs",
     "summarize",
+    "write_edit_page",
 ]

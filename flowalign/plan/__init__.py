@@ -7,13 +7,18 @@ fine-tuning, gradient checkpointing and autocast per the preset) and adds up, pe
 
 * FLOPs per iteration: sampling ``batches_per_rank x num_steps`` forwards, training ``batches_per_rank
   x inner_epochs x trained_steps`` forward + backward units (+ one reference forward each when the KL
-  weight ``beta`` > 0);
+  weight ``beta`` > 0), text encoding and VAE decoding;
 * peak memory by part (``memory.py``) for ``ddp`` | ``fsdp`` | ``zero2``;
 * seconds per iteration = FLOPs / (the GPU's dense bf16 peak x ``mfu``).
 
-Departures: only the transformer is counted (text encoders, VAE decode and reward models are not:
-their configs are not kept here); one trace at the micro-batch stands for every step (FLOPs do not
-depend on sigma); the CPU autocast policy stands for the GPU's.
+The transformer's FLOPs and activation peak come from a shallow copy traced and replayed to full
+depth (``shallow.py``, exact; ``count.trace(..., full=True)`` traces the deep model); its parameters
+from the deep model built on the meta device. The pipeline's text encoders and VAE (``encoders.py``:
+their published configs) add their weights, their pass's activation peak where larger, and per
+iteration ``batches_per_rank`` text encodings (prompts and CFG negatives) and VAE decodes.
+
+Departures: reward models are not counted; one trace at the micro-batch stands for every step (FLOPs
+do not depend on sigma); the CPU autocast policy stands for the GPU's.
 """
 
 from __future__ import annotations
@@ -62,20 +67,25 @@ def plan(cfg, gpus: int = 8, strategy: str = "ddp", gpu: str = "h100", mfu: floa
     ``build.Spec``) replaces the config of ``cfg.model.path``."""
     from .build import example_inputs, text_tokens, true_cfg
     from .count import trace
+    from .encoders import count_parts
     from .memory import per_gpu, rollout_bytes
 
     d, spec = check_plan(cfg, gpus, strategy, gpu, mfu, spec)
     pairs = true_cfg(spec, cfg)
     rows = cfg.sample.batch_size * (2 if pairs else 1)
     tr = trace(spec, cfg, rows)
+    parts = count_parts(spec, cfg, rows)
     latent = _latent_elements(spec, cfg, example_inputs)
     buffers = rollout_bytes(cfg, spec, d.images_per_rank, latent, text_tokens(spec, cfg), pairs)
-    mem = per_gpu(tr, cfg, strategy, gpus, buffers)
+    mem = per_gpu(tr, cfg, strategy, gpus, buffers, parts)
     ref = 1 if getattr(cfg.objective.options, "beta", 0) > 0 else 0
     sampling = d.batches_per_rank * cfg.sample.num_steps * tr.forward_flops
     units = d.batches_per_rank * cfg.train.inner_epochs * d.trained_steps
     training = units * ((1 + ref) * tr.forward_flops + tr.backward_flops)
-    flops = sampling + training
+    by_role = {r: [p for p in parts if p.role == r] for r in ("text_encoder", "vae")}
+    text = d.batches_per_rank * sum(p.flops for p in by_role["text_encoder"])
+    vae = d.batches_per_rank * sum(p.flops for p in by_role["vae"])
+    flops = sampling + training + text + vae
     peak, capacity = GPUS[gpu]
     return {
         "preset": cfg.preset,
@@ -87,12 +97,26 @@ def plan(cfg, gpus: int = 8, strategy: str = "ddp", gpu: str = "h100", mfu: floa
         "mfu": mfu,
         "params": tr.params - (tr.trainable_params if cfg.model.lora else 0),
         "trainable_params": tr.trainable_params,
+        "params_text_encoders": sum(p.params for p in by_role["text_encoder"]),
+        "params_vae": sum(p.params for p in by_role["vae"]),
+        "components": {p.name: p.params for p in parts},
         "micro_batch_rows": rows,
         "peak_memory_gb_per_gpu": mem.gb()["total"],
         "memory_gb_per_gpu": mem.gb(),
+        "activation_gb_by_pass": {
+            "training": round(tr.activation_bytes / 1e9, 3),
+            "text_encoding": round(max([0, *(p.activation_bytes for p in by_role["text_encoder"])]) / 1e9, 3),
+            "vae_decoding": round(max([0, *(p.activation_bytes for p in by_role["vae"])]) / 1e9, 3),
+        },
         "fits": mem.total <= capacity * 1e9,
         "flops_per_iteration": flops * gpus,
-        "flops_per_iteration_per_gpu": {"sampling": sampling, "training": training, "total": flops},
+        "flops_per_iteration_per_gpu": {
+            "sampling": sampling,
+            "training": training,
+            "text_encoding": text,
+            "vae_decoding": vae,
+            "total": flops,
+        },
         "flops_per_micro_batch": {"forward": tr.forward_flops, "backward": tr.backward_flops},
         "est_seconds_per_iteration": round(flops / (peak * 1e12 * mfu), 2),
         "images_per_iteration": d.images_per_iteration,

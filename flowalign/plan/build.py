@@ -30,6 +30,7 @@ class Spec:
     hub_id: str | None  # the published model (None: a local pipeline)
     config: dict  # the published transformer/config.json
     vae_factor: int = 8  # pixels per latent cell (the families' VAEs: 8; the testbed's trained VAE: 2)
+    components: list | None = None  # the pipeline's text encoders and VAE (``encoders.py``)
 
     @property
     def class_name(self) -> str:
@@ -41,7 +42,7 @@ def published() -> dict[str, Spec]:
     out = {}
     for path in sorted(CONFIGS_DIR.glob("*.json")):
         data = json.loads(path.read_text())
-        out[data["hub_id"]] = Spec(path.stem, data["hub_id"], data["config"])
+        out[data["hub_id"]] = Spec(path.stem, data["hub_id"], data["config"], components=data.get("components"))
     return out
 
 

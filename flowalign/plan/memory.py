@@ -6,14 +6,16 @@
 * ``fsdp`` (FULL_SHARD): weights, gradients and optimizer state split over N, plus the gathered
   weights of the two largest units in flight (the one computing and the prefetched one).
 
-Parts (bytes): ``weights`` frozen weights in ``model.dtype`` + trainable ones in fp32; ``gradients``
+Parts (bytes): ``weights`` the transformer's frozen weights in ``model.dtype`` + trainable ones in fp32; ``gradients``
 fp32 per trainable weight; ``optimizer`` AdamW's two fp32 moments per trainable weight, plus the fp32
-EMA copy when ``train.ema`` (kept whole on every rank); ``activations`` the traced peak of one training
-micro-batch (forward + backward; a sampling forward holds less, no grad); ``rollouts`` what a rank keeps
+EMA copy when ``train.ema`` (kept whole on every rank); ``activations`` the largest traced peak of one
+pass: the training micro-batch (forward + backward; a sampling forward holds less, no grad), a text
+encoding or a VAE decode of a sampling batch; ``rollouts`` what a rank keeps
 from sampling to the update: for each of its images the latents of all T + 1 steps and T log-probs
 (fp32) and the text conditioning (T5/CLIP states and pooled vector, conditional and, with CFG,
-unconditional, in ``model.dtype``). Not counted: text encoders, VAE and reward models (their configs
-are not kept here), the CUDA context and allocator fragmentation.
+unconditional, in ``model.dtype``); ``text_encoders`` and ``vae`` their weights in ``model.dtype``, whole
+on every rank (``encoders.py``). Not counted: reward models, the CUDA context and allocator
+fragmentation.
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ STRATEGIES = ("ddp", "fsdp", "zero2")
 FP32 = 4
 
 
+PARTS = ("weights", "gradients", "optimizer", "activations", "rollouts", "text_encoders", "vae")
+
+
 @dataclass
 class Memory:
     weights: int
@@ -31,13 +36,15 @@ class Memory:
     optimizer: int
     activations: int
     rollouts: int
+    text_encoders: int = 0
+    vae: int = 0
 
     @property
     def total(self) -> int:
-        return self.weights + self.gradients + self.optimizer + self.activations + self.rollouts
+        return sum(getattr(self, k) for k in PARTS)
 
     def gb(self) -> dict[str, float]:
-        parts = {k: getattr(self, k) for k in ("weights", "gradients", "optimizer", "activations", "rollouts")}
+        parts = {k: getattr(self, k) for k in PARTS}
         return {k: round(v / 1e9, 3) for k, v in {**parts, "total": self.total}.items()}
 
 
@@ -61,8 +68,10 @@ def rollout_bytes(cfg, spec, images: int, latent_elements: int, text_tokens: int
     return images * ((t + 1) * latent_elements * FP32 + t * FP32 + conditioning)
 
 
-def per_gpu(trace, cfg, strategy: str, gpus: int, rollouts: int) -> Memory:
-    """The parts of one rank's peak (module doc) for ``gpus`` ranks under ``strategy``."""
+def per_gpu(trace, cfg, strategy: str, gpus: int, rollouts: int, parts=()) -> Memory:
+    """The parts of one rank's peak (module doc) for ``gpus`` ranks under ``strategy``; ``parts``
+    (``encoders.PartCount``) add their weights, whole on every rank, and their pass's activation peak
+    where it exceeds the training micro-batch's (the passes do not overlap)."""
     check_strategy(strategy)
     n = trace.trainable_params
     weights = trace.frozen_bytes + trace.trainable_bytes
@@ -72,4 +81,7 @@ def per_gpu(trace, cfg, strategy: str, gpus: int, rollouts: int) -> Memory:
         grads, adam = -(-grads // gpus), -(-adam // gpus)
     if strategy == "fsdp":
         weights = -(-weights // gpus) + 2 * trace.largest_block_bytes
-    return Memory(weights, grads, adam + ema, trace.activation_bytes, rollouts)
+    activations = max([trace.activation_bytes, *(p.activation_bytes for p in parts)])
+    text = sum(p.weight_bytes for p in parts if p.role == "text_encoder")
+    vae = sum(p.weight_bytes for p in parts if p.role == "vae")
+    return Memory(weights, grads, adam + ema, activations, rollouts, text, vae)

@@ -37,6 +37,7 @@ class _Registry(dict):
 REMOTE = "remote:"
 REWARDS: dict[str, Callable[..., Reward]] = {
     "hpsv2": _lazy("hpsv2", "load_hpsv2"),
+    "hpsv3": _lazy("hpsv3", "load_hpsv3"),
     "imagereward": _lazy("imagereward", "load_imagereward"),
     "pickscore": _lazy("pickscore", "load_pickscore"),
     "clip": _lazy("clip", "load_clip_score"),

@@ -5,7 +5,7 @@ A checkpoint is a directory ``<run>/checkpoints/checkpoint-<iteration>`` holding
 * ``<part>.safetensors`` per state part (trainable weights, optimizer, EMA): every tensor of the
   part's nested state (e.g. ``optimizer.state_dict()``) under its path, e.g. ``state/0/exp_avg``;
 * ``rng_<rank>.safetensors`` + ``rng_<rank>.json``: each process's torch / numpy / python RNG states
-  (and likewise any per-rank part, e.g. a sharded optimizer under FSDP / DeepSpeed);
+  (and likewise any per-rank part: DeepSpeed's optimizer shards; FSDP2 parts are gathered whole);
 * ``lora/`` (or ``transformer/`` for full fine-tuning): the exported weights, loadable by a stock
   pipeline (``StableDiffusion3Pipeline.load_lora_weights(dir)``);
 * ``state.json``: scalars (iteration, optimizer step, counters), the non-tensor skeleton of every
@@ -261,7 +261,7 @@ def load(path: str | Path, rank: int = 0) -> tuple[dict[str, Any], dict[str, Any
         if not (path / f"{name}_{rank}.json").is_file():
             raise ValueError(
                 f"{path} has no {name}_{rank}: it was saved by fewer processes; resume a "
-                f"sharded run (FSDP / DeepSpeed) with the same number of processes."
+                f"DeepSpeed run with the same number of processes."
             )
         parts[name] = unflatten(_read_json(path / f"{name}_{rank}.json", path), tensors(f"{name}_{rank}"))
     return parts, state["scalars"]

@@ -104,6 +104,8 @@ def check_paths(cfg) -> None:
 
     if cfg.train.mixed_precision not in ("no", "fp16", "bf16"):
         raise ValueError(f"train.mixed_precision={cfg.train.mixed_precision!r}; choose no, fp16 or bf16.")
+    if cfg.train.budget_clock not in ("wall", "cpu"):
+        raise ValueError(f"train.budget_clock={cfg.train.budget_clock!r}; choose wall or cpu.")
     if cfg.train.output_dir is not None:
         check_output(cfg.train.output_dir, "train.output_dir")
     check_output(cfg.train.runs_dir, "train.runs_dir")

@@ -143,6 +143,7 @@ class TrainConfig:
     output_dir: str | None = None  # run directory; None = <runs_dir>/<preset>-<timestamp>
     runs_dir: str = "runs"  # parent of automatic run directories
     max_minutes: float = ranged(0.0, "[0, inf)")  # stop (and checkpoint) after this much wall time; 0 = no limit
+    budget_clock: str = "wall"  # what max_minutes counts: wall | cpu (this process's CPU time: fair under load)
     # stop (and checkpoint) once the sampler NFEs (all ranks) reach this; 0 = no limit
     max_nfe: int = ranged(0, "[0, inf)")
     cpu: bool = False  # force CPU even when a GPU is present

@@ -3,6 +3,8 @@
 ``decay_n = min(max_decay, (1 + n) / (10 + n))`` at optimizer step ``n``, applied every ``every``
 steps, on the trainable (LoRA) parameters only; the shadow is fp32. ``swapped`` temporarily puts
 the EMA weights into the model (eval, LoRA export) and restores the live weights bit for bit.
+Under FSDP2 the shadow is sharded like the parameters (the update is elementwise, so each rank
+averages its own shard); checkpoints hold it gathered (``distributed.gather_state``).
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from collections.abc import Iterator
 
 import torch
 from torch import Tensor
+
+from .distributed import shard_like
 
 
 class EMA:
@@ -56,4 +60,4 @@ class EMA:
         if len(state) != len(self.shadow):
             raise ValueError(f"EMA state has {len(state)} tensors, the model {len(self.shadow)} trainable ones.")
         for i, s in enumerate(self.shadow):
-            s.copy_(state[str(i)])
+            s.copy_(shard_like(state[str(i)], s))  # (a checkpoint's full tensor; cut like an FSDP2 shard)

@@ -18,17 +18,16 @@ checkpointed for exact resume.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
 from ..sampling.rollout import rollout
 from .early_stop import keep_best
-from .evaluation import eval_due, evals_on, run_eval, swap
+from .evaluation import eval_due, evals_on, run_eval
 from .faults import Interrupted, NonFiniteWeights, RunStopped, StopSignals, restore, snapshot
 from .integrity import export_atomic
 from .phases import credit, sample, update
 from .records import Run, TrainResult
-from .report import log_and_save, save
+from .report import clock, export_view, log_and_save, save
 from .setup import setup, teardown
 
 
@@ -37,9 +36,10 @@ def finish_run(run: Run) -> None:
     if evals_on(run):
         run_eval(run, run.state.iteration)
     keep_best(run)  # eval.early_stop: the export is the best eval's weights
-    if run.acc.is_main_process and run.hooks.get("export_fn") is not None:
-        with swap(run):
-            export_atomic(run.run_dir, run.hooks["export_fn"])
+    if run.hooks.get("export_fn") is not None:
+        with export_view(run):  # on every rank (FSDP2: an all-gather per trainable parameter)
+            if run.acc.is_main_process:
+                export_atomic(run.run_dir, run.hooks["export_fn"])
 
 
 def rolled_back(run: Run, it: int, snap: dict) -> bool:
@@ -122,7 +122,7 @@ def train(
             accelerator=accelerator,
             hooks=hooks,
         )
-        run.t_start, run.signals = time.time(), signals
+        run.t_start, run.signals = clock(run.cfg), signals
         try:
             for it in range(run.state.iteration, run.cfg.train.iterations):
                 if iterate(run, it):

@@ -3,6 +3,7 @@ rank (budget, SIGINT / SIGTERM, a dead reward) and the checkpoints."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from pathlib import Path
@@ -12,49 +13,80 @@ import torch
 from ..overrides import to_dict
 from . import checkpoint as ckpt
 from . import early_stop
+from .distributed import full, gather_state, gathered, is_fsdp
 from .evaluation import swap
 from .faults import Interrupted, RunStopped, fault_stats
 from .records import Credit, Run, Samples
 
 
-def save(run: Run, it: int) -> None:
-    """A full checkpoint (weights, optimizer, EMA, RNG) of iteration ``it``; collective under FSDP."""
-    acc, main = run.acc, run.acc.is_main_process
-    weights = dict(zip(run.names, run.params))
-    if acc.distributed_type.value == "FSDP":  # the full weights on rank 0
-        full = acc.get_state_dict(run.wrapped)
-        weights = {n: full[n] for n in run.names} if main else {}
-    parts = {"trainable": weights}
+def parts_of(run: Run) -> tuple[dict, dict | None]:
+    """(parts rank 0 writes, per-rank parts). FSDP2: weights, optimizer state and EMA gathered to full
+    tensors on every rank (collectives; the layout a 1-process run writes, so any process count
+    resumes it); DeepSpeed: each rank's optimizer shard as its own part."""
+    if is_fsdp(run.acc):
+        parts = {
+            "trainable": {n: full(p).detach() for n, p in zip(run.names, run.params)},
+            "optimizer": gather_state(run.optimizer.state_dict()),
+        }
+        if run.ema is not None:
+            parts["ema"] = gather_state(run.ema.state_dict())
+        return parts, None
+    parts = {"trainable": dict(zip(run.names, run.params))}
     if not run.sharded:
         parts["optimizer"] = run.optimizer.state_dict()
     if run.ema is not None:
         parts["ema"] = run.ema.state_dict()
-    rank_parts = {"optimizer": run.optimizer.state_dict()} if run.sharded else None
+    return parts, ({"optimizer": run.optimizer.state_dict()} if run.sharded else None)
+
+
+def export_view(run: Run):
+    """The weights an export sees, entered on every rank: the EMA's if any, and under FSDP2 the
+    full tensors in place of the shards (an all-gather per trainable parameter)."""
+    stack = contextlib.ExitStack()
+    stack.enter_context(swap(run))
+    if is_fsdp(run.acc):
+        stack.enter_context(gathered(run.bare, run.names))
+    return stack
+
+
+def save(run: Run, it: int) -> None:
+    """A full checkpoint (weights, optimizer, EMA, RNG) of iteration ``it``; call on every rank (every
+    gather and the non-finite check run on all of them, rank 0 writes)."""
+    acc, fsdp = run.acc, is_fsdp(run.acc)
+    parts, rank_parts = parts_of(run)
+    for name, obj in parts.items():  # every rank refuses together (rank 0 alone would leave the others waiting)
+        ckpt.check_finite(ckpt.flatten(obj)[1], name)
 
     def export(directory: Path) -> None:
         if run.hooks.get("export_fn") is not None:
-            with swap(run):
+            with contextlib.nullcontext() if fsdp else swap(run):  # (FSDP: entered on every rank below)
                 run.hooks["export_fn"](directory)
 
     scalars = {**dataclasses.asdict(run.state), "config": to_dict(run.cfg)}
-    path = ckpt.save(
-        run.run_dir,
-        it,
-        parts,
-        scalars,
-        rank=acc.process_index,
-        rank_parts=rank_parts,
-        barrier=acc.wait_for_everyone,
-        keep_last=run.cfg.train.keep_last,
-        export=export,
-    )
+    with export_view(run) if fsdp and run.hooks.get("export_fn") is not None else contextlib.nullcontext():
+        path = ckpt.save(
+            run.run_dir,
+            it,
+            parts,
+            scalars,
+            rank=acc.process_index,
+            rank_parts=rank_parts,
+            barrier=acc.wait_for_everyone,
+            keep_last=run.cfg.train.keep_last,
+            export=export,
+        )
     acc.print(f"saved {path}", flush=True)
+
+
+def clock(cfg) -> float:
+    """Seconds on the clock that ``train.max_minutes`` counts: wall time, or this process's CPU time."""
+    return time.process_time() if cfg.train.budget_clock == "cpu" else time.time()
 
 
 def stop_flags(run: Run, dead_reward: bool) -> dict[str, bool]:
     """One reduce over ranks: out of wall time, a stop signal, the reward dead for too long."""
     cfg, acc = run.cfg, run.acc
-    out_of_time = cfg.train.max_minutes > 0 and (time.time() - run.t_start) > 60 * cfg.train.max_minutes
+    out_of_time = cfg.train.max_minutes > 0 and (clock(cfg) - run.t_start) > 60 * cfg.train.max_minutes
     interrupted = run.signals is not None and run.signals.requested is not None
     flags = torch.tensor([float(out_of_time), float(interrupted), float(dead_reward)], device=acc.device)
     any_rank = (acc.reduce(flags, "sum") > 0).tolist()

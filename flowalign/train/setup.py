@@ -18,7 +18,7 @@ from .batching import derived
 from .checks import check_variants
 from .collect import calibrate_psi, make_credit, make_ladder
 from .data import sample_seed
-from .distributed import Prepared, finish, make_accelerator
+from .distributed import Prepared, check_fsdp, finish, is_fsdp, make_accelerator, shard_optimizer_state
 from .ema import EMA
 from .records import Run, TrainResult, TrainState
 from .rollouts import make_rollout
@@ -58,7 +58,8 @@ def make_optimizer(cfg, params: list) -> torch.optim.Optimizer:
 
 
 def restore(parts: dict, optimizer, ema) -> None:
-    optimizer.load_state_dict(parts["optimizer"])
+    """After ``prepare``: a checkpoint's full optimizer state is cut like the (FSDP2) parameters."""
+    optimizer.load_state_dict(shard_optimizer_state(parts["optimizer"], optimizer))
     if ema is not None and "ema" in parts:
         ema.load_state_dict(parts["ema"])
     ckpt.set_rng_state(parts["rng"])
@@ -94,12 +95,15 @@ def setup(cfg, model, reward_fn: Callable, prompts, *, run_dir, credit_fn, resum
     roll = make_rollout(cfg, needs, hooks["rollout_fn"], model=model, process_reward=process_reward)
     bare, names, params = trainable(model)
     kind = acc.distributed_type.value
-    if kind == "FSDP" and cfg.train.ema:
-        raise ValueError("train.ema=true is not supported with FSDP (sharded parameters); set train.ema=false.")
+    check_fsdp(acc)
     parts, state = load_resume(resume, acc.process_index, names, params) if resume is not None else ({}, TrainState())
     if kind == "DEEPSPEED":
         deepspeed_config(acc, cfg)
     wrapped, optimizer = acc.prepare(bare, make_optimizer(cfg, params))
+    if is_fsdp(acc):  # fully_shard put DTensor parameters in place of the bare ones (same names)
+        _, names, params = trainable(model)
+        shards = sum(type(p).__name__ == "DTensor" for p in params)
+        acc.print(f"FSDP2: {shards} of {len(params)} trainable parameters sharded over {acc.num_processes} processes")
     run = Run(
         cfg,
         model,
