@@ -20,6 +20,8 @@ Each method runs at every K of ``--ks`` with ``--seeds`` seeds on the bench's pr
 ``*_bon_equivalent_n_over_k``: as FK's, the N at which best-of-N's mean reward reaches the method's,
 divided by K at the headline K (noise search: K = its budget / T, so N / K is also its NFE ratio);
 ``*_bon_equivalent_nfe_ratio``: N x T over the method's NFE per prompt; ``*_equivalent``: every K.
+``<method>_censored``: true when the method beats the whole best-of-N pool (M samples) at the headline K;
+then ``_bon_equivalent_n_over_k`` is null and ``_above`` keys give the lower bounds M/K and M x T / NFE.
 """
 
 from __future__ import annotations
@@ -73,7 +75,7 @@ def run_extra(b, bon: list[float], ks: list[int], run_method: Callable, equivale
     rows, summary = [], {}
     methods = [m for m in b.args.extra_methods if not (m == "fmtt_weights" and b.args.fmtt_mode == "weights")]
     for method in methods:
-        eq, eq_nfe = {}, {}
+        eq, eq_nfe, nfes = {}, {}, {}
         for k in ks:
             fn, kw = _plan(b, method, k, differentiable)
             r = run_method(f"{method} K={k}", method, fn, b.args.seeds, b.log, **kw, **b.base)
@@ -81,9 +83,14 @@ def run_extra(b, bon: list[float], ks: list[int], run_method: Callable, equivale
             r["bon_equivalent_n_over_k"] = None if n_eq is None else n_eq / k
             r["bon_equivalent_nfe_ratio"] = None if n_eq is None else n_eq * b.t / r["nfe"]
             eq[f"K{k}"], eq_nfe[f"K{k}"] = r["bon_equivalent_n_over_k"], r["bon_equivalent_nfe_ratio"]
+            nfes[k] = r["nfe"]
             rows.append(r)
         summary[f"{method}_bon_equivalent_n_over_k"] = eq[f"K{hk}"]
         summary[f"{method}_bon_equivalent_nfe_ratio"] = eq_nfe[f"K{hk}"]
+        summary[f"{method}_censored"] = eq[f"K{hk}"] is None  # above the whole best-of-N pool (M = len(bon))
+        if eq[f"K{hk}"] is None:  # then N/K > M/K and the NFE ratio > M x T / its NFE: lower bounds
+            summary[f"{method}_bon_equivalent_n_over_k_above"] = len(bon) / hk
+            summary[f"{method}_bon_equivalent_nfe_ratio_above"] = len(bon) * b.t / nfes[hk]
         summary[f"{method}_equivalent"] = eq
     if "das" in b.args.extra_methods:
         summary["das_gradient"] = differentiable and b.args.das_grad_scale > 0
