@@ -20,6 +20,7 @@ from test_trainer import PROMPTS, TINY, brightness
 from flowalign.train import checkpoint as ckpt
 from flowalign.train import integrity
 from flowalign.train.checkpoint import CheckpointWarning
+from flowalign.train.resume import resolve_resume
 
 FILES = [
     "trainable.safetensors",
@@ -82,7 +83,7 @@ def test_manifest_catches_damage_and_resume_falls_back(pristine, tmp_path, name,
     assert integrity.verify(c2) is None and json.loads((c2 / "manifest.json").read_text())["files"].keys() == set(FILES)
     corrupt(c2 / name, kind)
     assert name in integrity.verify(c2) and WHAT[kind] in integrity.verify(c2)
-    for find in (lambda: ckpt.latest(run), lambda: ckpt.resolve_resume("auto", run, "runs", "x")):
+    for find in (lambda: ckpt.latest(run), lambda: resolve_resume("auto", run, "runs", "x")):
         with warnings.catch_warnings(record=True) as record:
             warnings.simplefilter("always")
             assert find() == c1
@@ -90,7 +91,7 @@ def test_manifest_catches_damage_and_resume_falls_back(pristine, tmp_path, name,
         assert (
             f"checkpoint-000002: {name}" in message and WHAT[kind] in message and "using checkpoint-000001" in message
         )
-    for explicit in (lambda: ckpt.resolve_resume(str(c2), None, "runs", "x"), lambda: ckpt.load(c2)):
+    for explicit in (lambda: resolve_resume(str(c2), None, "runs", "x"), lambda: ckpt.load(c2)):
         with pytest.raises(ValueError) as err:
             explicit()
         text = str(err.value)
@@ -98,7 +99,7 @@ def test_manifest_catches_damage_and_resume_falls_back(pristine, tmp_path, name,
         assert "resume from checkpoint-000001, the newest intact checkpoint before it" in text
         assert err.value.__cause__ is None and "\n" not in text
     with pytest.warns(CheckpointWarning, match=f"checkpoint-000002: {name}"):
-        parts, scalars = ckpt.load(ckpt.resolve_resume(str(run), None, "runs", "x"))  # a run folder: falls back
+        parts, scalars = ckpt.load(resolve_resume(str(run), None, "runs", "x"))  # a run folder: falls back
     intact = ckpt.load(pristine / "checkpoints" / "checkpoint-000001")[0]["trainable"]["w"]
     assert scalars["iteration"] == 1 and torch.equal(parts["trainable"]["w"], intact)
 
@@ -125,9 +126,9 @@ def test_manifest_itself_old_checkpoints_and_all_damaged(pristine, tmp_path):
     corrupt(c1 / "rng_0.json", "flip")
     corrupt(c2 / "state.json", "truncate")  # (c2 has no manifest now: an unreadable state.json is still caught)
     with pytest.raises(ValueError, match=r"every checkpoint in .* is damaged \(checkpoint-000002: state.json is unr"):
-        ckpt.resolve_resume("auto", run, "runs", "x")
+        resolve_resume("auto", run, "runs", "x")
     with pytest.raises(ValueError, match=r"rng_0.json does not match .*; no intact checkpoint precedes it"):
-        ckpt.resolve_resume(str(c1), None, "runs", "x")
+        resolve_resume(str(c1), None, "runs", "x")
 
 
 # --- re-save and export: never a moment without a complete copy ---------------------------------------
@@ -149,7 +150,7 @@ def test_resave_moves_aside_then_replaces_and_fsyncs_the_parent(tmp_path, monkey
     monkeypatch.setattr(os, "replace", real)
     aside = run / "checkpoints" / ".old-checkpoint-000002"
     assert not first.exists() and ckpt.checkpoints(run) == [(2, aside)] and ckpt.latest(run) == aside
-    assert torch.equal(ckpt.load(ckpt.resolve_resume("auto", run, "r", "x"))[0]["trainable"]["w"], old_w)
+    assert torch.equal(ckpt.load(resolve_resume("auto", run, "r", "x"))[0]["trainable"]["w"], old_w)
     synced.clear()
     assert save(run, 2, scale=3.0) == first and not aside.exists() and first.parent in synced
     assert [p.name for p in (run / "checkpoints").iterdir()] == ["checkpoint-000002"]

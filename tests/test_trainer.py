@@ -12,6 +12,7 @@ import torch
 from flowalign.train import apply_overrides, derived, get_preset
 from flowalign.train import checkpoint as ckpt
 from flowalign.train.data import PromptSet
+from flowalign.train.resume import resolve_resume
 
 TINY_TARGETS = (
     "attn.to_q,attn.to_k,attn.to_v,attn.to_out.0,attn.add_k_proj,attn.add_v_proj"  # add_q_proj: dead in a 1-layer SD3
@@ -57,7 +58,7 @@ import os, sys
 import torch
 torch.set_num_threads(int(os.environ.get("FA_THREADS", "1")))
 from flowalign.train import run as train_cli
-from flowalign.train.checkpoint import resolve_resume
+from flowalign.train.resume import resolve_resume
 from flowalign.train import apply_overrides, get_preset
 from flowalign.train.data import PromptSet
 args = sys.argv[1:]
@@ -313,7 +314,7 @@ def test_checkpoint_roundtrip_atomic_names_and_keep_last(tmp_path):
     (tmp_path / "checkpoints" / ".tmp-checkpoint-000004").mkdir()  # a save killed before its rename
     (tmp_path / "checkpoints" / "checkpoint-000005").mkdir()  # no state.json: incomplete
     assert ckpt.latest(tmp_path).name == "checkpoint-000003"
-    assert ckpt.resolve_resume("auto", tmp_path, "runs", "x") == ckpt.latest(tmp_path)
+    assert resolve_resume("auto", tmp_path, "runs", "x") == ckpt.latest(tmp_path)
     parts, scalars = ckpt.load(ckpt.latest(tmp_path))
     assert torch.equal(parts["trainable"]["w"], p.detach()) and scalars["iteration"] == 3
     state = opt.state_dict()

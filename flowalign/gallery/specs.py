@@ -217,8 +217,8 @@ def resolve_checkpoint(path: str) -> Checkpoint:
 
 
 def _newest_intact(run: Path, path: str) -> Path | None:
-    """The newest intact checkpoint of the run folder ``run`` (see ``checkpoint.newest_intact``)."""
-    from ..train.checkpoint import newest_intact
+    """The newest intact checkpoint of the run folder ``run`` (see ``train.resume.newest_intact``)."""
+    from ..train.resume import newest_intact
 
     return newest_intact(run, f"checkpoint {path!r}", "pass an intact LoRA folder or train again.")
 

@@ -18,14 +18,14 @@ from .presets import PRESETS
 
 def resolve_config(preset: str | None, items: list[str], resume: str | None) -> tuple[Config, Path | None]:
     """Preset (or the resumed run's saved config) + overrides, and the checkpoint to resume from."""
-    from . import checkpoint as ckpt
+    from .resume import resolve_resume
 
     if preset is not None and "=" in preset:  # `flowalign train sample.num_steps=8`
         preset, items = None, [preset, *items]
     cfg = overrides.resolve(PRESETS, [preset or "testbed", *items], "testbed", RENAMED)
     path = None
     if resume is not None:
-        path = ckpt.resolve_resume(resume, cfg.train.output_dir, cfg.train.runs_dir, cfg.preset)
+        path = resolve_resume(resume, cfg.train.output_dir, cfg.train.runs_dir, cfg.preset)
         saved = json.loads((path / "state.json").read_text())["scalars"]["config"]
         cfg = overrides.apply_overrides(overrides.from_dict(saved, Config), items, RENAMED)
         cfg.train.output_dir = str(path.parent.parent)
